@@ -1,0 +1,31 @@
+"""Errors a user can act on.
+
+Each carries a one-line message that names the problem and, where there is one, the fix. The
+command line prints ``error: <message>`` and exits non-zero without a traceback; the pages show the
+message with ``st.error``. Anything that is not an :class:`InspectError` is a bug and keeps its
+traceback.
+"""
+
+
+class InspectError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug."""
+
+
+class DatasetError(InspectError):
+    """The dataset root or its MVTec AD layout is wrong."""
+
+
+class ImageError(InspectError):
+    """A file is not a readable image (not an image, truncated, unsupported mode)."""
+
+
+class WeightsMissingError(InspectError):
+    """Pretrained weights are not on disk and cannot be downloaded here."""
+
+
+class ModelNotTrainedError(InspectError):
+    """No checkpoint for this (model, category); the message says how to train one."""
+
+
+class StoreError(InspectError):
+    """The similarity store or history database cannot be opened (corrupt, locked, unreachable)."""
