@@ -1,0 +1,98 @@
+"""Build the anomalib models Inspect trains, with offline backbones.
+
+Both models are anomalib's own classes; Inspect only changes what cannot work offline or is too
+slow on a 2-core CPU, and says so where it does:
+
+* the pre-processor normalises with the backbone's own statistics (EfficientNet-Lite: 0.5/0.5)
+  and resizes the whole image without anomalib's optional centre crop, so defects at the border
+  are still seen;
+* the backbone is created with ``pre_trained=False`` and loaded from a local file
+  (:mod:`core.backbones`);
+* PatchCore's coreset selection is the same greedy k-center algorithm as anomalib's
+  ``KCenterGreedy``, run by :mod:`core.coreset` in a vectorised form that is many times faster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from anomalib.models import Patchcore
+from anomalib.pre_processing import PreProcessor
+from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+from core.backbones import DEFAULT_BACKBONE, BackboneSpec, load_pretrained_weights, resolve_backbone
+
+MODEL_NAMES = ("patchcore", "efficientad")
+
+
+def make_pre_processor(spec: BackboneSpec, image_size: int) -> PreProcessor:
+    """Resize to a square ``image_size`` and normalise with the backbone's statistics."""
+    return PreProcessor(
+        transform=Compose([Resize((image_size, image_size), antialias=True), Normalize(mean=spec.mean, std=spec.std)])
+    )
+
+
+@dataclass
+class PatchcoreConfig:
+    """Everything that defines a PatchCore model; stored in the model's metadata."""
+
+    backbone: str = DEFAULT_BACKBONE
+    layers: list[str] = field(default_factory=list)  # empty: the backbone's default mid-level pair
+    coreset_ratio: float = 0.1  # anomalib's default
+    num_neighbors: int = 9
+    image_size: int = 256
+    backbone_weights: str | None = None  # a local weights file for non-offline backbones
+
+    def resolved_layers(self) -> list[str]:
+        if self.layers:
+            return list(self.layers)
+        spec = resolve_backbone(self.backbone)
+        if not spec.default_layers:
+            raise ValueError(f"say which layers of '{self.backbone}' to use with --layers")
+        return list(spec.default_layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["layers"] = self.resolved_layers()
+        return data
+
+
+class OfflinePatchcore(Patchcore):
+    """anomalib's Patchcore whose coreset step uses the fast selection in :mod:`core.coreset`."""
+
+    def fit(self) -> None:  # anomalib: self.model.subsample_embedding(ratio) with KCenterGreedy
+        from core.coreset import subsample_memory_bank
+
+        subsample_memory_bank(self.model, self.coreset_sampling_ratio)
+
+
+def build_patchcore(config: PatchcoreConfig, *, load_weights: bool = True) -> OfflinePatchcore:
+    """A PatchCore ready to train (``load_weights``) or to receive a saved state dict."""
+    spec = resolve_backbone(config.backbone)
+    model = OfflinePatchcore(
+        backbone=spec.timm_name,
+        layers=config.resolved_layers(),
+        pre_trained=False,
+        coreset_sampling_ratio=config.coreset_ratio,
+        num_neighbors=config.num_neighbors,
+        pre_processor=make_pre_processor(spec, config.image_size),
+        evaluator=False,  # core.evaluate computes the metrics itself, on the test set only
+        visualizer=False,
+    )
+    if load_weights:
+        load_pretrained_weights(
+            model.model.feature_extractor.feature_extractor, config.backbone, config.backbone_weights
+        )
+    return model
+
+
+def build_model(name: str, config: dict[str, Any], *, load_weights: bool):
+    """Build model ``name`` from its stored config (``load_weights=False`` when a checkpoint follows)."""
+    if name == "patchcore":
+        return build_patchcore(PatchcoreConfig(**config), load_weights=load_weights)
+    if name == "efficientad":
+        from core.efficientad import EfficientAdConfig, build_efficientad
+
+        return build_efficientad(EfficientAdConfig(**config), load_weights=load_weights)
+    raise ValueError(f"unknown model '{name}': choose one of {', '.join(MODEL_NAMES)}")
