@@ -38,7 +38,7 @@ ROC_POINTS = 100
 
 
 @dataclass
-class TestOutputs:
+class SplitOutputs:
     """Everything collected over the test set, at model resolution."""
 
     scores: list[torch.Tensor] = field(default_factory=list)
@@ -52,11 +52,11 @@ class TestOutputs:
         return torch.cat(getattr(self, name))
 
 
-def collect(detector: Detector, datamodule: Any, *, progress: bool = True) -> TestOutputs:
+def collect(detector: Detector, datamodule: Any, *, progress: bool = True) -> SplitOutputs:
     """Run the detector over the test dataloader."""
     from tqdm import tqdm
 
-    out = TestOutputs()
+    out = SplitOutputs()
     for batch in tqdm(datamodule.test_dataloader(), desc="Evaluating", unit="batch", disable=not progress):
         _, normalised = detector.run_batch(batch.image)
         amap = normalised.anomaly_map.float().cpu()
@@ -98,7 +98,7 @@ def roc_points(scores: torch.Tensor, labels: torch.Tensor, n: int = ROC_POINTS) 
     return {"fpr": [round(float(fpr[i]), 4) for i in idx], "tpr": [round(float(tpr[i]), 4) for i in idx]}
 
 
-def metrics_from(out: TestOutputs) -> dict[str, Any]:
+def metrics_from(out: SplitOutputs) -> dict[str, Any]:
     """All metrics from collected outputs (separate from running the model, so it is testable)."""
     scores, labels = out.cat("scores"), out.cat("labels")
     maps, masks = out.cat("maps"), out.cat("masks")

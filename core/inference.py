@@ -17,7 +17,7 @@ import torch
 
 from core import registry
 from core.device import pick_device
-from core.models import build_model
+from core.models import build_model, patch_features
 
 #: The calibrated threshold on the normalised scale (anomalib's post-processor puts it at 0.5).
 CALIBRATED_THRESHOLD = 0.5
@@ -77,6 +77,12 @@ class Detector:
         raw = self.module.model(processed)
         normalised = self.module.post_processor(raw)
         return raw, normalised
+
+    @torch.inference_mode()
+    def patch_features(self, image_rgb: np.ndarray) -> torch.Tensor:
+        """D x h x w patch descriptors of one image from the model's own feature extractor."""
+        processed = self.module.pre_processor(to_tensor(image_rgb).to(self.device))
+        return patch_features(self.module, processed)[0].float().cpu()
 
     def predict(self, image_rgb: np.ndarray) -> Prediction:
         started = time.perf_counter()

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
 from anomalib.models import Patchcore
 from anomalib.pre_processing import PreProcessor
 from torchvision.transforms.v2 import Compose, Normalize, Resize
@@ -96,3 +98,19 @@ def build_model(name: str, config: dict[str, Any], *, load_weights: bool):
 
         return build_efficientad(EfficientAdConfig(**config), load_weights=load_weights)
     raise ValueError(f"unknown model '{name}': choose one of {', '.join(MODEL_NAMES)}")
+
+
+def patch_features(module: Any, processed: torch.Tensor) -> torch.Tensor:
+    """The model's own patch descriptors (B x D x h x w) for a pre-processed batch.
+
+    PatchCore: the locally aware, multi-layer embedding its memory bank holds. EfficientAD: the
+    PDN teacher's channel-normalised output. Similarity search pools these (core.similarity).
+    """
+    if isinstance(module, Patchcore):
+        inner = module.model
+        features = inner.feature_extractor(processed)
+        features = {layer: inner.feature_pooler(f) for layer, f in features.items()}
+        return inner.generate_embedding(features)
+    from core.efficientad import teacher_patch_features
+
+    return teacher_patch_features(module, processed)

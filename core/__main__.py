@@ -1,0 +1,187 @@
+"""Command line: ``python -m core <command>``.
+
+Engineers train and evaluate here; the app only reads what these commands write. A problem with
+the user's input or environment (an :class:`~core.errors.InspectError`) prints one line,
+``error: ...``, and exits with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Any
+
+from core.errors import InspectError
+from core.settings import DEMO_CATEGORIES, get_settings
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our own progress bars and results, not library deprecation chatter."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*(eval mode|configure_optimizers|LeafSpec|num_workers|litlogger).*")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    import logging
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "anomalib"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _patchcore_config(args: argparse.Namespace) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for key in ("backbone", "layers", "coreset_ratio", "image_size", "backbone_weights"):
+        value = getattr(args, key, None)
+        if value is not None:
+            config[key] = value
+    return config
+
+
+def cmd_demo_data(args: argparse.Namespace) -> None:
+    from core.demo_data import generate_demo_dataset
+
+    root = generate_demo_dataset(args.out or get_settings().demo_data_root, seed=args.seed)
+    print(f"demo data ready in {root}")
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from core.data import check_layout
+
+    report = check_layout(args.data_root, args.category)
+    print(f"{report.root / report.category}: layout OK")
+    for key, count in sorted(report.counts.items()):
+        print(f"  {key:<32}{count:>6}")
+    print(f"  image size {report.image_size}, modes {sorted(report.modes)}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from core.training import train
+
+    config = _patchcore_config(args) if args.model == "patchcore" else {}
+    if args.model == "efficientad":
+        for key in ("steps", "model_size", "image_size"):
+            if getattr(args, key, None) is not None:
+                config[key] = getattr(args, key)
+    meta = train(args.model, args.category, data_root=args.data_root, config=config, device=args.device)
+    print(
+        f"trained {meta.model} on {meta.category} in {meta.train_time_s:.1f} s on {meta.device} "
+        f"({meta.n_train_images} train images); calibrated image threshold {meta.calibration.image_threshold:.4g} "
+        f"(raw score) from: {meta.calibration.source}"
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from core.evaluate import evaluate, format_table
+    from core.results import results_path
+
+    entries = evaluate(args.model, args.category, device=args.device)
+    if not entries:
+        raise InspectError("no trained model matches: train one first with `python -m core train ...`")
+    print(format_table(entries))
+    print(f"results written to {results_path()}")
+
+
+def cmd_distill_teacher(args: argparse.Namespace) -> None:
+    from core.teacher import distill_cli
+
+    distill_cli(args)
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from core.similarity.indexing import index_cli
+
+    index_cli(args)
+
+
+def cmd_eval_similar(args: argparse.Namespace) -> None:
+    from core.similarity.indexing import eval_similar_cli
+
+    eval_similar_cli(args)
+
+
+def cmd_setup(args: argparse.Namespace) -> None:
+    from core.setup_default import prepare_default
+
+    prepare_default(skip_index=args.skip_index)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Inspect: train, evaluate and index anomaly detectors.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-root", help="folder with MVTec-layout categories (default: INSPECT_DATA_ROOT or the demo data)")
+
+    p = sub.add_parser("demo-data", help="generate the demo dataset (tile, leather, grid)")
+    p.add_argument("--out", help="output folder (default: the workspace's demo_data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("check", help="check a category's MVTec AD layout")
+    p.add_argument("--category", required=True)
+    data_args(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("train", help="train a model on one category")
+    p.add_argument("--model", choices=("patchcore", "efficientad"), default="patchcore")
+    p.add_argument("--category", required=True)
+    data_args(p)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--image-size", type=int, help="square input size in pixels (default 256)")
+    g = p.add_argument_group("PatchCore")
+    g.add_argument("--backbone", help="efficientnet_lite0 (default, offline), _lite1, _lite2, or a timm name")
+    g.add_argument("--backbone-weights", help="local weights file for the backbone (e.g. wide_resnet50_2.pth)")
+    g.add_argument("--layers", nargs="+", help="backbone layers (default: the backbone's stride-8 and stride-16 blocks)")
+    g.add_argument("--coreset-ratio", type=float, help="share of patch features kept in the memory bank (default 0.1)")
+    g = p.add_argument_group("EfficientAD")
+    g.add_argument("--steps", type=int, help="training steps (paper: 70000, a GPU job)")
+    g.add_argument("--model-size", choices=("small", "medium"))
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate trained models and write the results file")
+    p.add_argument("--model", nargs="+", help="only these models")
+    p.add_argument("--category", nargs="+", help="only these categories")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("distill-teacher", help="distil EfficientAD's PDN teacher from the offline backbone")
+    p.add_argument("--model-size", choices=("small", "medium"), default="small")
+    p.add_argument("--steps", type=int, help="optimisation steps (default: GPU 60000, CPU a short schedule)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--out", help="where to write the teacher weights (default: assets/)")
+    p.set_defaults(func=cmd_distill_teacher)
+
+    p = sub.add_parser("index", help="index a category's images in Qdrant for similar-defect search")
+    p.add_argument("--model", nargs="+", help="only these models (default: every trained one)")
+    p.add_argument("--category", nargs="+", help="only these categories")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("eval-similar", help="measure similar-defect retrieval (precision@5)")
+    p.add_argument("--model", nargs="+")
+    p.add_argument("--category", nargs="+")
+    p.add_argument("--k", type=int, default=5)
+    p.set_defaults(func=cmd_eval_similar)
+
+    p = sub.add_parser("setup", help=f"prepare the embedded default: demo data ({', '.join(DEMO_CATEGORIES)}), models, results, index")
+    p.add_argument("--skip-index", action="store_true")
+    p.set_defaults(func=cmd_setup)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        args.func(args)
+    except InspectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

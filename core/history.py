@@ -1,0 +1,405 @@
+"""Inspection history in SQLite: every inspection, its verdict and the inspector's feedback.
+
+One file (``get_settings().history_db``, env ``INSPECT_HISTORY_DB``) holds one table,
+``inspections``. Thumbnails are small JPEG files named by the image's SHA-256 under
+``<workspace>/thumbnails/`` (or, for a history at an explicit path, ``thumbnails/`` beside it).
+
+Concurrency: Streamlit runs each session in its own thread, and two browser tabs (or a CLI run)
+may write at the same time. So every method opens its own short-lived connection, the database is
+in WAL mode (readers never block the writer) and each connection waits up to ``timeout`` seconds
+for a lock instead of failing. Writes are single statements, so each is its own transaction.
+
+Safety: a file at the path that is not an SQLite database (or is a damaged one) raises
+:class:`StoreError` with a one-line explanation; it is never overwritten, repaired or deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import StoreError
+from core.settings import get_settings
+
+VERDICTS: tuple[str, ...] = ("GOOD", "DEFECT")
+#: Feedback an inspector can give; ``None`` means "not reviewed yet".
+FEEDBACK_VALUES: tuple[str, ...] = ("false_alarm", "missed_defect", "correct")
+#: Pass as ``feedback=`` to :meth:`History.list` to get only inspections without feedback.
+UNREVIEWED = "unreviewed"
+
+SCHEMA_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+# Column name -> SQL declaration, in table (and CSV) order. point_id has no declared type on
+# purpose: Qdrant ids are unsigned integers or UUID strings and are stored exactly as given.
+_COLUMNS: dict[str, str] = {
+    "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    "created_at": "TEXT NOT NULL",
+    "file_name": "TEXT NOT NULL",
+    "sha256": "TEXT NOT NULL",
+    "category": "TEXT NOT NULL",
+    "model": "TEXT NOT NULL",
+    "score": "REAL NOT NULL",
+    "threshold": "REAL NOT NULL",
+    "verdict": "TEXT NOT NULL CHECK (verdict IN ('GOOD', 'DEFECT'))",
+    "raw_score": "REAL",
+    "thumbnail_path": "TEXT",
+    "feedback": (
+        "TEXT CHECK (feedback IS NULL OR feedback IN ('false_alarm', 'missed_defect', 'correct'))"
+    ),
+    "comment": "TEXT",
+    "defect_type": "TEXT",
+    "point_id": "",
+}
+
+
+@dataclass
+class InspectionRecord:
+    """One inspection. ``id`` and ``created_at`` are filled in by :meth:`History.add`.
+
+    ``score`` is the calibrated (normalised 0..1) image score, ``threshold`` the normalised
+    threshold it was compared with (0.5 for calibrated models), ``raw_score`` the model's own score.
+    """
+
+    file_name: str
+    sha256: str
+    category: str
+    model: str
+    score: float
+    threshold: float
+    verdict: str
+    raw_score: float | None = None
+    thumbnail_path: str | None = None
+    feedback: str | None = None
+    comment: str | None = None
+    defect_type: str | None = None
+    point_id: int | str | None = None
+    id: int | None = None
+    created_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a plain dict, keys in table order (for tables and JSON)."""
+        data = asdict(self)
+        return {name: data[name] for name in _COLUMNS}
+
+
+def utc_now_iso() -> str:
+    """Current time as ISO 8601 UTC with a ``+00:00`` offset, to the millisecond."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class History:
+    """The inspection history at ``path`` (default ``get_settings().history_db``)."""
+
+    def __init__(
+        self,
+        path: Path | str | None = None,
+        *,
+        thumbnails_dir: Path | str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        settings = get_settings() if path is None or thumbnails_dir is None else None
+        self.path = Path(path).expanduser() if path is not None else settings.history_db
+        if thumbnails_dir is not None:
+            self.thumbnails_dir = Path(thumbnails_dir).expanduser()
+        elif path is None:
+            self.thumbnails_dir = settings.workspace / "thumbnails"
+        else:  # an explicit history keeps its thumbnails beside it
+            self.thumbnails_dir = self.path.parent / "thumbnails"
+        self.timeout = float(timeout)
+        self._check_file()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the folder for the history database {self.path.parent}: {exc}"
+            ) from None
+        self._init_schema()
+
+    # --- writing --------------------------------------------------------------------------
+
+    def add(self, record: InspectionRecord) -> int:
+        """Store ``record`` and return its new id (also set on ``record.id``)."""
+        if record.verdict not in VERDICTS:
+            msg = f"verdict must be one of {VERDICTS}, got {record.verdict!r}"
+            raise ValueError(msg)
+        _check_feedback(record.feedback)
+        if record.created_at is None:
+            record.created_at = utc_now_iso()
+        values = record.to_dict()
+        values.pop("id")
+        for key in ("score", "threshold", "raw_score"):
+            if values[key] is not None:
+                values[key] = float(values[key])
+        cols = ", ".join(values)
+        marks = ", ".join(f":{c}" for c in values)
+        with self._connect() as con:
+            cur = con.execute(f"INSERT INTO inspections ({cols}) VALUES ({marks})", values)
+            record.id = int(cur.lastrowid)
+        return record.id
+
+    def set_feedback(
+        self, inspection_id: int, feedback: str | None, comment: str | None = None
+    ) -> None:
+        """Record the inspector's feedback (``None`` clears it) and comment on one inspection."""
+        _check_feedback(feedback)
+        with self._connect() as con:
+            cur = con.execute(
+                "UPDATE inspections SET feedback = ?, comment = ? WHERE id = ?",
+                (feedback, comment, int(inspection_id)),
+            )
+            if cur.rowcount == 0:
+                raise StoreError(f"there is no inspection with id {inspection_id} in {self.path}")
+
+    def set_point_id(self, inspection_id: int, point_id: int | str | None) -> None:
+        """Link an inspection to its point in the similarity store (set after the fact)."""
+        with self._connect() as con:
+            cur = con.execute(
+                "UPDATE inspections SET point_id = ? WHERE id = ?", (point_id, int(inspection_id))
+            )
+            if cur.rowcount == 0:
+                raise StoreError(f"there is no inspection with id {inspection_id} in {self.path}")
+
+    def save_thumbnail(self, image_rgb: Any, sha256: str, size: int = 256) -> Path:
+        """Write a JPEG thumbnail named by ``sha256`` (idempotent) and return its path."""
+        from core.overlay import thumbnail  # light: no anomalib import on this path
+
+        if not sha256 or not all(c in "0123456789abcdefABCDEF" for c in sha256):
+            msg = f"sha256 must be a hex digest, got {sha256!r}"
+            raise ValueError(msg)
+        target = self.thumbnails_dir / f"{sha256.lower()}.jpg"
+        if target.is_file():
+            return target
+        try:
+            self.thumbnails_dir.mkdir(parents=True, exist_ok=True)
+            src = image_rgb if hasattr(image_rgb, "mode") else np.asarray(image_rgb)
+            thumb = thumbnail(src, size)
+            # Write to a temporary file and rename: two tabs saving the same image never leave a
+            # half-written thumbnail behind.
+            fd, tmp = tempfile.mkstemp(dir=self.thumbnails_dir, suffix=".jpg.tmp")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    thumb.save(fh, format="JPEG", quality=90)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            raise StoreError(f"cannot write the thumbnail {target}: {exc}") from None
+        return target
+
+    # --- reading --------------------------------------------------------------------------
+
+    def get(self, inspection_id: int) -> InspectionRecord | None:
+        """One inspection by id, or ``None``."""
+        with self._connect() as con:
+            row = con.execute(
+                "SELECT * FROM inspections WHERE id = ?", (int(inspection_id),)
+            ).fetchone()
+        return _record(row) if row is not None else None
+
+    def list(
+        self,
+        category: str | None = None,
+        model: str | None = None,
+        verdict: str | None = None,
+        feedback: str | None = None,
+        limit: int | None = None,
+    ) -> list[InspectionRecord]:
+        """Inspections, newest first, filtered by any of the arguments (``None``: no filter).
+
+        ``feedback`` is one of :data:`FEEDBACK_VALUES`, or :data:`UNREVIEWED` for inspections that
+        have no feedback yet.
+        """
+        where, params = _where(category, model, verdict, feedback)
+        sql = f"SELECT * FROM inspections{where} ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, int(limit)))
+        with self._connect() as con:
+            rows = con.execute(sql, params).fetchall()
+        return [_record(r) for r in rows]
+
+    def count(
+        self,
+        category: str | None = None,
+        model: str | None = None,
+        verdict: str | None = None,
+        feedback: str | None = None,
+    ) -> int:
+        """Number of inspections matching the filters (all of them by default)."""
+        where, params = _where(category, model, verdict, feedback)
+        with self._connect() as con:
+            row = con.execute(f"SELECT COUNT(*) FROM inspections{where}", params).fetchone()
+        return int(row[0])
+
+    def to_csv(self, path: Path | str | None = None, **filters: Any) -> str:
+        """The history as CSV text (header + one row per inspection, newest first).
+
+        ``filters`` are those of :meth:`list`. With ``path`` the CSV is also written there (UTF-8).
+        """
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        for rec in self.list(**filters):
+            writer.writerow(rec.to_dict())
+        text = buf.getvalue()
+        if path is not None:
+            try:
+                Path(path).write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise StoreError(f"cannot write the CSV file {path}: {exc}") from None
+        return text
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _check_file(self) -> None:
+        """Refuse, without touching it, anything at the path that is not an SQLite database."""
+        p = self.path
+        if p.is_dir():
+            raise StoreError(
+                f"the history database path {p} is a folder; set INSPECT_HISTORY_DB to a file path"
+            )
+        if not p.exists():
+            return
+        try:
+            with p.open("rb") as fh:
+                head = fh.read(len(_SQLITE_MAGIC))
+        except OSError as exc:
+            raise StoreError(f"cannot read the history database {p}: {exc}") from None
+        if not head:
+            return  # an empty file is an empty database: SQLite initialises it
+        if head != _SQLITE_MAGIC:
+            raise StoreError(
+                f"{p} is not an SQLite database, so it cannot be the inspection history; it was "
+                "left untouched: move it aside or set INSPECT_HISTORY_DB to another path"
+            )
+        # An SQLite header does not make a sound database. Read the schema over a read-only
+        # connection first, so a damaged file fails here before anything could write to it.
+        con: sqlite3.Connection | None = None
+        try:
+            con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=self.timeout)
+            con.execute("SELECT name, sql FROM sqlite_master").fetchall()
+            con.execute("PRAGMA table_info(inspections)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            text = str(exc)
+            if not _is_corruption(text):
+                return  # e.g. locked or busy: the normal connection waits and reports
+            raise StoreError(
+                f"the history database {p} is damaged ({text}); it was left untouched: move it "
+                "aside or set INSPECT_HISTORY_DB to another path"
+            ) from None
+        finally:
+            if con is not None:
+                con.close()
+
+    def _init_schema(self) -> None:
+        cols = ",\n    ".join(f"{name} {decl}".rstrip() for name, decl in _COLUMNS.items())
+        with self._connect(init=True) as con:
+            existing = {row[1] for row in con.execute("PRAGMA table_info(inspections)")}
+            if not existing:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    con.execute(f"CREATE TABLE IF NOT EXISTS inspections (\n    {cols}\n)")
+                    con.execute(
+                        "CREATE INDEX IF NOT EXISTS ix_inspections_created"
+                        " ON inspections (created_at)"
+                    )
+                    con.execute(
+                        "CREATE INDEX IF NOT EXISTS ix_inspections_cat_model"
+                        " ON inspections (category, model)"
+                    )
+                    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            else:
+                # A history written by an older Inspect: add the columns it lacks (all nullable).
+                for name in _COLUMNS:
+                    if name not in existing:
+                        decl = _COLUMNS[name].replace("NOT NULL", "")
+                        sql = f"ALTER TABLE inspections ADD COLUMN {name} {decl}".rstrip()
+                        with contextlib.suppress(sqlite3.OperationalError):  # another process won
+                            con.execute(sql)
+
+    @contextlib.contextmanager
+    def _connect(self, init: bool = False) -> Iterator[sqlite3.Connection]:
+        """A fresh autocommit connection, closed on exit; SQLite errors become StoreError."""
+        con: sqlite3.Connection | None = None
+        try:
+            con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            con.row_factory = sqlite3.Row
+            con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            if init:
+                # Persistent, and a no-op when already set. Where WAL is impossible (some network
+                # file systems) SQLite keeps its rollback journal, which is slower but still safe.
+                con.execute("PRAGMA journal_mode = WAL").fetchone()
+            con.execute("PRAGMA synchronous = NORMAL")
+            yield con
+        except sqlite3.DatabaseError as exc:  # includes OperationalError ("locked", "malformed")
+            text = str(exc)
+            if _is_corruption(text):
+                raise StoreError(
+                    f"the history database {self.path} is damaged ({text}); it was left untouched: "
+                    "move it aside or set INSPECT_HISTORY_DB to another path"
+                ) from None
+            if "locked" in text or "busy" in text:
+                raise StoreError(
+                    f"the history database {self.path} stayed locked for {self.timeout:g} s by "
+                    "another process; try again"
+                ) from None
+            raise StoreError(f"the history database {self.path} cannot be used: {text}") from None
+        finally:
+            if con is not None:
+                con.close()
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _is_corruption(text: str) -> bool:
+    return any(word in text for word in ("not a database", "malformed", "corrupt"))
+
+
+def _check_feedback(feedback: str | None) -> None:
+    if feedback is not None and feedback not in FEEDBACK_VALUES:
+        msg = f"feedback must be None or one of {FEEDBACK_VALUES}, got {feedback!r}"
+        raise ValueError(msg)
+
+
+def _where(
+    category: str | None, model: str | None, verdict: str | None, feedback: str | None
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (("category", category), ("model", model), ("verdict", verdict)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if feedback == UNREVIEWED:
+        clauses.append("feedback IS NULL")
+    elif feedback is not None:
+        _check_feedback(feedback)
+        clauses.append("feedback = ?")
+        params.append(feedback)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+_FIELD_NAMES = {f.name for f in fields(InspectionRecord)}
+
+
+def _record(row: sqlite3.Row) -> InspectionRecord:
+    return InspectionRecord(**{k: row[k] for k in row.keys() if k in _FIELD_NAMES})

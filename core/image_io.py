@@ -1,0 +1,297 @@
+"""Robust loading of uploaded and dataset images.
+
+:func:`load_image` is the single door through which an image enters Inspect. Whatever the file is,
+the caller gets back an RGB ``uint8`` array of shape ``(H, W, 3)`` or an :class:`ImageError` whose
+one-line message says what is wrong. The decisions, in one place:
+
+* **Formats.** PNG, JPEG, BMP and TIFF only (:data:`SUPPORTED_FORMATS`). Anything else, a text
+  file renamed ``.png`` included, is "not an image file Inspect can read".
+* **Truncation.** The pixels are decoded in full (``Image.load()``) before anything else, so a
+  file cut short fails here with a message that says so, not later inside the model. PIL's global
+  ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone: half an image must never be inspected as if it
+  were a whole one (the missing half would be grey and look like a defect, or hide one).
+* **16-bit grayscale** (modes ``I;16*``, ``I``, ``F``): scaled to 8 bits by the *bit depth*, never
+  by the image's own min-max, so two images of the same part stay comparable (a per-image stretch
+  would turn a uniformly dark good part into a high-contrast one). Industrial cameras either use
+  the full 16-bit range or store 12-bit data in 16-bit words; so if the brightest pixel is at most
+  4095 the data is taken as 12-bit and divided by 4095, otherwise by 65535. (A 10-bit image comes
+  out darker than it could; that is the price of never guessing from the content beyond this one
+  rule.) 32-bit float images with values in [0, 1] are taken as already normalised. 16-bit
+  *colour* images are reduced by Pillow itself to their high byte, i.e. scaled by 65535; the
+  12-bit rule applies to grayscale only.
+* **Transparency** (RGBA, LA, palette images with a transparent colour) is composited onto
+  *black*: a transparent pixel carries no measurement, and black is what the models see for
+  "nothing there" (the hidden colour values under alpha 0 are arbitrary and must not leak in).
+* **Other modes**: grayscale and 1-bit become 3 equal channels, CMYK and YCbCr become RGB.
+* **EXIF orientation** is applied, so the image is upright as the camera or phone meant it.
+* **Size.** Smaller than :data:`MIN_SIDE` px on a side is refused (the models work on 256 px
+  crops; a 1x1 image is a mistake). Larger than ``max_pixels`` (default 150 MP, env
+  ``INSPECT_MAX_PIXELS``) is refused from the header alone, before decoding. Anything in between
+  is decoded, without PIL's decompression-bomb error, and shrunk to at most ``max_side`` (default
+  2048) px on its long side: JPEGs are decoded at reduced scale directly (``Image.draft``), other
+  formats are reduced by whole factors and then resampled. The models run at 256 px anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core.errors import ImageError
+
+#: File suffixes the upload widget and the dataset scanner accept.
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: PIL format names tried when opening; nothing else is even attempted.
+SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF")
+
+#: Smallest accepted side in pixels.
+MIN_SIDE = 16
+#: Default long-side cap after loading (the models run at 256 px; 2048 leaves room for display).
+DEFAULT_MAX_SIDE = 2048
+#: Default pixel-count limit (width x height) read from the header; env ``INSPECT_MAX_PIXELS``.
+DEFAULT_MAX_PIXELS = 150_000_000
+
+# File signatures: a file that starts like one of our formats but cannot be opened is damaged,
+# not "not an image", and the message should say so.
+_SIGNATURES: tuple[bytes, ...] = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"II+\x00",  # BigTIFF
+    b"MM\x00+",
+)
+
+_NOT_AN_IMAGE = "{name} is not an image file Inspect can read (PNG, JPEG, BMP or TIFF)"
+
+# Serialises the rare temporary change of PIL's module-level pixel limit (see _open).
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def sha256_of(data: bytes) -> str:
+    """Hex SHA-256 of ``data``: the identity of an uploaded file in the history."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def max_pixels_from_env() -> int:
+    """The pixel-count limit: ``INSPECT_MAX_PIXELS`` (an integer, ``_`` allowed) or 150 MP."""
+    raw = os.environ.get("INSPECT_MAX_PIXELS", "").strip().replace("_", "")
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise ImageError(
+            f"INSPECT_MAX_PIXELS must be a whole number of pixels, e.g. 150000000, not {raw!r}"
+        ) from None
+    if value <= 0:
+        raise ImageError(f"INSPECT_MAX_PIXELS must be positive, not {value}")
+    return value
+
+
+def load_image(
+    source: bytes | bytearray | memoryview | Path | str,
+    name: str = "",
+    *,
+    max_side: int | None = DEFAULT_MAX_SIDE,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Decode ``source`` (file bytes or a path) into an upright RGB ``uint8`` array ``(H, W, 3)``.
+
+    ``name`` is used in error messages (defaults to the file name for paths). ``max_side`` caps the
+    long side of the result (``None``: keep full size); ``max_pixels`` overrides
+    ``INSPECT_MAX_PIXELS``. Raises :class:`ImageError` for anything that is not a complete,
+    sensible PNG/JPEG/BMP/TIFF image; see the module docstring for every rule.
+    """
+    if isinstance(source, str):
+        source = Path(source)
+    if isinstance(source, Path):
+        name = name or source.name
+        if not source.is_file():
+            raise ImageError(f"{name} does not exist or is not a file ({source})")
+        try:
+            with source.open("rb") as fh:
+                head = fh.read(16)
+        except OSError as exc:
+            raise ImageError(f"{name} could not be read: {exc.strerror or exc}") from None
+        fp: Path | io.BytesIO = source
+    else:
+        data = bytes(source)
+        name = name or "The uploaded file"
+        if not data:
+            raise ImageError(f"{name} is empty (0 bytes)")
+        head = data[:16]
+        fp = io.BytesIO(data)
+
+    limit = max_pixels if max_pixels is not None else max_pixels_from_env()
+    looks_like_image = head.startswith(_SIGNATURES)
+
+    try:
+        return _open_and_decode(fp, name, limit, max_side, looks_like_image)
+    except Image.DecompressionBombError as exc:
+        # PIL refuses images above 2 x Image.MAX_IMAGE_PIXELS (~179 MP), in open() or, for TIFF
+        # strips, in load(). If the size it reports is within *our* limit, decode again with PIL's
+        # module-global limit lifted to ours: briefly, under a lock, and restored afterwards. This
+        # path only exists when INSPECT_MAX_PIXELS is set above ~179 MP. LOAD_TRUNCATED_IMAGES is
+        # never touched.
+        pixels = _pixels_in(str(exc))
+        if pixels is not None and pixels > limit:
+            raise ImageError(
+                f"{name} is {pixels / 1e6:.1f} megapixels, larger than the limit of "
+                f"{limit / 1e6:g} megapixels (set INSPECT_MAX_PIXELS to raise it)"
+            ) from None
+    if isinstance(fp, io.BytesIO):
+        fp.seek(0)
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(limit, saved or 0)
+        try:
+            return _open_and_decode(fp, name, limit, max_side, looks_like_image)
+        except Image.DecompressionBombError:
+            raise ImageError(
+                f"{name} is larger than the limit of {limit / 1e6:g} megapixels "
+                "(set INSPECT_MAX_PIXELS to raise it)"
+            ) from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _pixels_in(message: str) -> int | None:
+    """The pixel count PIL's DecompressionBombError message reports, if it can be found."""
+    match = re.search(r"\((\d+) pixels\)", message)
+    return int(match.group(1)) if match else None
+
+
+def _open_and_decode(
+    fp: Path | io.BytesIO, name: str, limit: int, max_side: int | None, looks_like_image: bool
+) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own limit right after opening; PIL's warning is noise here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp, formats=list(SUPPORTED_FORMATS))
+    except (UnidentifiedImageError, SyntaxError, ValueError, EOFError, OSError):
+        if looks_like_image:
+            raise ImageError(
+                f"{name} starts like a PNG, JPEG, BMP or TIFF file but is truncated or damaged "
+                "before its pixel data"
+            ) from None
+        raise ImageError(_NOT_AN_IMAGE.format(name=name)) from None
+    try:
+        return _decode(img, name, limit, max_side)
+    finally:
+        img.close()
+
+
+def _decode(img: Image.Image, name: str, limit: int, max_side: int | None) -> np.ndarray:
+    width, height = img.size
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise ImageError(
+            f"{name} is {width}x{height} px; Inspect needs at least {MIN_SIDE} px on each side"
+        )
+    if width * height > limit:
+        raise ImageError(
+            f"{name} is {width}x{height} px ({width * height / 1e6:.1f} megapixels), larger than "
+            f"the limit of {limit / 1e6:g} megapixels (set INSPECT_MAX_PIXELS to raise it)"
+        )
+
+    if max_side is not None and max(width, height) > max_side and img.format in ("JPEG", "MPO"):
+        # Decode the JPEG at 1/2, 1/4 or 1/8 scale straight away (never below max_side).
+        k = max_side / max(width, height)
+        img.draft(None, (max(1, int(width * k)), max(1, int(height * k))))
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
+        raise ImageError(
+            f"{name} is truncated or damaged: its pixel data could not be decoded in full ({exc})"
+        ) from None
+    except MemoryError:
+        raise ImageError(
+            f"{name} ({width}x{height} px) is too large to decode with the memory available"
+        ) from None
+
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make a good image unreadable
+        pass
+
+    img = _to_8bit(img, name)
+    if max_side is not None and max(img.size) > max_side:
+        # thumbnail() reduces by whole factors first (reducing_gap) and then resamples: fast and
+        # antialiased. It keeps the aspect ratio and never enlarges.
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return _to_rgb(img, name)
+
+
+def _to_8bit(img: Image.Image, name: str) -> Image.Image:
+    """Bring every mode into one of L, LA, RGB, RGBA (still full size where possible)."""
+    mode = img.mode
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return img
+    if mode == "1":
+        return img.convert("L")
+    if mode == "P" or mode == "PA":
+        has_alpha = mode == "PA" or "transparency" in img.info
+        return img.convert("RGBA" if has_alpha else "RGB")
+    if mode == "La":  # premultiplied alpha variants (rare from files)
+        return img.convert("LA")
+    if mode == "RGBa":
+        return img.convert("RGBA")
+    if mode in ("CMYK", "YCbCr", "RGBX"):
+        return img.convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_scale_high_depth(np.asarray(img), mode), mode="L")
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError):
+        raise ImageError(
+            f"{name} uses the image mode {mode!r}, which Inspect cannot convert"
+        ) from None
+
+
+def _scale_high_depth(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a 16-bit, 32-bit integer or float grayscale array to uint8 by its bit depth."""
+    if arr.ndim != 2:  # e.g. a multi-sample mode PIL exposes oddly; keep the first plane
+        arr = arr.reshape(arr.shape[0], arr.shape[1], -1)[..., 0]
+    peak = float(arr.max()) if arr.size else 0.0
+    if mode == "F" and peak <= 1.0:
+        full = 1.0
+    elif peak <= 4095:
+        full = 4095.0  # 12-bit camera data stored in 16-bit words
+    else:
+        full = 65535.0  # full 16-bit range; 32-bit values beyond it are clipped
+    # Work row blocks at a time so a 150 MP frame does not need a float64 copy of itself.
+    out = np.empty(arr.shape, dtype=np.uint8)
+    step = max(1, 4_000_000 // max(1, arr.shape[1]))
+    for r in range(0, arr.shape[0], step):
+        block = arr[r : r + step].astype(np.float32)
+        np.nan_to_num(block, copy=False, nan=0.0, posinf=full, neginf=0.0)
+        block *= 255.0 / full
+        np.clip(block, 0.0, 255.0, out=block)
+        out[r : r + step] = np.rint(block)
+    return out
+
+
+def _to_rgb(img: Image.Image, name: str) -> np.ndarray:
+    if img.mode in ("RGBA", "LA"):
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(black, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:  # pragma: no cover - defensive
+        raise ImageError(f"{name} could not be converted to an RGB image (got shape {arr.shape})")
+    return np.ascontiguousarray(arr)

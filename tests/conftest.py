@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny generated MVTec-layout dataset and a PatchCore trained on it.
+
+Everything lives in a session temp folder with ``INSPECT_HOME`` pointing there, so the tests never
+touch the developer's workspace. Fixtures here are shared by the core, similarity and app tests.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_MVTEC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_ad"
+TINY_CATEGORY = "tile"
+TINY_SIZE = 128
+
+
+@pytest.fixture(scope="session")
+def inspect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private workspace for the whole session (INSPECT_HOME)."""
+    home = tmp_path_factory.mktemp("inspect_home")
+    old = os.environ.get("INSPECT_HOME")
+    os.environ["INSPECT_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("INSPECT_HOME", None)
+    else:
+        os.environ["INSPECT_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(inspect_home: Path) -> Path:
+    """A small generated dataset (three categories, 128 px) under the session workspace."""
+    from core.demo_data import generate_demo_dataset
+
+    return generate_demo_dataset(
+        inspect_home / "demo_data", n_train=12, n_test_good=4, n_per_defect=2, size=TINY_SIZE, progress=False
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_patchcore(tiny_data_root: Path):
+    """PatchCore trained on the tiny 'tile' category; returns its metadata."""
+    from core.training import train
+
+    return train(
+        "patchcore",
+        TINY_CATEGORY,
+        data_root=tiny_data_root,
+        config={"coreset_ratio": 0.1, "image_size": TINY_SIZE},
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_bottle() -> Path:
+    """The real MVTec AD bottle category, when ../shared is present (skips otherwise)."""
+    root = SHARED_MVTEC
+    if not (root / "bottle" / "train" / "good").is_dir():
+        pytest.skip("real MVTec AD bottle data (../shared/data/mvtec_ad) is not present")
+    return root
