@@ -1,0 +1,198 @@
+"""How useful are the "similar past cases"? Precision@k of the neighbours of anomalous images.
+
+For every anomalous image (the query) we look at its ``k`` nearest neighbours among all *other*
+images of its category (leave-one-out: the store never returns the query itself) and ask:
+
+* **is anomalous** -- what fraction of the neighbours are anomalous too;
+* **same defect type** -- what fraction have the query's defect type (a "crack" query should
+  bring back cracks).
+
+Each is averaged over the anomalous queries, separately per descriptor ("global", "defect"), and
+reported next to the *chance* level: the value a random pick of ``k`` other images of the same
+category would get on average. A descriptor is useful where it clearly beats chance.
+
+Precision@k divides by ``k`` even when fewer than ``k`` neighbours came back (a category with
+fewer than ``k + 1`` images, or a filter): missing neighbours count as misses.
+
+The arithmetic is plain Python over labels, with no Qdrant in it; :func:`neighbours_from_store`
+adapts a :class:`~core.similarity.store.SimilarityStore` to the ``neighbours_fn`` it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ANOMALOUS = "anomalous"
+DESCRIPTORS: tuple[str, ...] = ("global", "defect")
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One indexed image as the evaluation sees it."""
+
+    id: str
+    label: str  # "good" or "anomalous"
+    defect_type: str  # MVTec: "good" for normal images, else the defect folder name
+    category: str = ""
+
+    @classmethod
+    def from_payload(cls, id: str, payload: Mapping[str, Any]) -> EvalItem:
+        return cls(
+            id=str(id),
+            label=str(payload["label"]),
+            defect_type=str(payload.get("defect_type") or ""),
+            category=str(payload.get("category") or ""),
+        )
+
+
+#: (query item, descriptor name, k) -> neighbours, best first. A neighbour is an
+#: :class:`EvalItem`, a mapping with "label"/"defect_type" (and optionally "id", "category"), or
+#: an object with ``id`` and a ``payload`` mapping (a store ``Hit``).
+NeighboursFn = Callable[[EvalItem, str, int], Iterable[Any]]
+
+
+def precision_at_k(
+    query_labels: Sequence[Hashable], neighbour_labels_lists: Sequence[Sequence[Hashable]], k: int
+) -> float:
+    """Mean over queries of (neighbours among the first ``k`` whose label equals the query's) / ``k``.
+
+    NaN when there are no queries.
+    """
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    if len(query_labels) != len(neighbour_labels_lists):
+        raise ValueError(
+            f"{len(query_labels)} query labels but {len(neighbour_labels_lists)} neighbour lists"
+        )
+    if not query_labels:
+        return math.nan
+    total = 0.0
+    for query, neighbours in zip(query_labels, neighbour_labels_lists):
+        total += sum(1 for label in list(neighbours)[:k] if label == query) / k
+    return total / len(query_labels)
+
+
+def _fields(neighbour: Any) -> tuple[str | None, str, str, str | None]:
+    """(id, label, defect_type, category) of a neighbour in any of the accepted shapes."""
+    if isinstance(neighbour, Mapping):
+        data, nid = neighbour, neighbour.get("id")
+    elif isinstance(getattr(neighbour, "payload", None), Mapping):
+        data, nid = neighbour.payload, getattr(neighbour, "id", None)
+    else:
+        data = {
+            "label": getattr(neighbour, "label"),
+            "defect_type": getattr(neighbour, "defect_type", ""),
+            "category": getattr(neighbour, "category", None),
+        }
+        nid = getattr(neighbour, "id", None)
+    category = data.get("category") or None
+    return (
+        None if nid is None else str(nid),
+        str(data["label"]),
+        str(data.get("defect_type") or ""),
+        None if category is None else str(category),
+    )
+
+
+def _chance(items: Sequence[EvalItem], queries: Sequence[EvalItem]) -> dict[str, float | None]:
+    """Expected precision of a random pick among the other images of the query's category."""
+    by_category: dict[str, list[EvalItem]] = defaultdict(list)
+    for item in items:
+        by_category[item.category].append(item)
+    anomalous, same_type = [], []
+    for query in queries:
+        others = [i for i in by_category[query.category] if i.id != query.id]
+        if not others:
+            continue
+        anomalous.append(sum(i.label == ANOMALOUS for i in others) / len(others))
+        same_type.append(sum(i.defect_type == query.defect_type for i in others) / len(others))
+    return {
+        "precision_anomalous": _mean(anomalous),
+        "precision_same_defect": _mean(same_type),
+    }
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def evaluate_retrieval(
+    items: Sequence[EvalItem],
+    neighbours_fn: NeighboursFn,
+    k: int = 5,
+    descriptors: Sequence[str] = DESCRIPTORS,
+) -> dict[str, Any]:
+    """Precision@k of the neighbours of every anomalous item, per descriptor (and per category).
+
+    ``items`` are all indexed images (good and anomalous, every split) so that the chance level
+    can be computed; ``neighbours_fn(item, descriptor, k)`` must search the other images of the
+    item's category. Returning the query itself, or an image of another category, is an error.
+
+    Returns a JSON-ready dict (``None`` where there were no anomalous queries)::
+
+        {"k": 5, "n_items": 120, "n_queries": 40,
+         "chance": {"precision_anomalous": 0.33, "precision_same_defect": 0.11},
+         "descriptors": {"defect": {"precision_anomalous": 0.9, "precision_same_defect": 0.7,
+                                    "n_queries": 40, "by_category": {"tile": {...}}}, ...}}
+    """
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    queries = [item for item in items if item.label == ANOMALOUS]
+    result: dict[str, Any] = {
+        "k": k,
+        "n_items": len(items),
+        "n_queries": len(queries),
+        "chance": _chance(items, queries),
+        "descriptors": {},
+    }
+    for descriptor in descriptors:
+        per_category: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        for query in queries:
+            neighbours = [_fields(n) for n in list(neighbours_fn(query, descriptor, k))[:k]]
+            for nid, _, _, ncat in neighbours:
+                if nid is not None and nid == query.id:
+                    raise ValueError(f"neighbours of {query.id} ({descriptor}) include the query itself")
+                if ncat is not None and query.category and ncat != query.category:
+                    raise ValueError(
+                        f"neighbours of {query.id} ({descriptor}) include category {ncat!r}, "
+                        f"not {query.category!r}"
+                    )
+            bucket = per_category[query.category]
+            bucket["labels"].append([label for _, label, _, _ in neighbours])
+            bucket["types"].append([dtype for _, _, dtype, _ in neighbours])
+            bucket["query_types"].append(query.defect_type)
+
+        def summary(labels: list, types: list, query_types: list) -> dict[str, Any]:
+            return {
+                "precision_anomalous": _nan_to_none(precision_at_k([ANOMALOUS] * len(labels), labels, k)),
+                "precision_same_defect": _nan_to_none(precision_at_k(query_types, types, k)),
+                "n_queries": len(labels),
+            }
+
+        all_labels = [x for b in per_category.values() for x in b["labels"]]
+        all_types = [x for b in per_category.values() for x in b["types"]]
+        all_query_types = [x for b in per_category.values() for x in b["query_types"]]
+        entry = summary(all_labels, all_types, all_query_types)
+        entry["by_category"] = {
+            category: summary(b["labels"], b["types"], b["query_types"])
+            for category, b in sorted(per_category.items())
+        }
+        result["descriptors"][descriptor] = entry
+    return result
+
+
+def neighbours_from_store(store: Any, model: str) -> NeighboursFn:
+    """A ``neighbours_fn`` that asks a ``SimilarityStore`` by stored point id (leave-one-out)."""
+
+    def neighbours(item: EvalItem, descriptor: str, k: int) -> list[Any]:
+        return store.similar(model, item.category, point_id=item.id, using=descriptor, k=k)
+
+    return neighbours

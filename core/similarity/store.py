@@ -1,0 +1,590 @@
+"""Similar past cases: a Qdrant store of per-image descriptors, and nearest-neighbour search.
+
+Each indexed image is one Qdrant point with two *named vectors* and a payload:
+
+* ``global`` -- the model's patch features pooled over the whole image (what the part looks like);
+* ``defect`` -- the same patch features pooled with anomaly-map weights (what the defect looks
+  like). Searching ``defect`` answers "where have we seen a defect like this one?".
+
+Both use cosine distance, so a hit's ``score`` is a cosine similarity (1 = same direction). A Qdrant
+server normalises vectors of a cosine collection on insert (vectors read back are unit length);
+embedded mode returns them as given.
+
+Collection design: one collection per (model, category)
+--------------------------------------------------------
+The alternative is one collection for everything, with ``model`` and ``category`` as filtered
+payload fields. We use one collection per (model, category), named ``inspect__<model>__<category>``,
+because:
+
+* **Dimensions differ per model and backbone.** A collection fixes the size of each named vector
+  (PatchCore on wide_resnet50 layers 2+3 gives 1536 dims, EfficientAD another size), so a single
+  collection cannot hold both models anyway; the split is at least per model.
+* **Vectors of different categories are not comparable.** Models are trained per category
+  (EfficientAD's student, PatchCore's memory bank and the anomaly maps that weight the ``defect``
+  descriptor), so a "tile" descriptor and a "grid" descriptor do not live in one space, and a
+  search never crosses categories. Every query restricts to one model+category; with a
+  collection per pair that restriction costs nothing, while a shared collection must filter every
+  query (fine on a server with a tenant index, but a Python scan over *all* points in embedded
+  mode, where filters are evaluated point by point).
+* **Rebuilds are per pair.** Retraining one category invalidates exactly its descriptors: drop and
+  re-index that one collection, without deleting by filter from a shared one.
+* **Many categories.** A factory with tens to a few hundred (model, category) pairs is well within
+  what Qdrant handles as collections. Qdrant recommends payload partitioning (one collection,
+  ``is_tenant`` keyword index) for *thousands* of tenants with small, same-sized vectors; if a
+  deployment ever gets there, only :func:`collection_name` and the filters here change.
+
+Within a collection, queries filter by ``label`` and ``defect_type`` and exclude the query image
+by id and by ``sha256``; on a server those fields get keyword payload indexes (embedded mode has
+no payload indexes and scans).
+
+Point ids are ``uuid5(model, category, sha256 of the image bytes)``: indexing the same image twice
+overwrites one point instead of adding a second, and the query image can be excluded by id.
+
+Embedded store or Qdrant server
+-------------------------------
+By default the store is embedded: ``QdrantClient(path=...)`` on ``get_settings().qdrant_path``,
+no server to run. Embedded ("local") mode keeps every vector in memory, searches by brute force
+(exact, O(points) per query, filters checked point by point in Python), loads the whole store when
+it opens, and locks the folder so that **only one process** can use it at a time: the Streamlit app
+and an index command cannot run at once. That is right for a demo and for a few thousand images
+per category; ``scripts/bench_qdrant.py`` measures where it stops being interactive.
+
+Run a Qdrant server when several processes must use the store at once (app + indexer, several
+app replicas), when a category holds tens of thousands of images or more (HNSW index instead of
+brute force, payload indexes, nothing loaded at start-up), or when the store should live on
+another machine. Point the app at it with environment variables; the rest of the code path is
+unchanged::
+
+    docker run -p 6333:6333 -v "$PWD/var/qdrant_server:/qdrant/storage" qdrant/qdrant
+    export QDRANT_URL=http://localhost:6333      # or https://<cluster>.cloud.qdrant.io:6333
+    export QDRANT_API_KEY=...                    # only if the server requires one
+
+An embedded store is not read by a server: re-run the index command after switching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from core.errors import StoreError
+from core.settings import get_settings
+
+#: The named vectors of every collection.
+VECTOR_NAMES: tuple[str, ...] = ("global", "defect")
+LABELS: tuple[str, ...] = ("good", "anomalous")
+#: Payload fields that queries filter on; keyword-indexed on a server.
+INDEXED_FIELDS: tuple[str, ...] = ("label", "defect_type", "sha256")
+#: What the messages tell the user to run to rebuild the store.
+REINDEX_HINT = "re-run `python -m core index`"
+
+COLLECTION_PREFIX = "inspect"
+_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://inspect.invalid/similarity/point")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+# --------------------------------------------------------------------------------------------
+# Opening a client
+# --------------------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def open_client(path: Path | None = None, *, timeout: int = 10) -> QdrantClient:
+    """A client for the server named by ``QDRANT_URL``, else for the embedded store at ``path``.
+
+    ``path`` defaults to ``get_settings().qdrant_path``. Raises :class:`StoreError` with a one-line
+    message when the embedded folder is locked by another process, cannot be read (corrupt; nothing
+    is deleted), or when the server cannot be reached or refuses the API key.
+    """
+    url = os.environ.get("QDRANT_URL", "").strip()
+    if url:
+        return _open_remote(url, os.environ.get("QDRANT_API_KEY") or None, timeout)
+    return _open_embedded(Path(path) if path is not None else get_settings().qdrant_path)
+
+
+def _open_remote(url: str, api_key: str | None, timeout: int) -> QdrantClient:
+    try:
+        client = QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=False)
+        client.get_collections()  # the constructor does not connect; this does
+    except UnexpectedResponse as exc:
+        if exc.status_code in (401, 403):
+            raise StoreError(
+                f"the Qdrant server at {url} refused the request (HTTP {exc.status_code}): "
+                "set QDRANT_API_KEY to a valid key"
+            ) from exc
+        raise StoreError(
+            f"the Qdrant server at {url} answered HTTP {exc.status_code}: {_one_line(exc)}"
+        ) from exc
+    except Exception as exc:  # connection refused, DNS, timeout, malformed URL
+        raise StoreError(
+            f"cannot reach the Qdrant server at {url} ({_one_line(exc)}): start it or fix "
+            "QDRANT_URL, or unset QDRANT_URL to use the embedded store"
+        ) from exc
+    return client
+
+
+def _locked_message(path: Path) -> str:
+    return (
+        f"the Qdrant store {path} is in use by another process (embedded Qdrant allows one "
+        f"process at a time): close the app or other process using {path}, or run a Qdrant "
+        "server and set QDRANT_URL"
+    )
+
+
+def _corrupt_message(path: Path, reason: str) -> str:
+    return (
+        f"the Qdrant store {path} cannot be read ({reason}); nothing was deleted: move the folder "
+        f"aside (e.g. mv {path} {path}.broken) and {REINDEX_HINT}"
+    )
+
+
+def _is_locked(path: Path) -> bool:
+    """Whether another client holds the folder's lock (the same check ``QdrantLocal`` makes).
+
+    Checked before opening so that a locked store is reported as such without first loading it
+    all into memory. The lock is taken and released at once; the file is never created here.
+    """
+    lock_path = path / ".lock"
+    if not lock_path.is_file():
+        return False
+    import portalocker  # a qdrant-client dependency; imported late as qdrant-client does
+
+    with open(lock_path, "r+") as handle:
+        try:
+            portalocker.lock(handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        except portalocker.exceptions.LockException:
+            return True
+        portalocker.unlock(handle)
+    return False
+
+
+def _open_embedded(path: Path) -> QdrantClient:
+    path = path.expanduser()
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"the Qdrant store {path} is a file, not a folder: set INSPECT_QDRANT_PATH to a folder")
+    if path.is_dir() and (path / "collection").is_dir() and not (path / "meta.json").is_file():
+        # Qdrant would start an empty store over the old data without a word
+        raise StoreError(_corrupt_message(path, "meta.json is missing"))
+    try:
+        if _is_locked(path):
+            raise StoreError(_locked_message(path))
+        return QdrantClient(path=str(path))
+    except StoreError:
+        raise
+    except RuntimeError as exc:
+        if "already accessed by another instance" in str(exc):  # lost a race with another opener
+            raise StoreError(_locked_message(path)) from exc
+        raise StoreError(_corrupt_message(path, _one_line(exc))) from exc
+    except PermissionError as exc:
+        raise StoreError(f"no permission to use the Qdrant store {path}: {_one_line(exc)}") from exc
+    except Exception as exc:  # bad JSON, not a database, truncated pickles, wrong config...
+        raise StoreError(_corrupt_message(path, f"{type(exc).__name__}: {_one_line(exc)}")) from exc
+
+
+def is_embedded(client: QdrantClient) -> bool:
+    """Whether ``client`` is an embedded (local mode) client rather than a server connection."""
+    options = client.init_options
+    return options.get("path") is not None or options.get("location") == ":memory:"
+
+
+# --------------------------------------------------------------------------------------------
+# Names, ids and records
+# --------------------------------------------------------------------------------------------
+
+
+def collection_name(model: str, category: str, prefix: str = COLLECTION_PREFIX) -> str:
+    """``<prefix>__<model>__<category>``; names with other characters get a hash suffix."""
+    if not model or not category:
+        raise ValueError("model and category must be non-empty")
+    parts = (prefix, model, category)
+    if all(_SAFE_NAME.match(p) and "__" not in p for p in parts):
+        return "__".join(parts)
+    digest = hashlib.sha256(f"{model}\x1f{category}".encode()).hexdigest()[:10]
+    cleaned = [re.sub(r"[^A-Za-z0-9.-]+", "-", p).strip("-") or "x" for p in parts]
+    return "__".join(cleaned) + f"__{digest}"
+
+
+def sha256_of(data: bytes | Path) -> str:
+    """Hex SHA-256 of image bytes, or of a file's bytes."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    with open(data, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def point_id(image_bytes_sha256: str, model: str, category: str) -> str:
+    """Deterministic point id: the same image under the same model and category, the same id."""
+    sha = image_bytes_sha256.strip().lower()
+    if not _SHA256.match(sha):
+        raise ValueError(f"expected a hex SHA-256 of the image bytes, got {image_bytes_sha256!r}")
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{model}\x1f{category}\x1f{sha}"))
+
+
+@dataclass
+class Record:
+    """One image to index: its point id, named vectors and payload."""
+
+    id: str
+    vectors: dict[str, np.ndarray]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+def make_record(
+    *,
+    sha256: str,
+    model: str,
+    category: str,
+    vectors: Mapping[str, np.ndarray],
+    image_path: str,
+    split: str,
+    label: str,
+    defect_type: str,
+    score: float | None = None,
+    inspection_id: str | None = None,
+    time: str | None = None,
+) -> Record:
+    """Build a :class:`Record` with the id and payload fields the store expects."""
+    if label not in LABELS:
+        raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+    payload: dict[str, Any] = {
+        "image_path": str(image_path),
+        "category": category,
+        "split": split,
+        "label": label,
+        "defect_type": defect_type,
+        "score": None if score is None else float(score),
+        "model": model,
+        "time": time or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inspection_id": inspection_id,
+        "sha256": sha256.strip().lower(),
+    }
+    return Record(id=point_id(sha256, model, category), vectors=dict(vectors), payload=payload)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A neighbour: point id, cosine similarity to the query, and the stored payload."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+def _jsonable(value: Any) -> Any:
+    """Payload values as plain JSON types (numpy scalars, paths, tuples)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _as_vector(value: Any, name: str, size: int | None) -> np.ndarray:
+    vector = np.asarray(value, dtype=np.float32).reshape(-1) if value is not None else None
+    if vector is None or vector.size == 0:
+        raise ValueError(f"vector {name!r} is empty")
+    if size is not None and vector.size != size:
+        raise ValueError(f"vector {name!r} has {vector.size} dims, the collection expects {size}")
+    if not np.all(np.isfinite(vector)):
+        raise ValueError(f"vector {name!r} contains NaN or infinite values")
+    if not np.any(vector):
+        raise ValueError(f"vector {name!r} is all zeros (no direction for cosine similarity)")
+    return vector
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------------
+
+
+class SimilarityStore:
+    """Index and search per-image descriptors; one collection per (model, category).
+
+    Wraps a :class:`QdrantClient` (embedded or server alike). Use :meth:`open` for the configured
+    store, or pass a client. Closing the store closes the client.
+    """
+
+    def __init__(self, client: QdrantClient, *, prefix: str = COLLECTION_PREFIX) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._dims: dict[str, dict[str, int]] = {}
+
+    @classmethod
+    def open(cls, path: Path | None = None, **kwargs: Any) -> SimilarityStore:
+        return cls(open_client(path), **kwargs)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> SimilarityStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- collections -----------------------------------------------------------------------
+
+    def name(self, model: str, category: str) -> str:
+        return collection_name(model, category, self.prefix)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Server connection problems in the middle of a session, as :class:`StoreError`."""
+        try:
+            yield
+        except ResponseHandlingException as exc:
+            url = self.client.init_options.get("url")
+            raise StoreError(f"lost the connection to the Qdrant server at {url}: {_one_line(exc)}") from exc
+        except UnexpectedResponse as exc:
+            if exc.status_code in (401, 403):
+                raise StoreError(
+                    f"the Qdrant server refused the request (HTTP {exc.status_code}): check QDRANT_API_KEY"
+                ) from exc
+            raise
+
+    def dims(self, model: str, category: str) -> dict[str, int] | None:
+        """Named vector sizes of the collection, or None when it does not exist."""
+        name = self.name(model, category)
+        if name in self._dims:
+            return self._dims[name]
+        with self._errors():
+            if not self.client.collection_exists(name):
+                return None
+            vectors = self.client.get_collection(name).config.params.vectors
+        if not isinstance(vectors, Mapping):
+            raise StoreError(f"collection {name} has no named vectors; delete it and {REINDEX_HINT}")
+        self._dims[name] = {key: int(params.size) for key, params in vectors.items()}
+        return self._dims[name]
+
+    def ensure_collection(self, model: str, category: str, dims: Mapping[str, int]) -> bool:
+        """Create the collection if missing; True when created.
+
+        An existing collection must have the same named vectors and sizes (a model or backbone
+        change alters them): otherwise :class:`StoreError` says to delete it and re-index.
+        """
+        if not dims:
+            raise ValueError("dims must name at least one vector")
+        wanted = {str(k): int(v) for k, v in dims.items()}
+        existing = self.dims(model, category)
+        name = self.name(model, category)
+        if existing is not None:
+            if existing != wanted:
+                raise StoreError(
+                    f"collection {name} holds vectors {existing} but the model now produces {wanted}: "
+                    f"delete the collection and {REINDEX_HINT}"
+                )
+            return False
+        with self._errors():
+            self.client.create_collection(
+                name,
+                vectors_config={
+                    key: models.VectorParams(size=size, distance=models.Distance.COSINE)
+                    for key, size in wanted.items()
+                },
+            )
+            if not is_embedded(self.client):  # embedded mode has no payload indexes (it warns)
+                for field_name in INDEXED_FIELDS:
+                    self.client.create_payload_index(
+                        name, field_name, field_schema=models.PayloadSchemaType.KEYWORD
+                    )
+        self._dims[name] = wanted
+        return True
+
+    def delete_collection(self, model: str, category: str) -> bool:
+        """Drop the (model, category) collection; True if it existed."""
+        name = self.name(model, category)
+        self._dims.pop(name, None)
+        with self._errors():
+            if not self.client.collection_exists(name):
+                return False
+            self.client.delete_collection(name)
+        return True
+
+    def count(self, model: str, category: str) -> int:
+        name = self.name(model, category)
+        if self.dims(model, category) is None:
+            return 0
+        with self._errors():
+            return int(self.client.count(name, exact=True).count)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def upsert(
+        self, model: str, category: str, records: Sequence[Record], batch_size: int = 256
+    ) -> int:
+        """Insert or overwrite records (same id = same point); returns how many were written.
+
+        Creates the collection from the first record's vector sizes when it does not exist.
+        Every record must carry the collection's named vectors, a payload ``sha256`` from which
+        its id derives, and a ``label`` of "good" or "anomalous"; ``model`` and ``category`` are
+        filled in when missing.
+        """
+        if not records:
+            return 0
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        dims = self.dims(model, category)
+        if dims is None:
+            first = records[0].vectors
+            self.ensure_collection(model, category, {k: int(np.asarray(v).size) for k, v in first.items()})
+            dims = self.dims(model, category)
+            assert dims is not None
+        name = self.name(model, category)
+        written = 0
+        for start in range(0, len(records), batch_size):
+            points = [self._point(rec, model, category, dims) for rec in records[start : start + batch_size]]
+            with self._errors():
+                self.client.upsert(name, points=points, wait=True)
+            written += len(points)
+        return written
+
+    def _point(self, rec: Record, model: str, category: str, dims: Mapping[str, int]) -> models.PointStruct:
+        if set(rec.vectors) != set(dims):
+            raise ValueError(f"record {rec.id} has vectors {sorted(rec.vectors)}, expected {sorted(dims)}")
+        payload = _jsonable(dict(rec.payload))
+        for key, value in (("model", model), ("category", category)):
+            if payload.setdefault(key, value) != value:
+                raise ValueError(f"record {rec.id} has payload {key}={payload[key]!r}, not {value!r}")
+        if payload.get("label") not in LABELS:
+            raise ValueError(f"record {rec.id}: payload label must be one of {LABELS}")
+        sha = str(payload.get("sha256") or "").strip().lower()
+        if point_id(sha, model, category) != rec.id:
+            raise ValueError(
+                f"record {rec.id} does not match point_id(sha256, model, category); build it with make_record"
+            )
+        payload["sha256"] = sha
+        vectors = {key: _as_vector(value, key, dims[key]).tolist() for key, value in rec.vectors.items()}
+        return models.PointStruct(id=rec.id, vector=vectors, payload=payload)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, model: str, category: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Record]:
+        """Stored records for ``ids`` in the given order; unknown ids are skipped.
+
+        Vectors (when asked for) come back unit-normalised from a server (it normalises cosine
+        vectors on insert) and as given from the embedded store.
+        """
+        if not ids or self.dims(model, category) is None:
+            return []
+        with self._errors():
+            points = self.client.retrieve(
+                self.name(model, category), ids=list(ids), with_payload=True, with_vectors=with_vectors
+            )
+        by_id = {str(p.id): p for p in points}
+        out = []
+        for pid in ids:
+            p = by_id.get(str(pid))
+            if p is None:
+                continue
+            vectors = p.vector if isinstance(p.vector, Mapping) else {}
+            out.append(
+                Record(
+                    id=str(p.id),
+                    vectors={k: np.asarray(v, dtype=np.float32) for k, v in vectors.items()},
+                    payload=dict(p.payload or {}),
+                )
+            )
+        return out
+
+    def similar(
+        self,
+        model: str,
+        category: str,
+        *,
+        vector: np.ndarray | None = None,
+        point_id: str | None = None,
+        using: str = "defect",
+        k: int = 5,
+        label: str | None = None,
+        defect_type: str | None = None,
+        exclude_ids: Sequence[str] = (),
+        exclude_sha256: str | None = None,
+    ) -> list[Hit]:
+        """The ``k`` stored images most similar to a query, best first.
+
+        Query by ``vector`` (e.g. a fresh upload) or by ``point_id`` of a stored image, whose
+        ``using`` vector is fetched first. The query image is never returned: its id and its
+        ``sha256`` (the stored one for a point id query, ``exclude_sha256`` for a vector query) are
+        excluded, as are ``exclude_ids``. ``label`` and ``defect_type`` restrict the candidates.
+        Returns an empty list when nothing is indexed for (model, category).
+        """
+        if (vector is None) == (point_id is None):
+            raise ValueError("give exactly one of vector= or point_id=")
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        if label is not None and label not in LABELS:
+            raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+        dims = self.dims(model, category)
+        name = self.name(model, category)
+        if dims is None:
+            if point_id is not None:
+                raise LookupError(f"point {point_id} is not in {name} (the collection does not exist)")
+            return []
+        if using not in dims:
+            raise ValueError(f"unknown vector {using!r}; {name} has {sorted(dims)}")
+
+        excluded_ids = [str(i) for i in exclude_ids]
+        excluded_sha = {exclude_sha256.strip().lower()} if exclude_sha256 else set()
+        if point_id is not None:
+            with self._errors():
+                found = self.client.retrieve(name, ids=[point_id], with_payload=["sha256"], with_vectors=[using])
+            if not found:
+                raise LookupError(f"point {point_id} is not in {name}")
+            stored = found[0]
+            query = np.asarray(stored.vector[using], dtype=np.float32)  # type: ignore[index]
+            excluded_ids.append(str(point_id))
+            if stored.payload and stored.payload.get("sha256"):
+                excluded_sha.add(str(stored.payload["sha256"]))
+        else:
+            query = _as_vector(vector, using, dims[using])
+
+        must: list[models.Condition] = []
+        if label is not None:
+            must.append(models.FieldCondition(key="label", match=models.MatchValue(value=label)))
+        if defect_type is not None:
+            must.append(models.FieldCondition(key="defect_type", match=models.MatchValue(value=defect_type)))
+        must_not: list[models.Condition] = []
+        if excluded_ids:
+            must_not.append(models.HasIdCondition(has_id=excluded_ids))
+        for sha in sorted(excluded_sha):
+            must_not.append(models.FieldCondition(key="sha256", match=models.MatchValue(value=sha)))
+        query_filter = models.Filter(must=must or None, must_not=must_not or None) if (must or must_not) else None
+
+        with self._errors():
+            response = self.client.query_points(
+                name,
+                query=query.tolist(),
+                using=using,
+                query_filter=query_filter,
+                limit=k,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return [
+            Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {}))
+            for p in response.points
+        ]
