@@ -47,9 +47,26 @@ class SplitOutputs:
     masks: list[torch.Tensor] = field(default_factory=list)
     defect_types: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    raw_scores: list[torch.Tensor] = field(default_factory=list)
+    raw_maps: list[torch.Tensor] = field(default_factory=list)
 
     def cat(self, name: str) -> torch.Tensor:
         return torch.cat(getattr(self, name))
+
+    def ranking(self, name: str) -> torch.Tensor:
+        """Values for the threshold-free metrics: the raw ones, rescaled to [0, 1] over the whole set.
+
+        The normalised scores are clipped to [0, 1], and ties at 0 or 1 would understate AUROC and
+        AUPRO; raw scores outside [0, 1] would be squashed by torchmetrics' sigmoid into ties. A
+        min-max over the whole test set keeps the raw ranking exactly (it is monotone and shared by
+        all images, unlike a per-image normalisation). Falls back to the normalised values.
+        """
+        raw = getattr(self, f"raw_{name}")
+        if not raw:
+            return self.cat(name)
+        values = torch.cat(raw).double()
+        low, high = values.min(), values.max()
+        return ((values - low) / (high - low)).float() if high > low else torch.zeros_like(values, dtype=torch.float32)
 
 
 def collect(detector: Detector, datamodule: Any, *, progress: bool = True) -> SplitOutputs:
@@ -58,9 +75,12 @@ def collect(detector: Detector, datamodule: Any, *, progress: bool = True) -> Sp
 
     out = SplitOutputs()
     for batch in tqdm(datamodule.test_dataloader(), desc="Evaluating", unit="batch", disable=not progress):
-        _, normalised = detector.run_batch(batch.image)
+        raw, normalised = detector.run_batch(batch.image)
         amap = normalised.anomaly_map.float().cpu()
         amap = amap if amap.dim() == 3 else amap.squeeze(1)
+        raw_map = raw.anomaly_map.float().cpu()
+        out.raw_maps.append(raw_map if raw_map.dim() == 3 else raw_map.squeeze(1))
+        out.raw_scores.append(raw.pred_score.reshape(-1).float().cpu())
         mask = batch.gt_mask.float()
         mask = mask if mask.dim() == 3 else mask.squeeze(1)
         if mask.shape[-2:] != amap.shape[-2:]:
@@ -102,17 +122,18 @@ def metrics_from(out: SplitOutputs) -> dict[str, Any]:
     """All metrics from collected outputs (separate from running the model, so it is testable)."""
     scores, labels = out.cat("scores"), out.cat("labels")
     maps, masks = out.cat("maps"), out.cat("masks")
+    rank_scores, rank_maps = out.ranking("scores"), out.ranking("maps")
     types = np.array(out.defect_types)
     result: dict[str, Any] = {
         "n_test": int(len(labels)),
         "n_test_anomalous": int(labels.sum()),
-        "image_auroc": image_auroc(scores, labels),
+        "image_auroc": image_auroc(rank_scores, labels),
         "image_f1": f1_at(scores, labels),
-        "pixel_auroc": _metric(AUROC(fields=["anomaly_map", "gt_mask"]), anomaly_map=maps.flatten(), gt_mask=masks.flatten()),
+        "pixel_auroc": _metric(AUROC(fields=["anomaly_map", "gt_mask"]), anomaly_map=rank_maps.flatten(), gt_mask=masks.flatten()),
         "pixel_f1": f1_at(maps.flatten(), masks.flatten()),
-        "aupro": _metric(AUPRO(fields=["anomaly_map", "gt_mask"]), anomaly_map=maps, gt_mask=masks),
+        "aupro": _metric(AUPRO(fields=["anomaly_map", "gt_mask"]), anomaly_map=rank_maps, gt_mask=masks),
         "false_alarm_rate": float((scores[labels == 0] >= CALIBRATED_THRESHOLD).float().mean()) if (labels == 0).any() else None,
-        "roc": roc_points(scores, labels),
+        "roc": roc_points(rank_scores, labels),
     }
     good = torch.from_numpy(types == "good")
     per_type = {}
@@ -121,7 +142,7 @@ def metrics_from(out: SplitOutputs) -> dict[str, Any]:
         subset = good | sel
         per_type[defect] = {
             "n": int(sel.sum()),
-            "image_auroc": image_auroc(scores[subset], labels[subset]) if good.any() else None,
+            "image_auroc": image_auroc(rank_scores[subset], labels[subset]) if good.any() else None,
             "detection_rate": float((scores[sel] >= CALIBRATED_THRESHOLD).float().mean()),
         }
     result["per_defect_type"] = per_type

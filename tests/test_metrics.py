@@ -48,3 +48,20 @@ def test_metrics_from_hand_case() -> None:
     assert m["roc"]["fpr"][0] == 0.0 and m["roc"]["tpr"][-1] == 1.0
     # the map ranks found-defect pixels above all others, but the missed one ties with background
     assert 0.5 < m["pixel_auroc"] < 1.0
+
+
+def test_threshold_free_metrics_rank_raw_scores_not_clipped_ones() -> None:
+    """Normalised scores clip at 1.0: two defects both at 1.0 would tie with a good image at 1.0."""
+    out = SplitOutputs(
+        scores=[torch.tensor([1.0, 1.0, 1.0, 0.2])],
+        raw_scores=[torch.tensor([50.0, 40.0, 30.0, 10.0])],
+        labels=[torch.tensor([1, 1, 0, 0])],
+        maps=[torch.zeros(4, 4, 4)],
+        masks=[torch.zeros(4, 4, 4, dtype=torch.int32)],
+        defect_types=["crack", "crack", "good", "good"],
+        paths=["a", "b", "c", "d"],
+    )
+    out.masks[0][0, 0, 0] = 1
+    m = metrics_from(out)
+    assert m["image_auroc"] == pytest.approx(1.0)  # raw 50, 40 > 30, 10
+    assert m["false_alarm_rate"] == pytest.approx(0.5)  # the verdicts still use the calibrated scores
