@@ -64,3 +64,61 @@ def shared_bottle() -> Path:
     if not (root / "bottle" / "train" / "good").is_dir():
         pytest.skip("real MVTec AD bottle data (../shared/data/mvtec_ad) is not present")
     return root
+
+
+# --- Dashboard (app) tests: tests/test_app_*.py and tests/e2e/ ----------------------------------
+
+#: Environment variables that would point the app away from the test workspace.
+APP_ENV_VARS = (
+    "INSPECT_DATA_ROOT",
+    "INSPECT_MODELS_DIR",
+    "INSPECT_RESULTS",
+    "INSPECT_QDRANT_PATH",
+    "INSPECT_HISTORY_DB",
+    "INSPECT_CACHE",
+    "QDRANT_URL",
+    "QDRANT_API_KEY",
+)
+APP_SCRIPT = Path(__file__).resolve().parents[1] / "app.py"
+
+
+@pytest.fixture(scope="session")
+def app_home(inspect_home: Path, tiny_data_root: Path, tiny_patchcore) -> Path:
+    """The session workspace with the tiny PatchCore on 'tile': what the app tests run against."""
+    return inspect_home
+
+
+@pytest.fixture
+def app_env(app_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """INSPECT_HOME = the app workspace, with every other location at its default inside it."""
+    for name in APP_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("INSPECT_HOME", str(app_home))
+    return app_home
+
+
+@pytest.fixture
+def app_test(app_env: Path):
+    """A factory of fresh ``AppTest`` instances of app.py (each one is a new browser session)."""
+    from streamlit.testing.v1 import AppTest
+
+    def make(timeout: float = 240):
+        return AppTest.from_file(str(APP_SCRIPT), default_timeout=timeout)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def app_index(app_home: Path) -> dict:
+    """The similar-defect index of the tiny PatchCore (skips when the service is not there)."""
+    try:
+        from core.similarity.indexing import index_categories
+    except ImportError as exc:
+        pytest.skip(f"the similarity service is not available: {exc}")
+    old = os.environ.get("INSPECT_HOME")
+    os.environ["INSPECT_HOME"] = str(app_home)
+    try:
+        return index_categories(["patchcore"], [TINY_CATEGORY], progress=False)
+    finally:
+        if old is not None:
+            os.environ["INSPECT_HOME"] = old

@@ -1,0 +1,200 @@
+"""Streamlit glue shared by the pages: caches, the job panel, small display helpers.
+
+This is the page edge: ``st.cache_resource`` / ``st.cache_data`` and widgets live here; the logic
+they call is in ``core/``. The leading underscore marks this file as a helper, not a page
+(``app.py`` lists the pages explicitly with ``st.navigation``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from core import app_services as svc
+from core import jobs
+from core.errors import InspectError
+
+JOB_REFRESH_S = 2.0
+
+
+def ensure_app_frame() -> None:
+    """Make sure this page runs inside ``app.py``'s frame (sidebar, navigation).
+
+    Streamlit still knows its legacy multipage mode: with a folder named ``pages/`` next to the
+    main script, a *fresh* server runs ``pages/<file>.py`` on its own when asked for
+    ``/<file>``, without ``app.py`` (only ``st.navigation``, called in ``app.py``, switches that
+    mode off). The page files are therefore named differently from their url paths
+    (``pages/model_comparison.py`` is served at ``/compare``), so every real url goes through
+    ``app.py``; and should a page still be started on its own (someone typing
+    ``/model_comparison``), this switches the legacy mode off and reruns through ``app.py``. A
+    no-op in every normal run.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # pragma: no cover - a Streamlit without the legacy mode
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+# --------------------------------------------------------------------------------------------
+# Cached resources
+# --------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading the model (first use in this process)…")
+def _load_detector(model: str, category: str, models_dir: str, mtime: float):
+    # The key includes the checkpoint's mtime: retraining (a new file) loads the new model.
+    from core.inference import load_detector
+
+    detector = load_detector(model, category)
+    svc.warm_up(detector)  # the first call pays one-off set-up; the inspector's first verdict should not
+    return detector
+
+
+def get_detector(model: str, category: str):
+    """The trained detector, loaded on first use and cached per process."""
+    return _load_detector(*svc.detector_cache_key(model, category))
+
+
+@st.cache_resource(show_spinner=False)
+def device_summary() -> str:
+    return svc.device_summary()
+
+
+def get_history():
+    """The inspection history, or None after showing why it cannot be opened."""
+    from core.history import History
+
+    try:
+        return History()
+    except InspectError as exc:
+        st.error(f"The inspection history cannot be opened: {exc}")
+        return None
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def thumbnail_uri(path: str | None, mtime: float) -> str | None:
+    return svc.thumbnail_data_uri(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Display helpers
+# --------------------------------------------------------------------------------------------
+
+
+def verdict_badge(verdict: str, container: Any = st) -> None:
+    """The verdict in large coloured letters (GOOD green, DEFECT red)."""
+    cls = "defect" if verdict == "DEFECT" else "good"
+    container.markdown(f'<div class="inspect-verdict inspect-{cls}">{verdict}</div>', unsafe_allow_html=True)
+
+
+CSS = """
+<style>
+.inspect-verdict {font-size: 2.4rem; font-weight: 800; letter-spacing: .06em; padding: .2rem 1rem;
+  border-radius: .5rem; display: inline-block; margin: .2rem 0 .6rem 0;}
+.inspect-good {background: #e6f4ea; color: #137333; border: 2px solid #137333;}
+.inspect-defect {background: #fce8e6; color: #b3261e; border: 2px solid #b3261e;}
+.inspect-muted {color: #5f6b7a; font-size: .85rem;}
+</style>
+"""
+
+
+def inject_css() -> None:
+    st.html(CSS)
+
+
+# --------------------------------------------------------------------------------------------
+# Background jobs
+# --------------------------------------------------------------------------------------------
+
+
+def start_job_button(
+    label: str,
+    kind: str,
+    *,
+    model: str | None,
+    category: str | None,
+    key: str,
+    help: str | None = None,
+    before: Any = None,
+) -> None:
+    """A button that starts ``python -m core <kind>`` in the background.
+
+    ``before`` (optional) runs first, e.g. to release the embedded similarity store the job needs.
+    """
+    if st.button(label, key=key, help=help, icon=":material/play_arrow:"):
+        try:
+            if before is not None:
+                before()
+            job = jobs.start_job(kind, model=model, category=category)
+        except InspectError as exc:
+            st.error(str(exc))
+            return
+        st.session_state[f"job:{kind}:{model}:{category}"] = job.id
+        st.rerun()
+
+
+def _render_job(job: jobs.Job) -> None:
+    prog = jobs.progress_of(jobs.read_log_tail(job))
+    elapsed = f"{job.elapsed_s():.0f} s"
+    if job.status == jobs.RUNNING:
+        st.progress(prog.fraction if prog.fraction is not None else 0.0, text=f"**{job.title}** — running for {elapsed}")
+        if prog.text:
+            st.caption(prog.text)
+        if st.button("Cancel", key=f"cancel:{job.id}", icon=":material/stop:"):
+            jobs.cancel_job(job.id)
+            st.rerun(scope="app")
+    elif job.status == jobs.SUCCEEDED:
+        st.success(f"{job.title}: finished in {elapsed}.")
+    elif job.status == jobs.CANCELLED:
+        st.warning(f"{job.title}: cancelled after {elapsed}.")
+    else:
+        st.error(f"{job.title}: failed — {jobs.error_line(job)}")
+    with st.expander("Log", expanded=False):
+        st.code(jobs.read_log_tail(job, 4000)[-4000:] or "(no output yet)", language=None)
+
+
+@st.fragment(run_every=JOB_REFRESH_S)
+def _job_live(job_id: str) -> None:
+    job = jobs.load_job(job_id)
+    if job is None:
+        return
+    _render_job(job)
+    if job.done:
+        # Refresh the whole page once: a finished training makes the model appear, etc.
+        st.rerun(scope="app")
+
+
+def job_panel(kind: str, model: str | None, category: str | None) -> jobs.Job | None:
+    """The newest job of this kind for (model, category), live while it runs; returns it."""
+    job = jobs.active_job(kind, model, category) or jobs.latest_job(kind, model, category)
+    if job is None:
+        return None
+    with st.container(border=True):
+        if job.status == jobs.RUNNING:
+            _job_live(job.id)
+        else:
+            _render_job(job)
+    return job
+
+
+@st.fragment(run_every=JOB_REFRESH_S)
+def _sidebar_jobs_live() -> None:
+    running = [j for j in jobs.list_jobs(limit=20) if j.status == jobs.RUNNING]
+    if not running:
+        st.rerun(scope="app")
+    for job in running:
+        prog = jobs.progress_of(jobs.read_log_tail(job))
+        st.progress(prog.fraction or 0.0, text=f"{job.title} ({job.elapsed_s():.0f} s)")
+
+
+def sidebar_jobs() -> None:
+    """Running background jobs in the sidebar (refreshed every few seconds while any runs)."""
+    if jobs.active_job() is None:
+        return
+    st.sidebar.markdown("**Background jobs**")
+    with st.sidebar:
+        _sidebar_jobs_live()

@@ -1,0 +1,112 @@
+"""The Compare page and the tables and figures behind it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def _entry(model: str, category: str, image_auroc: float, pixel_auroc: float, steps: int | None) -> dict:
+    return {
+        "model": model,
+        "category": category,
+        "image_auroc": image_auroc,
+        "pixel_auroc": pixel_auroc,
+        "image_f1": 0.9,
+        "pixel_f1": 0.5,
+        "aupro": 0.8,
+        "false_alarm_rate": 0.05,
+        "latency_ms": 12.5,
+        "peak_memory_mb": 900.0,
+        "eval_device": "cpu",
+        "n_test": 40,
+        "threshold_source": "20% of train/good held out",
+        "per_defect_type": {"crack": {"n": 10, "image_auroc": 0.95, "detection_rate": 0.9}},
+        "roc": {"fpr": [0.0, 0.1, 1.0], "tpr": [0.0, 0.8, 1.0]},
+        "training": {"backbone": "efficientnet_lite0", "device": "cpu (2 threads)", "steps": steps, "train_time_s": 30.0, "n_train_images": 100},
+    }
+
+
+RESULTS = {
+    "version": 1,
+    "models": {
+        "patchcore/bottle": _entry("patchcore", "bottle", 1.0, 0.98, None),
+        "patchcore/tile": _entry("patchcore", "tile", 0.9, 0.85, None),
+        "efficientad/bottle": _entry("efficientad", "bottle", 0.99, 0.97, 2000),
+        "efficientad/tile": _entry("efficientad", "tile", 0.8, 0.9, 2000),
+    },
+    "retrieval": {"patchcore/tile": {"k": 5, "defect": {"same_defect_type": 0.6, "chance": 0.2}}},
+}
+
+
+@pytest.fixture
+def results_file(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(RESULTS))
+    monkeypatch.setenv("INSPECT_RESULTS", str(path))
+    return path
+
+
+def test_compare_page_renders_charts_and_tables(app_test, results_file):
+    at = app_test()
+    at.run()
+    at.switch_page("pages/model_comparison.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2  # AUROC bars and the ROC curves
+    bars = json.loads(charts[0].proto.spec)
+    names = {t.get("name") for t in bars["data"]}
+    assert {"PatchCore", "EfficientAD", "published figure"} <= names
+    # Each model's bars: bottle, tile and the average.
+    pc = next(t for t in bars["data"] if t.get("name") == "PatchCore")
+    assert pc["x"] == ["bottle", "tile", "average"]
+    assert pc["y"][-1] == pytest.approx((1.0 + 0.9) / 2)
+    assert len(at.dataframe) >= 3  # all metrics, per defect type, retrieval
+    at.selectbox(key="compare_roc_category").set_value("tile").run()
+    assert not at.exception
+    roc = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert any("EfficientAD" in (t.get("name") or "") for t in roc["data"])
+
+
+def test_empty_results_say_which_command_to_run(app_test, tmp_path, monkeypatch):
+    monkeypatch.setenv("INSPECT_RESULTS", str(tmp_path / "none.json"))
+    at = app_test()
+    at.run()
+    at.switch_page("pages/model_comparison.py").run()
+    assert not at.exception
+    assert "python -m core evaluate" in at.info[0].value
+    assert not at.get("plotly_chart")
+
+
+def test_results_table_has_every_metric_and_training_facts():
+    from core import app_services as svc
+
+    table = svc.results_table(RESULTS)
+    for col in ("image AUROC", "pixel AUROC", "image F1", "pixel F1", "AUPRO", "latency (ms)", "peak memory (MB)",
+                "steps", "train device", "backbone", "train time (s)", "threshold source"):
+        assert col in table.columns
+    assert set(table["model"]) == {"PatchCore", "EfficientAD"}
+    assert table.loc[table["model"] == "PatchCore", "steps"].iloc[0] == "one pass"
+    per_type = svc.per_defect_table(RESULTS)
+    assert list(per_type.columns) == ["model", "category", "defect type", "images", "image AUROC", "detection rate"]
+
+
+def test_published_figures_only_for_bottle():
+    from core import app_services as svc
+
+    assert {c for _, c in svc.PUBLISHED} == {"bottle"}
+    only_tile = {"models": {"patchcore/tile": RESULTS["models"]["patchcore/tile"]}}
+    fig = svc.auroc_bar_figure(only_tile)
+    assert "published figure" not in {t.name for t in fig.data}
+    fig = svc.auroc_bar_figure(RESULTS)
+    published = [t for t in fig.data if t.name == "published figure"]
+    assert published and all(set(t.x) == {"bottle"} for t in published)
+    # Image AUROC: PatchCore 1.000 and EfficientAD 1.000; pixel AUROC: PatchCore 0.986 only.
+    by_axis: dict[str, list] = {}
+    for t in published:
+        by_axis.setdefault(t.xaxis or "x", []).extend((t.offsetgroup, y) for y in t.y)
+    assert sorted(by_axis["x"]) == [("EfficientAD", 1.0), ("PatchCore", 1.0)]
+    assert by_axis["x2"] == [("PatchCore", 0.986)]

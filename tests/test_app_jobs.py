@@ -1,0 +1,83 @@
+"""Background jobs: started as separate processes, followed through their record and log."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from core import jobs
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def wait_done(job_id: str, timeout: float = 240.0) -> jobs.Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = jobs.load_job(job_id)
+        if job is not None and job.done:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still running after {timeout} s")
+
+
+def test_failed_job_reports_the_error_line(app_env):
+    job = jobs.start_job("train", model="patchcore", category="no_such_category")
+    assert job.status == jobs.RUNNING and job.pid
+    assert jobs.active_job("train", "patchcore", "no_such_category") is not None
+    done = wait_done(job.id, 120)
+    assert done.status == jobs.FAILED and done.returncode == 2
+    assert "no_such_category" in jobs.error_line(done) and jobs.error_line(done).startswith("error:")
+    assert done.finished_at and done.elapsed_s() >= 0
+    assert jobs.active_job("train", "patchcore", "no_such_category") is None
+
+
+def test_job_runs_in_the_background_and_can_be_cancelled(app_env):
+    started = time.monotonic()
+    job = jobs.start_job("evaluate", model="patchcore", category="tile")
+    assert time.monotonic() - started < 5  # start_job returns at once
+    # The same job is not started twice.
+    assert jobs.start_job("evaluate", model="patchcore", category="tile").id == job.id
+    cancelled = jobs.cancel_job(job.id)
+    assert cancelled.status == jobs.CANCELLED
+    done = wait_done(job.id, 60)
+    assert done.status == jobs.CANCELLED
+    time.sleep(0.5)
+    assert not jobs._alive(job.pid)
+
+
+def test_progress_is_read_from_the_last_tqdm_line():
+    log = (
+        "$ python -m core train\n"
+        "Epoch 0:  50%|█████     | 1/2 [00:01<00:01]\rEpoch 0: 100%|██████████| 2/2 [00:02<00:00]\n"
+        "Selecting coreset:  45%|####5     | 115/256 [00:00<00:00, 579pt/s]"
+    )
+    progress = jobs.progress_of(log)
+    assert progress.fraction == pytest.approx(115 / 256)
+    assert progress.text.startswith("Selecting coreset")
+    assert "####" not in progress.text
+    assert jobs.progress_of("Evaluating:  30%|███ | ").fraction == pytest.approx(0.3)
+    none = jobs.progress_of("loading model\n")
+    assert none.fraction is None and none.text == "loading model"
+    assert jobs.progress_of("").fraction is None
+
+
+def test_untrained_model_button_starts_a_training_job(app_test, monkeypatch):
+    """The Inspect page's training button starts a background job and shows its panel."""
+    started: list[tuple] = []
+
+    def fake_start(kind, *, model=None, category=None, **_):
+        started.append((kind, model, category))
+        job = jobs.Job(
+            id="test-job", kind=kind, title=f"{kind} {model} {category}", args=[kind], log_path="/nonexistent/test-job.log",
+            model=model, category=category, status=jobs.FAILED, message="stub",
+        )
+        return job
+
+    monkeypatch.setattr(jobs, "start_job", fake_start)
+    at = app_test()
+    at.run()
+    at.selectbox(key="inspect_category").set_value("grid").run()
+    at.button(key="train:patchcore:grid").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert started == [("train", "patchcore", "grid")]
