@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,17 +22,25 @@ TINY_CATEGORY = "tile"
 TINY_SIZE = 128
 
 
-@pytest.fixture(scope="session")
-def inspect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private workspace for the whole session (INSPECT_HOME)."""
-    home = tmp_path_factory.mktemp("inspect_home")
+@contextmanager
+def inspect_home_at(home: Path) -> Iterator[Path]:
+    """Point INSPECT_HOME at ``home`` for the duration, then restore the previous value."""
     old = os.environ.get("INSPECT_HOME")
     os.environ["INSPECT_HOME"] = str(home)
-    yield home
-    if old is None:
-        os.environ.pop("INSPECT_HOME", None)
-    else:
-        os.environ["INSPECT_HOME"] = old
+    try:
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("INSPECT_HOME", None)
+        else:
+            os.environ["INSPECT_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def inspect_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private workspace for the whole session (INSPECT_HOME)."""
+    with inspect_home_at(tmp_path_factory.mktemp("inspect_home")) as home:
+        yield home
 
 
 @pytest.fixture(scope="session")

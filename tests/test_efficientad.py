@@ -7,7 +7,6 @@ registry's models are unaffected. While it trains, ``socket.connect`` raises: an
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from core.efficientad import (
     prepare_training,
     teacher_patch_features,
 )
+from conftest import inspect_home_at
 from core.errors import WeightsMissingError
 from core.teacher import file_sha256, teacher_weights_path
 
@@ -42,14 +42,8 @@ def _refuse(*args, **kwargs):
 @pytest.fixture(scope="module")
 def ead_home(tmp_path_factory: pytest.TempPathFactory):
     """A private INSPECT_HOME for this module, restored afterwards."""
-    home = tmp_path_factory.mktemp("ead_home")
-    old = os.environ.get("INSPECT_HOME")
-    os.environ["INSPECT_HOME"] = str(home)
-    yield home
-    if old is None:
-        os.environ.pop("INSPECT_HOME", None)
-    else:
-        os.environ["INSPECT_HOME"] = old
+    with inspect_home_at(tmp_path_factory.mktemp("ead_home")) as home:
+        yield home
 
 
 @pytest.fixture(scope="module")
