@@ -653,7 +653,9 @@ def similar_cases(
             hits = service.similar_to_point(model, category, entry["point_id"], k=k, **filters)
             stored = stored_case(model, category, entry["point_id"])
         else:
-            hits = service.similar_to_image(get_detector(), entry["image"], k=k, sha256=entry["sha"], **filters)
+            hits = service.similar_to_image(
+                get_detector(), entry["image"], k=k, sha256=entry["sha"], prediction=entry["prediction"], **filters
+            )
             stored = None
         payload = stored or {
             "label": "inspected upload",

@@ -149,10 +149,24 @@ def add_inspection(
 
 
 def similar_to_image(
-    detector: Detector, image_rgb: np.ndarray, *, sha256: str | None = None, k: int = 5, using: str | None = None, **filters: Any
+    detector: Detector,
+    image_rgb: np.ndarray,
+    *,
+    sha256: str | None = None,
+    k: int = 5,
+    using: str | None = None,
+    prediction: Prediction | None = None,
+    **filters: Any,
 ) -> list[Hit]:
-    """The k most similar stored cases to an image (never the image itself)."""
-    vectors, _ = describe(detector, image_rgb)
+    """The k most similar stored cases to an image (never the image itself).
+
+    Pass the image's ``prediction`` when the caller already has it (the Inspect page does), so
+    the model is not run a second time: only the patch features are extracted.
+    """
+    if prediction is None:
+        vectors, _ = describe(detector, image_rgb)
+    else:
+        vectors = descriptors(detector.patch_features(image_rgb), prediction.anomaly_map)
     using = using or best_descriptor(detector.meta.model, detector.meta.category)
     with open_store() as store:
         return store.similar(
