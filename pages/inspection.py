@@ -190,8 +190,8 @@ with left:
     m2.metric("Threshold", f"{judgement.threshold:.2f}", help="Normalised threshold the score is compared with.")
     m3.metric("Inference", f"{judgement.latency_ms:.0f} ms", help=f"On {detector.device}.")
     st.caption(
-        f"Raw score {judgement.raw_score:.4g} vs raw threshold {judgement.raw_threshold:.4g} "
-        f"(calibrated: {judgement.calibrated_raw_threshold:.4g}). "
+        f"Raw score {judgement.raw_score:.6g} vs raw threshold {judgement.raw_threshold:.6g} "
+        f"(calibrated: {judgement.calibrated_raw_threshold:.6g}). "
         f"{svc.model_label(model)} on '{category}'. Threshold calibrated on: {judgement.calibration_source}."
     )
 
