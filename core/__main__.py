@@ -21,7 +21,12 @@ def _quiet_libraries() -> None:
     """Keep the terminal for our own progress bars and results, not library deprecation chatter."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*(eval mode|configure_optimizers|LeafSpec|num_workers|litlogger).*")
+    warnings.filterwarnings(
+        "ignore",
+        # Lightning, every step of an EfficientAD run: anomalib logs losses with no logger configured
+        # (Inspect records the steps and its metrics itself) and lets Lightning guess the batch size.
+        message=".*(eval mode|configure_optimizers|LeafSpec|num_workers|litlogger|no logger configured|infer the `batch_size`).*",
+    )
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     import logging
 

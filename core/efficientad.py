@@ -32,6 +32,7 @@ import torch
 from anomalib.models import EfficientAd
 from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
 
+from core.errors import ConfigError
 from core.settings import get_settings
 from core.teacher import file_sha256, read_teacher_state, teacher_weights_path
 
@@ -57,11 +58,14 @@ class EfficientAdConfig:
 
     def __post_init__(self) -> None:
         if self.model_size not in ("small", "medium"):
-            raise ValueError(f"unknown EfficientAD model size '{self.model_size}': small or medium")
+            raise ConfigError(f"unknown EfficientAD model size '{self.model_size}': small or medium")
         if self.image_size < MIN_IMAGE_SIZE:
-            raise ValueError(f"EfficientAD needs image_size >= {MIN_IMAGE_SIZE} px (got {self.image_size})")
+            raise ConfigError(
+                f"EfficientAD needs --image-size >= {MIN_IMAGE_SIZE} px (got {self.image_size}): its autoencoder "
+                "halves the image five times and then applies an 8x8 kernel"
+            )
         if self.steps is not None and self.steps < 1:
-            raise ValueError("steps must be at least 1")
+            raise ConfigError(f"EfficientAD needs --steps >= 1 (got {self.steps})")
 
     def teacher_path(self) -> Path:
         return Path(self.teacher_weights).expanduser() if self.teacher_weights else teacher_weights_path(self.model_size)

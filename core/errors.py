@@ -15,6 +15,13 @@ class DatasetError(InspectError):
     """The dataset root or its MVTec AD layout is wrong."""
 
 
+class ConfigError(InspectError, ValueError):
+    """A model setting is out of range (image size, model size, steps, layers...).
+
+    Also a :class:`ValueError`, so code that validates settings generically keeps working.
+    """
+
+
 class ImageError(InspectError):
     """A file is not a readable image (not an image, truncated, unsupported mode)."""
 

@@ -24,8 +24,10 @@ from anomalib.pre_processing import PreProcessor
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from core.backbones import DEFAULT_BACKBONE, BackboneSpec, load_pretrained_weights, resolve_backbone
+from core.errors import ConfigError
 
 MODEL_NAMES = ("patchcore", "efficientad")
+MIN_PATCHCORE_SIZE = 64  # 4x4 positions at stride 16
 
 
 def make_pre_processor(spec: BackboneSpec, image_size: int) -> PreProcessor:
@@ -46,12 +48,24 @@ class PatchcoreConfig:
     image_size: int = 256
     backbone_weights: str | None = None  # a local weights file for non-offline backbones
 
+    def __post_init__(self) -> None:
+        # checked here, before any image is read, rather than after minutes of feature extraction
+        if not 0 < self.coreset_ratio <= 1:
+            raise ConfigError(f"--coreset-ratio must be in (0, 1] (got {self.coreset_ratio}); anomalib's default is 0.1")
+        if self.image_size < MIN_PATCHCORE_SIZE:
+            raise ConfigError(
+                f"PatchCore needs --image-size >= {MIN_PATCHCORE_SIZE} px (got {self.image_size}): its stride-16 "
+                "layer would have fewer than 4x4 positions"
+            )
+        if self.num_neighbors < 1:
+            raise ConfigError(f"num_neighbors must be at least 1 (got {self.num_neighbors})")
+
     def resolved_layers(self) -> list[str]:
         if self.layers:
             return list(self.layers)
         spec = resolve_backbone(self.backbone)
         if not spec.default_layers:
-            raise ValueError(f"say which layers of '{self.backbone}' to use with --layers")
+            raise ConfigError(f"say which layers of '{self.backbone}' to use with --layers")
         return list(spec.default_layers)
 
     def to_dict(self) -> dict[str, Any]:

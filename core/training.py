@@ -87,7 +87,14 @@ def guard_thresholds(module: Any, datamodule: Any) -> None:
 
 
 def make_engine(device: torch.device, *, max_steps: int | None = None, progress: bool = True, **kwargs: Any):
-    """anomalib's Engine, quiet: no logger, no checkpoints of its own (the registry stores them)."""
+    """anomalib's Engine, quiet: no logger, no checkpoints of its own (the registry stores them).
+
+    Deliberate departure from anomalib's defaults: its Engine adds a ``ModelCheckpoint`` that
+    writes a Lightning checkpoint (hundreds of MB for PatchCore's memory bank) under
+    ``default_root_dir`` after every fit, unless one is already in the callbacks. Inspect passes
+    one that keeps nothing (``save_top_k=0``), since :mod:`core.registry` stores the model.
+    """
+    from anomalib.callbacks.checkpoint import ModelCheckpoint
     from anomalib.engine import Engine
 
     root = get_settings().cache_dir / "lightning"
@@ -102,6 +109,8 @@ def make_engine(device: torch.device, *, max_steps: int | None = None, progress:
     if max_steps is not None:
         trainer_args["max_steps"] = max_steps
     trainer_args.update(kwargs)
+    no_checkpoints = ModelCheckpoint(dirpath=str(root / "unused"), save_top_k=0, save_last=False)
+    trainer_args["callbacks"] = [no_checkpoints, *trainer_args.get("callbacks", [])]
     return Engine(**trainer_args)
 
 

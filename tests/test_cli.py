@@ -66,3 +66,13 @@ def test_missing_backbone_weights_file(tmp_path: Path) -> None:
 
 def test_evaluate_with_nothing_trained(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("evaluate", home=tmp_path), "no trained model")
+
+
+def test_out_of_range_settings(tmp_path: Path) -> None:
+    """Checked before any feature is extracted, and named with the flag to change."""
+    _category(tmp_path / "data")
+    common = ("train", "--category", "part", "--data-root", str(tmp_path / "data"))
+    assert_one_line_error(run_cli(*common, "--model", "efficientad", "--image-size", "128", home=tmp_path), "--image-size >= 256")
+    assert_one_line_error(run_cli(*common, "--model", "efficientad", "--steps", "0", home=tmp_path), "--steps >= 1")
+    assert_one_line_error(run_cli(*common, "--coreset-ratio", "0", home=tmp_path), "--coreset-ratio must be in (0, 1]")
+    assert_one_line_error(run_cli(*common, "--image-size", "32", home=tmp_path), "--image-size >= 64")

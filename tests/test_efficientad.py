@@ -23,7 +23,7 @@ from core.efficientad import (
     teacher_patch_features,
 )
 from conftest import inspect_home_at
-from core.errors import WeightsMissingError
+from core.errors import ConfigError, WeightsMissingError
 from core.teacher import file_sha256, teacher_weights_path
 
 CATEGORY = "tile"
@@ -79,9 +79,9 @@ def test_config_defaults_and_validation() -> None:
     assert (config.model_size, config.image_size, config.lr) == ("small", 256, 1e-4)
     assert config.teacher_path() == teacher_weights_path("small")
     assert EfficientAdConfig(**config.to_dict()) == config
-    with pytest.raises(ValueError, match="256"):
+    with pytest.raises(ConfigError, match="256"):
         EfficientAdConfig(image_size=128)
-    with pytest.raises(ValueError, match="small or medium"):
+    with pytest.raises(ConfigError, match="small or medium"):
         EfficientAdConfig(model_size="large")
 
 
@@ -123,6 +123,7 @@ def test_training_offline_records_steps_and_teacher(trained, ead_home: Path) -> 
     penalty = ead_home / "cache" / "penalty" / "natural"
     assert len(list(penalty.glob("*.png"))) == 300
     assert not (Path.cwd() / "datasets" / "imagenette").exists()  # anomalib's default download folder
+    assert not list(ead_home.rglob("*.ckpt"))  # no Lightning checkpoint beside the registry's
 
 
 def test_checkpoint_has_teacher_statistics_and_quantiles(trained) -> None:

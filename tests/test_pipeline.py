@@ -25,6 +25,8 @@ def test_training_writes_checkpoint_and_metadata(tiny_patchcore, inspect_home) -
     assert cal["image_min"] < cal["image_max"] and cal["pixel_min"] < cal["pixel_max"]
     assert "no test image" in cal["source"]
     assert [m.category for m in registry.list_trained()] == [TINY_CATEGORY]
+    # the registry holds the model; Lightning's own checkpoint (anomalib's default) is not written
+    assert not list(inspect_home.rglob("*.ckpt"))
 
 
 def test_memory_bank_is_the_coreset(tiny_patchcore) -> None:
