@@ -65,7 +65,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     config = _patchcore_config(args) if args.model == "patchcore" else {}
     if args.model == "efficientad":
-        for key in ("steps", "model_size", "image_size"):
+        for key in ("steps", "model_size", "image_size", "lr"):
             if getattr(args, key, None) is not None:
                 config[key] = getattr(args, key)
     meta = train(args.model, args.category, data_root=args.data_root, config=config, device=args.device)
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("EfficientAD")
     g.add_argument("--steps", type=int, help="training steps (paper: 70000, a GPU job)")
     g.add_argument("--model-size", choices=("small", "medium"))
+    g.add_argument("--lr", type=float, help="Adam learning rate of student and autoencoder (default 1e-4, the paper's)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate trained models and write the results file")

@@ -64,6 +64,8 @@ class EfficientAdConfig:
                 f"EfficientAD needs --image-size >= {MIN_IMAGE_SIZE} px (got {self.image_size}): its autoencoder "
                 "halves the image five times and then applies an 8x8 kernel"
             )
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"EfficientAD needs 0 < --lr < 1 (got {self.lr}); the paper's is 1e-4")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"EfficientAD needs --steps >= 1 (got {self.steps})")
 

@@ -74,5 +74,6 @@ def test_out_of_range_settings(tmp_path: Path) -> None:
     common = ("train", "--category", "part", "--data-root", str(tmp_path / "data"))
     assert_one_line_error(run_cli(*common, "--model", "efficientad", "--image-size", "128", home=tmp_path), "--image-size >= 256")
     assert_one_line_error(run_cli(*common, "--model", "efficientad", "--steps", "0", home=tmp_path), "--steps >= 1")
+    assert_one_line_error(run_cli(*common, "--model", "efficientad", "--lr", "0", home=tmp_path), "0 < --lr < 1")
     assert_one_line_error(run_cli(*common, "--coreset-ratio", "0", home=tmp_path), "--coreset-ratio must be in (0, 1]")
     assert_one_line_error(run_cli(*common, "--image-size", "32", home=tmp_path), "--image-size >= 64")
