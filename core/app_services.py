@@ -53,6 +53,15 @@ def model_label(model: str) -> str:
     return MODEL_LABELS.get(model, model)
 
 
+def training_note(model: str, category: str) -> str | None:
+    """What training ``model`` costs on this machine, where that matters (EfficientAD's steps)."""
+    if model != "efficientad":
+        return None
+    from core.efficientad import training_plan_note  # imports anomalib: only when asked
+
+    return training_plan_note(category)
+
+
 # --------------------------------------------------------------------------------------------
 # Models and data
 # --------------------------------------------------------------------------------------------

@@ -38,9 +38,11 @@ from core.teacher import file_sha256, read_teacher_state, teacher_weights_path
 
 #: The paper's training length (one image per step), the default on a GPU.
 PAPER_STEPS = 70_000
-#: Default steps without a GPU: a short run (measured about 10 s per step at 256 px on a shared
-#: 2-core CPU, see docs/efficientad.md), far from converged.
+#: Default steps without a GPU: a short run, far from converged (README, "EfficientAD").
 CPU_DEFAULT_STEPS = 200
+#: Seconds per EfficientAD-S step at 256 px measured on this project's 2-core CPU: 1.3 on both
+#: cores (scripts/bench_efficientad.py, networks only), 2.6 for a whole 500-step run on one core.
+CPU_SECONDS_PER_STEP = (1.3, 2.6)
 MIN_IMAGE_SIZE = 256  # anomalib's autoencoder: 5 stride-2 convolutions, then an 8x8 kernel
 
 
@@ -201,6 +203,20 @@ class StepProgress(Callback):
 
 def default_steps() -> int:
     return PAPER_STEPS if torch.cuda.is_available() else CPU_DEFAULT_STEPS
+
+
+def training_plan_note(category: str) -> str:
+    """What a default EfficientAD training costs here, for the page that offers to start one."""
+    steps = default_steps()
+    if torch.cuda.is_available():
+        return f"EfficientAD trains for {steps:,} steps on this machine's GPU (the paper's schedule)."
+    low, high = (steps * s / 60 for s in CPU_SECONDS_PER_STEP)
+    return (
+        f"No GPU here: EfficientAD trains for {steps:,} steps on the CPU, about {low:.0f}-{high:.0f} min "
+        f"on 2 cores ({CPU_SECONDS_PER_STEP[0]}-{CPU_SECONDS_PER_STEP[1]} s per step measured), far from the paper's "
+        f"{PAPER_STEPS:,}. For more, run `python -m core train --model efficientad --category {category} --steps N` "
+        "(the progress bar shows steps and the time left), or train on a GPU."
+    )
 
 
 def prepare_training(module: OfflineEfficientAd, config: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:

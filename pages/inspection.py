@@ -56,8 +56,9 @@ for missing in (m for m in svc.MODEL_NAMES if (m, category) not in trained):
             f"Train it from a terminal with `{registry.train_command(missing, category)}`, or start it here: "
             "it runs in the background and the other pages stay usable."
         )
-        if missing == "efficientad":
-            st.caption("EfficientAD trains for many steps; on a CPU expect minutes to hours depending on the step count.")
+        note = svc.training_note(missing, category)
+        if note:
+            st.caption(note)
         job = ui.job_panel("train", missing, category)
         if job is None or job.done:
             ui.start_job_button(f"Train {label} on '{category}'", "train", model=missing, category=category, key=f"train:{missing}:{category}")

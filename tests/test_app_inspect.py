@@ -214,3 +214,10 @@ def test_untrained_model_says_how_to_train_it(app_test):
     labels = [b.label for b in at.button]
     assert "Train PatchCore on 'leather'" in labels
     assert verdicts(at) == []
+    # EfficientAD's cost is stated before anyone starts it: steps, minutes, the flag for more
+    from core.efficientad import default_steps
+
+    note = next(c.value for c in at.caption if "EfficientAD trains for" in c.value)
+    assert f"{default_steps():,} steps" in note
+    if "No GPU" in note:
+        assert " min " in note and "--steps N" in note
