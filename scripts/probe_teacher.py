@@ -1,0 +1,80 @@
+"""Probe a PDN teacher before spending hours training EfficientAD with it: kNN on its own features.
+
+A teacher is only useful if its 33x33-patch descriptors separate defects from good surface. This
+script measures that directly, PatchCore-style and without any training: the teacher's output on
+every ``train/good`` image (channel-standardised, a random subset of ``--bank`` patch vectors) is the
+memory bank; a test image's score is the largest distance of one of its patches to its nearest
+bank vector; the printed figure is the image AUROC of those scores on the category's test set. A
+randomly initialised PDN of the same shape is probed the same way as the floor: a distilled teacher
+should beat it clearly. This is a diagnostic of the descriptor, not EfficientAD's accuracy (the
+student never sees test images either, but it must learn to imitate the teacher first). Example::
+
+    .venv/bin/python scripts/probe_teacher.py --category bottle --data-root ../shared/data/mvtec_ad
+    .venv/bin/python scripts/probe_teacher.py --category tile --teacher /path/to/pdn_small.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.data import check_layout, resolve_data_root  # noqa: E402
+from core.image_io import load_image  # noqa: E402
+from core.teacher import build_pdn, load_teacher  # noqa: E402
+
+
+def _tensor(path: Path, size: int) -> torch.Tensor:
+    """[0, 1] RGB at ``size`` px: what EfficientAD's pre-processor gives the teacher."""
+    image = torch.tensor(load_image(path)).permute(2, 0, 1).float().div(255)[None]
+    return torch.nn.functional.interpolate(image, size=(size, size), mode="bilinear", antialias=True)
+
+
+@torch.inference_mode()
+def probe(pdn: torch.nn.Module, train: list[Path], test: list[tuple[Path, int]], size: int, bank_size: int) -> float:
+    pdn.eval()
+    bank = torch.cat([pdn(_tensor(p, size))[0].flatten(1).T for p in train])
+    mean, std = bank.mean(0), bank.std(0) + 1e-6
+    bank = ((bank - mean) / std)[torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[:bank_size]]
+    scores, labels = [], []
+    for path, label in test:
+        patches = (pdn(_tensor(path, size))[0].flatten(1).T - mean) / std
+        scores.append(float(torch.cdist(patches, bank).min(1).values.max()))
+        labels.append(label)
+    return float(roc_auc_score(labels, scores))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--category", required=True)
+    parser.add_argument("--data-root", help="MVTec-layout folder (default: INSPECT_DATA_ROOT or the demo data)")
+    parser.add_argument("--teacher", help="teacher weights (default: assets/teacher/pdn_<size>.pth)")
+    parser.add_argument("--model-size", default="small", choices=("small", "medium"))
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--bank", type=int, default=30_000, help="patch vectors kept in the memory bank")
+    args = parser.parse_args()
+    root = resolve_data_root(args.data_root)
+    check_layout(root, args.category, verify_images=False)
+    folder = root / args.category
+    train = sorted((folder / "train" / "good").glob("*.png"))
+    test = [(p, int(p.parent.name != "good")) for p in sorted((folder / "test").glob("*/*.png"))]
+    torch.manual_seed(0)
+    candidates = {
+        "distilled teacher": load_teacher(args.model_size, args.teacher).float(),
+        "random-init PDN (floor)": build_pdn(args.model_size),
+    }
+    print(f"{args.category}: {len(train)} train/good, {len(test)} test images, {args.image_size} px, bank {args.bank:,}")
+    for name, pdn in candidates.items():
+        start = time.perf_counter()
+        auroc = probe(pdn, train, test, args.image_size, args.bank)
+        print(f"  {name:<26} kNN image AUROC {auroc:.3f}  ({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
