@@ -9,6 +9,7 @@ split described in :func:`core.data.make_datamodule`.
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -110,7 +111,15 @@ def make_engine(device: torch.device, *, max_steps: int | None = None, progress:
         trainer_args["max_steps"] = max_steps
     trainer_args.update(kwargs)
     no_checkpoints = ModelCheckpoint(dirpath=str(root / "unused"), save_top_k=0, save_last=False)
-    trainer_args["callbacks"] = [no_checkpoints, *trainer_args.get("callbacks", [])]
+    callbacks = [no_checkpoints, *trainer_args.get("callbacks", [])]
+    if progress and not sys.stdout.isatty():
+        # Lightning's default bar is Rich's where rich is installed, and Rich draws nothing into a
+        # file until the end: a background job's log (core.jobs) would show no step for an hour.
+        # tqdm writes every update, which the job panel parses.
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        callbacks.append(TQDMProgressBar())
+    trainer_args["callbacks"] = callbacks
     return Engine(**trainer_args)
 
 

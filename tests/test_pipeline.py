@@ -74,3 +74,20 @@ def test_evaluation_writes_results(tiny_patchcore) -> None:
 def test_untrained_model_says_how_to_train(inspect_home) -> None:
     with pytest.raises(ModelNotTrainedError, match="python -m core train --model patchcore --category leather"):
         registry.load_meta("patchcore", "leather")
+
+
+def test_background_training_writes_a_tqdm_step_bar(monkeypatch) -> None:
+    """Rich (Lightning's default bar) draws nothing into a job's log file until the end; tqdm does."""
+    import sys
+
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    from core.training import make_engine
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
+    callbacks = make_engine(torch.device("cpu"), progress=True)._cache.args["callbacks"]  # noqa: SLF001
+    assert any(type(c) is TQDMProgressBar for c in callbacks)
+    assert any(isinstance(c, ModelCheckpoint) and c.save_top_k == 0 for c in callbacks)
+    quiet = make_engine(torch.device("cpu"), progress=False)._cache.args["callbacks"]  # noqa: SLF001
+    assert not any(isinstance(c, TQDMProgressBar) for c in quiet)
