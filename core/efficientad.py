@@ -39,7 +39,7 @@ from core.teacher import file_sha256, read_teacher_state, teacher_weights_path
 #: The paper's training length (one image per step), the default on a GPU.
 PAPER_STEPS = 70_000
 #: Default steps without a GPU, chosen from runs on real bottle (README, "EfficientAD"): 150 steps
-#: reached image AUROC 0.725, 2,000 steps 0.969. About 45-95 min on 2 cores; still 3% of the paper's.
+#: reached image AUROC 0.725, 2,000 steps 0.969. About 43-97 min on 2 cores; still 3% of the paper's.
 CPU_DEFAULT_STEPS = 2_000
 #: Seconds per EfficientAD-S step at 256 px measured on this project's 2-core CPU: 1.3 on both
 #: cores (scripts/bench_efficientad.py, networks only), 2.6-2.9 for whole runs on one core.
