@@ -216,6 +216,8 @@ def _alive(pid: int | None) -> bool:
     """True when ``pid`` is a live supervisor process (not a zombie, not a reused pid)."""
     if not pid:
         return False
+    if any(proc.pid == pid and proc.poll() is None for proc in list(_CHILDREN.values())):
+        return True  # started by this process and not exited: no need to read /proc
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -229,7 +231,9 @@ def _alive(pid: int | None) -> bool:
             if stat.rsplit(")", 1)[-1].split()[0] == "Z":
                 return False
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-            return b"core.jobs" in cmdline
+            # Empty while the kernel is still setting up a just-started process (Popen returns
+            # once exec has begun, before argv is readable): alive, not a reused pid.
+            return not cmdline.strip() or b"core.jobs" in cmdline
         except OSError:
             return False
     return True
