@@ -216,8 +216,6 @@ def _alive(pid: int | None) -> bool:
     """True when ``pid`` is a live supervisor process (not a zombie, not a reused pid)."""
     if not pid:
         return False
-    if any(proc.pid == pid and proc.poll() is None for proc in list(_CHILDREN.values())):
-        return True  # started by this process and not exited: no need to read /proc
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -52,9 +52,15 @@ def best_descriptor(model: str, category: str) -> str:
     return max(scored, key=scored.get) if scored else DEFAULT_DESCRIPTOR
 
 
-def describe(detector: Detector, image_rgb: np.ndarray) -> tuple[dict[str, np.ndarray], Prediction]:
-    """Both descriptors of one image, and its prediction (whose map weights the defect descriptor)."""
-    prediction = detector.predict(image_rgb)
+def describe(
+    detector: Detector, image_rgb: np.ndarray, prediction: Prediction | None = None
+) -> tuple[dict[str, np.ndarray], Prediction]:
+    """Both descriptors of one image, and its prediction (whose map weights the defect descriptor).
+
+    A caller that already has the image's ``prediction`` passes it, so the model is not run twice.
+    """
+    if prediction is None:
+        prediction = detector.predict(image_rgb)
     return descriptors(detector.patch_features(image_rgb), prediction.anomaly_map), prediction
 
 
@@ -130,7 +136,7 @@ def add_inspection(
     defect_type: str = "inspected",
 ) -> str:
     """Add an inspected upload judged DEFECT to the store; returns its point id."""
-    vectors = descriptors(detector.patch_features(image_rgb), prediction.anomaly_map)
+    vectors, _ = describe(detector, image_rgb, prediction)
     record = make_record(
         sha256=sha256,
         model=detector.meta.model,
@@ -160,13 +166,9 @@ def similar_to_image(
 ) -> list[Hit]:
     """The k most similar stored cases to an image (never the image itself).
 
-    Pass the image's ``prediction`` when the caller already has it (the Inspect page does), so
-    the model is not run a second time: only the patch features are extracted.
+    Pass the image's ``prediction`` when the caller already has it (the Inspect page does).
     """
-    if prediction is None:
-        vectors, _ = describe(detector, image_rgb)
-    else:
-        vectors = descriptors(detector.patch_features(image_rgb), prediction.anomaly_map)
+    vectors, _ = describe(detector, image_rgb, prediction)
     using = using or best_descriptor(detector.meta.model, detector.meta.category)
     with open_store() as store:
         return store.similar(
