@@ -161,6 +161,9 @@ def make_datamodule(
     """
     from anomalib.data import MVTecAD
 
+    from core.anomalib_io import use_inspect_loader
+
+    use_inspect_loader()  # anomalib's own reader turns 16-bit PNGs white (see core.anomalib_io)
     base = resolve_data_root(root)
     datamodule = MVTecAD(
         root=base,

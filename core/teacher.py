@@ -140,13 +140,10 @@ def load_teacher(model_size: str = "small", path: str | Path | None = None) -> n
 
 
 def _read_folder_images(folder: Path) -> list[np.ndarray]:
-    from PIL import Image
+    from core.image_io import load_image  # the one loader, as for datasets and uploads
 
-    images = []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"}):
-        with Image.open(path) as img:
-            images.append(np.asarray(img.convert("RGB")))
-    return images
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    return [load_image(path, max_side=None) for path in paths]
 
 
 def demo_textures(n_per_category: int = 30, size: int = 256) -> list[np.ndarray]:

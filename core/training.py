@@ -133,10 +133,19 @@ def train(
     progress: bool = True,
     batch_size: int = 8,
     num_workers: int = 0,
+    seed: int = 0,
 ) -> registry.ModelMeta:
-    """Train ``model_name`` on ``category`` and save it; returns the stored metadata."""
+    """Train ``model_name`` on ``category`` and save it; returns the stored metadata.
+
+    ``seed`` seeds every generator (Python, NumPy, torch): anomalib draws the calibration split's
+    synthetic anomalies from the global generators, so without it two runs on the same images
+    calibrate different thresholds.
+    """
+    from lightning.pytorch import seed_everything
+
     root = resolve_data_root(data_root)
     report = check_layout(root, category)
+    seed_everything(seed, workers=True, verbose=False)
     dev = pick_device(device)
     config = dict(config or {})
     module = build_model(model_name, config, load_weights=True)
@@ -168,7 +177,10 @@ def train(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         versions=library_versions(),
         steps=steps,
-        extra={"anomalib_f1_thresholds": {"image": anomalib_thresholds[0], "pixel": anomalib_thresholds[1]}},
+        extra={
+            "anomalib_f1_thresholds": {"image": anomalib_thresholds[0], "pixel": anomalib_thresholds[1]},
+            "seed": seed,
+        },
     )
     registry.save(module, meta)
     return meta
