@@ -113,7 +113,12 @@ def _read_state_dict(path: Path) -> OrderedDict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise WeightsMissingError(f"cannot read backbone weights file {path}: {exc}") from exc
+        # torch's own text runs over several lines, or for some damage is just a byte offset
+        # ("...: 174812789"): name the file and what it should be instead.
+        raise WeightsMissingError(
+            f"backbone weights file {path} is not a readable PyTorch weights file "
+            f"(damaged, truncated or another format; {type(exc).__name__})"
+        ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

@@ -15,19 +15,39 @@ names the problem in one line before any training starts.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from core.errors import DatasetError
+from core.errors import DatasetError, InspectError
 from core.settings import get_settings
 
 IMAGE_SUFFIX = ".png"
 #: Fraction of train/good held out for calibration (never used to build the model).
 CALIBRATION_FRACTION = 0.2
 CALIBRATION_SEED = 42
+
+
+#: A category name is one folder name: letters, digits, ``_ - .``, not starting with a dot.
+_CATEGORY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def validate_category_name(name: str) -> str:
+    """``name`` if it is a plain folder name, else :class:`DatasetError`.
+
+    A category names a folder under the dataset root *and* under the models folder; ``../x`` or
+    ``a/b`` would read or write outside them.
+    """
+    if not isinstance(name, str) or not _CATEGORY_NAME.match(name) or ".." in name:
+        raise DatasetError(
+            f"invalid category name {name!r}: use one folder name (letters, digits, '_', '-', '.'), "
+            "without path separators or '..'"
+        )
+    return name
 
 
 def resolve_data_root(root: str | Path | None = None) -> Path:
@@ -63,19 +83,41 @@ class LayoutReport:
         return sum(v for k, v in self.counts.items() if k.startswith("test/"))
 
 
-def _check_image(path: Path, report: LayoutReport) -> None:
+def _check_image(path: Path, report: LayoutReport) -> tuple[int, int]:
+    """Decode ``path`` with the loader training uses; returns its (width, height).
+
+    The same loader as training, evaluation and inspection (:func:`core.image_io.load_image`), so
+    whatever passes ``check`` is what the model will see: a file it cannot read fails here, in
+    one line, instead of minutes into training.
+    """
+    from core.image_io import load_image
+
     try:
         with Image.open(path) as img:
-            img.verify()  # catches truncated and corrupt files without a full decode
-        with Image.open(path) as img:
             report.modes.add(img.mode)
-            report.image_size = report.image_size or img.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DatasetError(f"unreadable image {path}: {exc}") from exc
+        rgb = load_image(path, str(path), max_side=None)
+    except (UnidentifiedImageError, OSError, SyntaxError, InspectError) as exc:
+        raise DatasetError(f"unreadable image {path}: {exc}") from None
+    size = (int(rgb.shape[1]), int(rgb.shape[0]))
+    report.image_size = report.image_size or size
+    return size
 
 
-def _pngs(folder: Path) -> list[Path]:
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+def _image_files(folder: Path) -> list[Path]:
+    """The images of one leaf folder (``train/good``, ``test/<type>``), or a one-line error.
+
+    anomalib's own scan would pick up a broken link or a sub-folder named ``*.png`` and fail later
+    inside a dataloader; here every entry must be a readable PNG file.
+    """
+    files = []
+    for entry in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if entry.is_symlink() and not entry.exists():
+            raise DatasetError(f"{entry} is a broken link (its target {os.readlink(entry)} does not exist)")
+        if entry.is_dir():
+            raise DatasetError(f"{entry} is a folder inside {folder}: that folder must hold image files only")
+        if not entry.is_file():
+            raise DatasetError(f"{entry} is not a regular file")
+        files.append(entry)
     others = [p for p in files if p.suffix.lower() != IMAGE_SUFFIX]
     if others:
         raise DatasetError(
@@ -84,8 +126,22 @@ def _pngs(folder: Path) -> list[Path]:
     return files
 
 
+def _mask_of(image: Path, mask_dir: Path) -> Path:
+    mask = mask_dir / f"{image.stem}_mask{IMAGE_SUFFIX}"
+    if mask.is_symlink() and not mask.exists():
+        raise DatasetError(f"the mask {mask} of {image} is a broken link")
+    if not mask.is_file():
+        raise DatasetError(f"defect image {image} has no mask (expected {mask})")
+    return mask
+
+
 def check_layout(root: str | Path | None, category: str, *, verify_images: bool = True) -> LayoutReport:
-    """Check one category's layout and return its counts, or raise :class:`DatasetError`."""
+    """Check one category's layout and return its counts, or raise :class:`DatasetError`.
+
+    ``verify_images`` decodes every image and mask with the training loader and checks that each
+    mask has its image's size (evaluation, which reads images the training already read, skips it).
+    """
+    category = validate_category_name(category)
     base = resolve_data_root(root)
     if not base.is_dir():
         raise DatasetError(f"dataset root {base} does not exist (set --data-root or INSPECT_DATA_ROOT)")
@@ -97,7 +153,7 @@ def check_layout(root: str | Path | None, category: str, *, verify_images: bool 
     train_good = cat / "train" / "good"
     if not train_good.is_dir():
         raise DatasetError(f"{train_good} is missing: training needs the good images there")
-    train_files = _pngs(train_good)
+    train_files = _image_files(train_good)
     if not train_files:
         raise DatasetError(f"{train_good} is empty: training needs good images")
     report.counts["train/good"] = len(train_files)
@@ -105,8 +161,9 @@ def check_layout(root: str | Path | None, category: str, *, verify_images: bool 
     if not test_dir.is_dir():
         raise DatasetError(f"{test_dir} is missing: evaluation needs test/good and test/<defect> folders")
     test_files: list[Path] = []
+    masks: dict[Path, Path] = {}
     for sub in sorted(p for p in test_dir.iterdir() if p.is_dir()):
-        files = _pngs(sub)
+        files = _image_files(sub)
         if not files:
             raise DatasetError(f"{sub} is an empty folder")
         report.counts[f"test/{sub.name}"] = len(files)
@@ -114,16 +171,18 @@ def check_layout(root: str | Path | None, category: str, *, verify_images: bool 
         if sub.name == "good":
             continue
         report.defect_types.append(sub.name)
-        mask_dir = cat / "ground_truth" / sub.name
-        for image in files:
-            mask = mask_dir / f"{image.stem}_mask{IMAGE_SUFFIX}"
-            if not mask.is_file():
-                raise DatasetError(f"defect image {image} has no mask (expected {mask})")
+        masks.update({image: _mask_of(image, cat / "ground_truth" / sub.name) for image in files})
     if not test_files:
         raise DatasetError(f"{test_dir} holds no image folders")
     if verify_images:
-        for path in train_files + test_files:
-            _check_image(path, report)
+        sizes = {path: _check_image(path, report) for path in train_files + test_files}
+        for image, mask in masks.items():
+            mask_size = _check_image(mask, LayoutReport(root=base, category=category))
+            if mask_size != sizes[image]:
+                raise DatasetError(
+                    f"the mask {mask} is {mask_size[0]}x{mask_size[1]} px but its image {image} is "
+                    f"{sizes[image][0]}x{sizes[image][1]} px"
+                )
     return report
 
 

@@ -33,6 +33,7 @@ from anomalib.models import EfficientAd
 from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
 
 from core.errors import ConfigError
+from core.models import check_image_size
 from core.settings import get_settings
 from core.teacher import file_sha256, read_teacher_state, teacher_weights_path
 
@@ -62,11 +63,9 @@ class EfficientAdConfig:
     def __post_init__(self) -> None:
         if self.model_size not in ("small", "medium"):
             raise ConfigError(f"unknown EfficientAD model size '{self.model_size}': small or medium")
-        if self.image_size < MIN_IMAGE_SIZE:
-            raise ConfigError(
-                f"EfficientAD needs --image-size >= {MIN_IMAGE_SIZE} px (got {self.image_size}): its autoencoder "
-                "halves the image five times and then applies an 8x8 kernel"
-            )
+        check_image_size(
+            self.image_size, MIN_IMAGE_SIZE, "EfficientAD's autoencoder halves the image five times, then applies an 8x8 kernel"
+        )
         if not 0 < self.lr < 1:
             raise ConfigError(f"EfficientAD needs 0 < --lr < 1 (got {self.lr}); the paper's is 1e-4")
         if self.steps is not None and self.steps < 1:

@@ -28,6 +28,19 @@ from core.errors import ConfigError
 
 MODEL_NAMES = ("patchcore", "efficientad")
 MIN_PATCHCORE_SIZE = 64  # 4x4 positions at stride 16
+#: Largest square input either model accepts: 4x MVTec AD's 256 px working size already costs 16x
+#: the memory and time; beyond that a run fails only after minutes, for lack of memory.
+MAX_IMAGE_SIZE = 1024
+
+
+def check_image_size(value: object, minimum: int, why_minimum: str) -> None:
+    """A one-line :class:`ConfigError` unless ``value`` is a whole number of pixels in range."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"--image-size must be a whole number of pixels (got {value!r})")
+    if value < minimum:
+        raise ConfigError(f"{why_minimum}: --image-size >= {minimum} px needed (got {value})")
+    if value > MAX_IMAGE_SIZE:
+        raise ConfigError(f"--image-size must be <= {MAX_IMAGE_SIZE} px (got {value}): the models run at 256 px")
 
 
 def make_pre_processor(spec: BackboneSpec, image_size: int) -> PreProcessor:
@@ -52,11 +65,9 @@ class PatchcoreConfig:
         # checked here, before any image is read, rather than after minutes of feature extraction
         if not 0 < self.coreset_ratio <= 1:
             raise ConfigError(f"--coreset-ratio must be in (0, 1] (got {self.coreset_ratio}); anomalib's default is 0.1")
-        if self.image_size < MIN_PATCHCORE_SIZE:
-            raise ConfigError(
-                f"PatchCore needs --image-size >= {MIN_PATCHCORE_SIZE} px (got {self.image_size}): its stride-16 "
-                "layer would have fewer than 4x4 positions"
-            )
+        check_image_size(
+            self.image_size, MIN_PATCHCORE_SIZE, "PatchCore's stride-16 layer needs at least 4x4 positions"
+        )
         if self.num_neighbors < 1:
             raise ConfigError(f"num_neighbors must be at least 1 (got {self.num_neighbors})")
 
@@ -86,9 +97,10 @@ class OfflinePatchcore(Patchcore):
 def build_patchcore(config: PatchcoreConfig, *, load_weights: bool = True) -> OfflinePatchcore:
     """A PatchCore ready to train (``load_weights``) or to receive a saved state dict."""
     spec = resolve_backbone(config.backbone)
+    layers = config.resolved_layers()
     model = OfflinePatchcore(
         backbone=spec.timm_name,
-        layers=config.resolved_layers(),
+        layers=list(layers),  # a copy: anomalib drops unknown names from the list it is given
         pre_trained=False,
         coreset_sampling_ratio=config.coreset_ratio,
         num_neighbors=config.num_neighbors,
@@ -96,11 +108,24 @@ def build_patchcore(config: PatchcoreConfig, *, load_weights: bool = True) -> Of
         evaluator=False,  # core.evaluate computes the metrics itself, on the test set only
         visualizer=False,
     )
+    _check_layers(model, layers, spec.timm_name)
     if load_weights:
         load_pretrained_weights(
             model.model.feature_extractor.feature_extractor, config.backbone, config.backbone_weights
         )
     return model
+
+
+def _check_layers(model: OfflinePatchcore, requested: list[str], timm_name: str) -> None:
+    """anomalib logs a warning for a layer the backbone lacks and fails later with a KeyError."""
+    kept = list(model.model.feature_extractor.layers)
+    missing = [layer for layer in requested if layer not in kept]
+    if missing:
+        import timm
+
+        probe = timm.create_model(timm_name, pretrained=False, features_only=True)
+        available = ", ".join(info["module"] for info in probe.feature_info.info)
+        raise ConfigError(f"--layers {' '.join(missing)}: no such layer in {timm_name} (available: {available})")
 
 
 def build_model(name: str, config: dict[str, Any], *, load_weights: bool):

@@ -77,3 +77,71 @@ def test_out_of_range_settings(tmp_path: Path) -> None:
     assert_one_line_error(run_cli(*common, "--model", "efficientad", "--lr", "0", home=tmp_path), "0 < --lr < 1")
     assert_one_line_error(run_cli(*common, "--coreset-ratio", "0", home=tmp_path), "--coreset-ratio must be in (0, 1]")
     assert_one_line_error(run_cli(*common, "--image-size", "32", home=tmp_path), "--image-size >= 64")
+
+
+# --- Dataset faults that used to pass `check` and fail after the work was done -----------------
+
+
+def _with_defect(root: Path) -> Path:
+    cat = _category(root)
+    for sub in ("test/hole", "ground_truth/hole"):
+        (cat / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(cat / "test" / "hole" / "000.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(cat / "ground_truth" / "hole" / "000_mask.png")
+    return cat
+
+
+def test_check_passes_a_sound_category(tmp_path: Path) -> None:
+    _with_defect(tmp_path / "data")
+    result = run_cli("check", "--category", "part", "--data-root", str(tmp_path / "data"), home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "layout OK" in result.stdout
+
+
+def test_check_finds_broken_entries(tmp_path: Path) -> None:
+    """A broken link, a folder named *.png, a mask that is not an image or has another size."""
+    data = tmp_path / "data"
+    cat = _with_defect(data)
+    check = ("check", "--category", "part", "--data-root", str(data))
+
+    link = cat / "train" / "good" / "002.png"
+    link.symlink_to(tmp_path / "gone.png")
+    assert_one_line_error(run_cli(*check, home=tmp_path), "broken link")
+    link.unlink()
+
+    (cat / "train" / "good" / "003.png").mkdir()
+    assert_one_line_error(run_cli(*check, home=tmp_path), "is a folder inside")
+    (cat / "train" / "good" / "003.png").rmdir()
+
+    mask = cat / "ground_truth" / "hole" / "000_mask.png"
+    mask.write_text("not a mask")
+    assert_one_line_error(run_cli(*check, home=tmp_path), "unreadable image")
+
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(mask)
+    assert_one_line_error(run_cli(*check, home=tmp_path), "16x16 px but its image")
+
+
+# --- Settings and names that used to end in tracebacks -----------------------------------------
+
+
+def test_bad_layers_image_size_and_weights_file(tmp_path: Path) -> None:
+    _category(tmp_path / "data")
+    common = ("train", "--category", "part", "--data-root", str(tmp_path / "data"))
+    assert_one_line_error(run_cli(*common, "--layers", "blocks.9", home=tmp_path), "no such layer in tf_efficientnet_lite0")
+    assert_one_line_error(run_cli(*common, "--image-size", "100000", home=tmp_path), "--image-size must be <= 1024")
+    corrupt = tmp_path / "weights.pth"
+    corrupt.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)  # starts like a zip, is not one
+    assert_one_line_error(
+        run_cli(*common, "--backbone-weights", str(corrupt), home=tmp_path), "is not a readable PyTorch weights file"
+    )
+
+
+def test_category_names_cannot_leave_their_folders(tmp_path: Path) -> None:
+    """`--category ../data/part` names a real folder, but outside the dataset and models roots."""
+    data = tmp_path / "root" / "data"
+    _category(data)
+    home = tmp_path / "root" / "home"
+    for name in ("../data/part", "a/b", "..", ".hidden"):
+        result = run_cli("train", "--category", name, "--data-root", str(tmp_path / "root" / "home"), home=home)
+        assert_one_line_error(result, "invalid category name")
+    assert not (home / "models").exists() or not any((home / "models").rglob("*"))
