@@ -15,6 +15,7 @@ from the calibration split (see :func:`core.data.make_datamodule`), never from t
 
 from __future__ import annotations
 
+import logging
 import resource
 import time
 from dataclasses import dataclass, field
@@ -30,11 +31,14 @@ from torchmetrics.classification import BinaryROC
 
 from core import registry
 from core.data import check_layout, defect_type_of, make_datamodule
+from core.errors import DatasetError, ImageError, ModelUnreadableError
 from core.inference import CALIBRATED_THRESHOLD, Detector, load_detector
-from core.results import entry_key, update_results
+from core.results import entry_key, write_results
 
 LATENCY_IMAGES = 20
 ROC_POINTS = 100
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -129,7 +133,9 @@ def metrics_from(out: SplitOutputs) -> dict[str, Any]:
         "n_test_anomalous": int(labels.sum()),
         "image_auroc": image_auroc(rank_scores, labels),
         "image_f1": f1_at(scores, labels),
-        "pixel_auroc": _metric(AUROC(fields=["anomaly_map", "gt_mask"]), anomaly_map=rank_maps.flatten(), gt_mask=masks.flatten()),
+        "pixel_auroc": _metric(
+            AUROC(fields=["anomaly_map", "gt_mask"]), anomaly_map=rank_maps.flatten(), gt_mask=masks.flatten()
+        ),
         "pixel_f1": f1_at(maps.flatten(), masks.flatten()),
         "aupro": _metric(AUPRO(fields=["anomaly_map", "gt_mask"]), anomaly_map=rank_maps, gt_mask=masks),
         "false_alarm_rate": float((scores[labels == 0] >= CALIBRATED_THRESHOLD).float().mean()) if (labels == 0).any() else None,
@@ -201,6 +207,50 @@ def evaluate_one(model: str, category: str, *, device: str | None = None, progre
     return entry
 
 
+@dataclass
+class EvaluationRun:
+    """What one ``evaluate`` call did: the entries written, what it could not evaluate, the file notice."""
+
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: "model/category" -> one-line error: a model it could not load, or a dataset it could not read
+    failed: dict[str, str] = field(default_factory=dict)
+    notice: str | None = None  # the results file had to be started afresh (its old copy kept aside)
+
+
+def _wanted(model: str, category: str, models: list[str] | None, categories: list[str] | None) -> bool:
+    return (not models or model in models) and (not categories or category in categories)
+
+
+def evaluate_run(
+    models: list[str] | None = None,
+    categories: list[str] | None = None,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+) -> EvaluationRun:
+    """Evaluate every trained (model, category) matching the filters and write them to the results file.
+
+    A model that cannot be loaded (bad metadata, a checkpoint that does not fit it) or whose test
+    set cannot be read (a broken category) is reported in ``failed`` and the others are still
+    evaluated and written: one broken model or category must not throw away the work on the rest.
+    """
+    metas, problems = registry.list_trained_with_problems()
+    run = EvaluationRun(failed={entry_key(m, c): msg for (m, c), msg in problems.items() if _wanted(m, c, models, categories)})
+    for meta in metas:
+        if not _wanted(meta.model, meta.category, models, categories):
+            continue
+        key = entry_key(meta.model, meta.category)
+        try:
+            run.entries[key] = evaluate_one(meta.model, meta.category, device=device, progress=progress)
+        except ModelUnreadableError as exc:  # the checkpoint does not fit its metadata: seen only on load
+            run.failed[key] = str(exc)
+        except (DatasetError, ImageError) as exc:  # the category's test set is broken
+            run.failed[key] = f"{key} not evaluated: {exc}"
+    if run.entries:
+        run.notice = write_results("models", run.entries).notice
+    return run
+
+
 def evaluate(
     models: list[str] | None = None,
     categories: list[str] | None = None,
@@ -208,20 +258,19 @@ def evaluate(
     device: str | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate every trained (model, category) matching the filters; write them to the results file."""
-    entries = {}
-    for meta in registry.list_trained():
-        if (models and meta.model not in models) or (categories and meta.category not in categories):
-            continue
-        entries[entry_key(meta.model, meta.category)] = evaluate_one(meta.model, meta.category, device=device, progress=progress)
-    if entries:
-        update_results("models", entries)
-    return entries
+    """:func:`evaluate_run`'s entries; its problems are logged (the CLI prints them itself)."""
+    run = evaluate_run(models, categories, device=device, progress=progress)
+    for message in [run.notice, *run.failed.values()]:
+        if message:
+            log.warning("%s", message)
+    return run.entries
 
 
 def format_table(entries: dict[str, dict[str, Any]]) -> str:
     """The printed table: one row per (model, category)."""
-    header = f"{'model/category':<24}{'img AUROC':>10}{'px AUROC':>10}{'img F1':>8}{'px F1':>8}{'AUPRO':>8}{'ms/img':>8}{'peak MB':>9}"
+    header = (
+        f"{'model/category':<24}{'img AUROC':>10}{'px AUROC':>10}{'img F1':>8}{'px F1':>8}{'AUPRO':>8}{'ms/img':>8}{'peak MB':>9}"
+    )
     rows = [header, "-" * len(header)]
     for key, e in sorted(entries.items()):
         rows.append(

@@ -17,6 +17,7 @@ import torch
 
 from core import registry
 from core.device import pick_device
+from core.errors import ConfigError
 from core.models import build_model, patch_features
 
 #: The calibrated threshold on the normalised scale (anomalib's post-processor puts it at 0.5).
@@ -99,9 +100,37 @@ class Detector:
 
 
 def load_detector(model: str, category: str, *, device: str | None = None, models_dir: Path | None = None) -> Detector:
-    """Build the module from its metadata and load its checkpoint (no download, no training)."""
-    meta = registry.load_meta(model, category, models_dir)
-    module = build_model(model, meta.config, load_weights=False)
-    state = registry.load_state(model, category, models_dir)
-    module.load_state_dict(state, strict=True)
+    """Build the module from its metadata and load its checkpoint (no download, no training).
+
+    Metadata that does not build a module, or a checkpoint that does not fit it, raises
+    :class:`~core.errors.ModelUnreadableError` (one line, with the retrain command).
+    """
+    meta, state = registry.load_pair(model, category, models_dir)
+    try:
+        module = build_model(model, meta.config, load_weights=False)
+    except (ConfigError, TypeError, ValueError) as exc:  # e.g. an unknown or out-of-range setting
+        raise registry.unreadable(model, category, f"{registry.METADATA} config: {exc}") from exc
+    registry.apply_state(module, state, model, category)
+    _check_memory_bank(module, model, category)
     return Detector(module, meta, pick_device(device))
+
+
+def _check_memory_bank(module: torch.nn.Module, model: str, category: str) -> None:
+    """PatchCore: the stored bank must have the width of the configured layers' features.
+
+    ``load_state_dict`` accepts any bank (it is a buffer that starts empty), so a checkpoint from
+    other layers would load and then fail on the first image; say so at load time instead.
+    """
+    inner = getattr(module, "model", None)
+    bank = getattr(inner, "memory_bank", None)
+    dims = getattr(getattr(inner, "feature_extractor", None), "out_dims", None)
+    if not isinstance(bank, torch.Tensor) or dims is None:
+        return
+    expected = int(sum(dims))
+    if bank.dim() != 2 or bank.shape[0] == 0 or bank.shape[1] != expected:
+        raise registry.unreadable(
+            model,
+            category,
+            f"{registry.CHECKPOINT} does not fit {registry.METADATA}: memory bank of shape {tuple(bank.shape)}, "
+            f"the configured layers give {expected} features per patch",
+        )

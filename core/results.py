@@ -8,45 +8,159 @@ Layout::
 
 Commands update their own entries and keep everyone else's; the file is replaced atomically so
 the app never reads half of it.
+
+A corrupt file (not JSON, not an object, sections of the wrong shape) must not throw away the work
+of a command that ran for minutes, nor take a page down. Writers keep the corrupt file aside,
+byte for byte, as ``results.json.corrupt-<UTC time>`` and write a fresh one with their entries,
+saying so in one line; readers get the empty skeleton and a one-line warning to show.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.errors import ResultsFileError
 from core.settings import get_settings
 
 VERSION = 1
+SECTIONS = ("models", "retrieval")
+#: Fields of a model entry that the Compare page reads as objects.
+ENTRY_OBJECTS = ("roc", "per_defect_type", "training")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ResultsStatus:
+    """What a reader got: the data (the empty skeleton when the file is unusable) and why, if so."""
+
+    data: dict[str, Any]
+    reason: str | None = None  # why the file is unusable, e.g. "not JSON: Expecting value at line 1"
+    raw: bytes | None = None  # the unusable file's bytes, for keeping them aside
+    name: str = "results.json"
+
+    @property
+    def problem(self) -> str | None:
+        """One line a page can show, or None when the file was fine (or absent)."""
+        return f"{self.name} is unreadable ({self.reason})" if self.reason else None
+
+
+@dataclass
+class ResultsWrite:
+    """Where a writer wrote, and the one-line notice when it had to start a fresh file."""
+
+    path: Path
+    notice: str | None = None
 
 
 def results_path(path: str | Path | None = None) -> Path:
     return Path(path) if path else get_settings().results_file
 
 
+def empty_results() -> dict[str, Any]:
+    return {"version": VERSION, "models": {}, "retrieval": {}}
+
+
+def shape_problem(data: Any) -> str | None:
+    """Why ``data`` is not a results document the app can use, or None when it is."""
+    if not isinstance(data, dict):
+        return f"not a JSON object but {type(data).__name__}"
+    for section in SECTIONS:
+        entries = data.get(section, {})
+        if not isinstance(entries, dict):
+            return f"'{section}' is {type(entries).__name__}, not an object"
+        for key, entry in entries.items():
+            if not isinstance(entry, dict):
+                return f"'{section}/{key}' is {type(entry).__name__}, not an object"
+    for key, entry in data.get("models", {}).items():
+        for name in ENTRY_OBJECTS:
+            if entry.get(name) is not None and not isinstance(entry[name], dict):
+                return f"'models/{key}/{name}' is {type(entry[name]).__name__}, not an object"
+    return None
+
+
+def load_results_checked(path: str | Path | None = None) -> ResultsStatus:
+    """The results and, when the file is unusable, a one-line problem instead of an exception."""
+    file = results_path(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        return ResultsStatus(empty_results())
+    except OSError as exc:  # e.g. a folder in its place, no permission: nothing to keep aside
+        return ResultsStatus(empty_results(), f"cannot be read: {exc.strerror or exc}", None, file.name)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = f"not JSON: {exc.msg} at line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        return ResultsStatus(empty_results(), reason, raw, file.name)
+    problem = shape_problem(data)
+    if problem:
+        return ResultsStatus(empty_results(), problem, raw, file.name)
+    for section in SECTIONS:
+        data.setdefault(section, {})
+    return ResultsStatus(data)
+
+
 def load_results(path: str | Path | None = None) -> dict[str, Any]:
-    """The results, or an empty skeleton when nothing has been evaluated yet."""
-    file = results_path(path)
-    if not file.is_file():
-        return {"version": VERSION, "models": {}, "retrieval": {}}
-    data = json.loads(file.read_text())
-    data.setdefault("models", {})
-    data.setdefault("retrieval", {})
-    return data
+    """The results, or an empty skeleton when nothing has been evaluated yet or the file is unusable."""
+    status = load_results_checked(path)
+    if status.problem:
+        log.warning("%s; showing no results until `python -m core evaluate` writes a fresh file", status.problem)
+    return status.data
 
 
-def update_results(section: str, entries: dict[str, Any], path: str | Path | None = None) -> Path:
-    """Merge ``entries`` into ``section`` ('models' or 'retrieval') and write the file."""
+def _utc_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def keep_aside(file: Path, raw: bytes) -> Path:
+    """Copy the unusable bytes to ``<file>.corrupt-<UTC time>`` (a new name, never overwriting)."""
+    stamp = _utc_stamp()
+    for n in range(1000):
+        aside = file.with_name(f"{file.name}.corrupt-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            with open(aside, "xb") as fh:  # "x": fails rather than overwrite an earlier copy
+                fh.write(raw)
+            return aside
+        except FileExistsError:
+            continue
+    raise OSError(f"no free name to keep {file} aside")
+
+
+def write_results(section: str, entries: dict[str, Any], path: str | Path | None = None) -> ResultsWrite:
+    """Merge ``entries`` into ``section`` ('models' or 'retrieval') and write the file.
+
+    An unusable file is kept aside first and a fresh one written; the returned notice says so.
+    """
     file = results_path(path)
-    data = load_results(file)
+    status = load_results_checked(file)
+    notice = None
+    if status.reason and status.raw is not None:
+        aside = keep_aside(file, status.raw)
+        notice = f"{file.name} was unreadable ({status.reason}); kept it as {aside} and wrote a fresh one"
+    elif status.reason:  # cannot read it, so cannot keep it aside: do not replace it blindly
+        raise ResultsFileError(f"{status.problem}: fix or move {file}, then run the command again")
+    data = status.data
     data.setdefault(section, {}).update(entries)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(file.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     os.replace(tmp, file)
-    return file
+    return ResultsWrite(file, notice)
+
+
+def update_results(section: str, entries: dict[str, Any], path: str | Path | None = None) -> ResultsWrite:
+    """:func:`write_results`, logging the notice (callers that print it themselves use write_results)."""
+    written = write_results(section, entries, path)
+    if written.notice:
+        log.warning("%s", written.notice)
+    return written
 
 
 def entry_key(model: str, category: str) -> str:

@@ -5,20 +5,26 @@ from __future__ import annotations
 import streamlit as st
 
 from core import app_services as svc
-from core.results import load_results, results_path
+from core.results import load_results_checked, results_path
 from pages import _common as ui
 
 ui.ensure_app_frame()
 
 st.title("Compare models")
 
-try:
-    results = load_results()
-except (OSError, ValueError) as exc:
-    st.error(f"The results file {results_path()} cannot be read ({exc}). Re-run `python -m core evaluate`.")
-    st.stop()
+# An unusable results file is shown as a warning over an empty page, never as a crash; the next
+# `python -m core evaluate` keeps it aside and writes a fresh one.
+status = load_results_checked()
+results = status.data
+if status.problem:
+    st.warning(
+        f"{status.problem}: showing no results. Re-run `python -m core evaluate`; it keeps the old file "
+        f"aside (as {results_path().name}.corrupt-<time>) and writes a fresh one."
+    )
 
 trained = svc.trained_models()
+for _, problem in sorted(svc.unreadable_models().items()):
+    st.warning(problem)
 if not results.get("models"):
     st.info(
         "No evaluation results yet. Evaluate the trained models with `python -m core evaluate` "

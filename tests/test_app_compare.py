@@ -26,7 +26,13 @@ def _entry(model: str, category: str, image_auroc: float, pixel_auroc: float, st
         "threshold_source": "20% of train/good held out",
         "per_defect_type": {"crack": {"n": 10, "image_auroc": 0.95, "detection_rate": 0.9}},
         "roc": {"fpr": [0.0, 0.1, 1.0], "tpr": [0.0, 0.8, 1.0]},
-        "training": {"backbone": "efficientnet_lite0", "device": "cpu (2 threads)", "steps": steps, "train_time_s": 30.0, "n_train_images": 100},
+        "training": {
+            "backbone": "efficientnet_lite0",
+            "device": "cpu (2 threads)",
+            "steps": steps,
+            "train_time_s": 30.0,
+            "n_train_images": 100,
+        },
     }
 
 
@@ -85,8 +91,20 @@ def test_results_table_has_every_metric_and_training_facts():
     from core import app_services as svc
 
     table = svc.results_table(RESULTS)
-    for col in ("image AUROC", "pixel AUROC", "image F1", "pixel F1", "AUPRO", "latency (ms)", "peak memory (MB)",
-                "steps", "train device", "backbone", "train time (s)", "threshold source"):
+    for col in (
+        "image AUROC",
+        "pixel AUROC",
+        "image F1",
+        "pixel F1",
+        "AUPRO",
+        "latency (ms)",
+        "peak memory (MB)",
+        "steps",
+        "train device",
+        "backbone",
+        "train time (s)",
+        "threshold source",
+    ):
         assert col in table.columns
     assert set(table["model"]) == {"PatchCore", "EfficientAD"}
     assert table.loc[table["model"] == "PatchCore", "steps"].iloc[0] == "one pass"
@@ -110,3 +128,20 @@ def test_published_figures_only_for_bottle():
         by_axis.setdefault(t.xaxis or "x", []).extend((t.offsetgroup, y) for y in t.y)
     assert sorted(by_axis["x"]) == [("EfficientAD", 1.0), ("PatchCore", 1.0)]
     assert by_axis["x2"] == [("PatchCore", 0.986)]
+
+
+@pytest.mark.parametrize(
+    "raw", ['{"version": 1, "models": {', '["not", "an", "object"]', '{"models": {"patchcore/tile": {"roc": 3}}}']
+)
+def test_corrupt_results_show_a_warning_instead_of_crashing(app_test, tmp_path, monkeypatch, raw):
+    path = tmp_path / "results.json"
+    path.write_text(raw)
+    monkeypatch.setenv("INSPECT_RESULTS", str(path))
+    at = app_test()
+    at.run()
+    at.switch_page("pages/model_comparison.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    [warning] = [w.value for w in at.warning if "results.json" in w.value]
+    assert warning.startswith("results.json is unreadable (") and "python -m core evaluate" in warning
+    assert "No evaluation results yet" in at.info[0].value
+    assert path.read_text() == raw  # the page only reads: the file is kept for the next evaluate

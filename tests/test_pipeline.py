@@ -6,14 +6,16 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import TINY_CATEGORY, TINY_SIZE
+
 from core import registry
 from core.errors import ModelNotTrainedError
 
 
 def test_training_writes_checkpoint_and_metadata(tiny_patchcore, inspect_home) -> None:
-    folder = inspect_home / "models" / "patchcore" / TINY_CATEGORY
+    # one version folder holds the pair (see core.registry): models/patchcore/tile/v0001/{model.pt,meta.json}
+    folder = registry.current_files("patchcore", TINY_CATEGORY).folder
+    assert folder.parent == inspect_home / "models" / "patchcore" / TINY_CATEGORY and folder.name.startswith("v")
     meta = json.loads((folder / "meta.json").read_text())
     assert (folder / "model.pt").stat().st_size > 0
     assert meta["config"]["backbone"] == "efficientnet_lite0"
@@ -48,7 +50,7 @@ def test_inference_on_good_and_defect(tiny_patchcore, tiny_data_root) -> None:
     defect = next(p for p in sorted(test_dir.glob("*/*.png")) if p.parent.name != "good")
     prediction = detector.predict(load_image(defect))
     assert prediction.anomaly_map.shape == (TINY_SIZE, TINY_SIZE)
-    assert 0.0 <= prediction.anomaly_map.min() and prediction.anomaly_map.max() <= 1.0
+    assert prediction.anomaly_map.min() >= 0.0 and prediction.anomaly_map.max() <= 1.0
     assert 0.0 <= prediction.score <= 1.0 and np.isfinite(prediction.raw_score)
     assert prediction.verdict(0.0) == "DEFECT" and prediction.verdict(1.01) == "GOOD"
     # the normalisation is the calibrated one, shared by every image: raw ↔ normalised agree
