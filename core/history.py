@@ -11,24 +11,27 @@ for a lock instead of failing. Writes are single statements, so each is its own 
 
 Safety: a file at the path that is not an SQLite database (or is a damaged one) raises
 :class:`StoreError` with a one-line explanation; it is never overwritten, repaired or deleted.
+SQLite happily appends to a file whose middle pages are corrupt, so "damaged" is decided by
+``PRAGMA quick_check`` when the file is opened (once per version of the file in a process, see
+:func:`_damage`) and by any read that hits a corrupt page; from then on every write is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import os
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.csv_safety import csv_text
 from core.errors import StoreError
 from core.settings import get_settings
 
@@ -55,13 +58,13 @@ _COLUMNS: dict[str, str] = {
     "verdict": "TEXT NOT NULL CHECK (verdict IN ('GOOD', 'DEFECT'))",
     "raw_score": "REAL",
     "thumbnail_path": "TEXT",
-    "feedback": (
-        "TEXT CHECK (feedback IS NULL OR feedback IN ('false_alarm', 'missed_defect', 'correct'))"
-    ),
+    "feedback": ("TEXT CHECK (feedback IS NULL OR feedback IN ('false_alarm', 'missed_defect', 'correct'))"),
     "comment": "TEXT",
     "defect_type": "TEXT",
     "point_id": "",
 }
+#: Columns of the CSV export: all but ``thumbnail_path``, an absolute path on the server.
+EXPORT_COLUMNS: tuple[str, ...] = tuple(c for c in _COLUMNS if c != "thumbnail_path")
 
 
 @dataclass
@@ -96,7 +99,7 @@ class InspectionRecord:
 
 def utc_now_iso() -> str:
     """Current time as ISO 8601 UTC with a ``+00:00`` offset, to the millisecond."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class History:
@@ -122,9 +125,7 @@ class History:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(
-                f"cannot create the folder for the history database {self.path.parent}: {exc}"
-            ) from None
+            raise StoreError(f"cannot create the folder for the history database {self.path.parent}: {exc}") from None
         self._init_schema()
 
     # --- writing --------------------------------------------------------------------------
@@ -144,16 +145,16 @@ class History:
                 values[key] = float(values[key])
         cols = ", ".join(values)
         marks = ", ".join(f":{c}" for c in values)
+        self._refuse_if_damaged()
         with self._connect() as con:
             cur = con.execute(f"INSERT INTO inspections ({cols}) VALUES ({marks})", values)
             record.id = int(cur.lastrowid)
         return record.id
 
-    def set_feedback(
-        self, inspection_id: int, feedback: str | None, comment: str | None = None
-    ) -> None:
+    def set_feedback(self, inspection_id: int, feedback: str | None, comment: str | None = None) -> None:
         """Record the inspector's feedback (``None`` clears it) and comment on one inspection."""
         _check_feedback(feedback)
+        self._refuse_if_damaged()
         with self._connect() as con:
             cur = con.execute(
                 "UPDATE inspections SET feedback = ?, comment = ? WHERE id = ?",
@@ -164,10 +165,9 @@ class History:
 
     def set_point_id(self, inspection_id: int, point_id: int | str | None) -> None:
         """Link an inspection to its point in the similarity store (set after the fact)."""
+        self._refuse_if_damaged()
         with self._connect() as con:
-            cur = con.execute(
-                "UPDATE inspections SET point_id = ? WHERE id = ?", (point_id, int(inspection_id))
-            )
+            cur = con.execute("UPDATE inspections SET point_id = ? WHERE id = ?", (point_id, int(inspection_id)))
             if cur.rowcount == 0:
                 raise StoreError(f"there is no inspection with id {inspection_id} in {self.path}")
 
@@ -205,9 +205,7 @@ class History:
     def get(self, inspection_id: int) -> InspectionRecord | None:
         """One inspection by id, or ``None``."""
         with self._connect() as con:
-            row = con.execute(
-                "SELECT * FROM inspections WHERE id = ?", (int(inspection_id),)
-            ).fetchone()
+            row = con.execute("SELECT * FROM inspections WHERE id = ?", (int(inspection_id),)).fetchone()
         return _record(row) if row is not None else None
 
     def list(
@@ -232,6 +230,18 @@ class History:
             rows = con.execute(sql, params).fetchall()
         return [_record(r) for r in rows]
 
+    def list_unindexed_defects(self, model: str | None = None, category: str | None = None) -> list[InspectionRecord]:
+        """DEFECT inspections without a similarity-store point, oldest first.
+
+        ``python -m core index`` catches up on these (uploads the store refused, rows whose link
+        was never written); ``None`` means any model / category.
+        """
+        where, params = _where(category, model, "DEFECT", None)
+        sql = f"SELECT * FROM inspections{where} AND point_id IS NULL ORDER BY id"
+        with self._connect() as con:
+            rows = con.execute(sql, params).fetchall()
+        return [_record(r) for r in rows]
+
     def count(
         self,
         category: str | None = None,
@@ -249,13 +259,15 @@ class History:
         """The history as CSV text (header + one row per inspection, newest first).
 
         ``filters`` are those of :meth:`list`. With ``path`` the CSV is also written there (UTF-8).
+
+        The export is meant to be opened in a spreadsheet by someone else, so: text cells that a
+        spreadsheet would run as a formula (a comment or file name starting with ``=``, ``+``,
+        ``-``, ``@``...) are neutralised by :mod:`core.csv_safety`, numbers stay numbers, and the
+        ``thumbnail_path`` column is left out, because it is an absolute path on the server (the
+        thumbnail is named by ``sha256``, which the export keeps).
         """
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(_COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        for rec in self.list(**filters):
-            writer.writerow(rec.to_dict())
-        text = buf.getvalue()
+        rows = (rec.to_dict() for rec in self.list(**filters))
+        text = csv_text(EXPORT_COLUMNS, rows)
         if path is not None:
             try:
                 Path(path).write_text(text, encoding="utf-8")
@@ -269,9 +281,7 @@ class History:
         """Refuse, without touching it, anything at the path that is not an SQLite database."""
         p = self.path
         if p.is_dir():
-            raise StoreError(
-                f"the history database path {p} is a folder; set INSPECT_HISTORY_DB to a file path"
-            )
+            raise StoreError(f"the history database path {p} is a folder; set INSPECT_HISTORY_DB to a file path")
         if not p.exists():
             return
         try:
@@ -286,24 +296,15 @@ class History:
                 f"{p} is not an SQLite database, so it cannot be the inspection history; it was "
                 "left untouched: move it aside or set INSPECT_HISTORY_DB to another path"
             )
-        # An SQLite header does not make a sound database. Read the schema over a read-only
-        # connection first, so a damaged file fails here before anything could write to it.
-        con: sqlite3.Connection | None = None
-        try:
-            con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=self.timeout)
-            con.execute("SELECT name, sql FROM sqlite_master").fetchall()
-            con.execute("PRAGMA table_info(inspections)").fetchall()
-        except sqlite3.DatabaseError as exc:
-            text = str(exc)
-            if not _is_corruption(text):
-                return  # e.g. locked or busy: the normal connection waits and reports
-            raise StoreError(
-                f"the history database {p} is damaged ({text}); it was left untouched: move it "
-                "aside or set INSPECT_HISTORY_DB to another path"
-            ) from None
-        finally:
-            if con is not None:
-                con.close()
+        # An SQLite header does not make a sound database: check it over a read-only connection
+        # first, so a damaged file fails here before anything (even the schema set-up) writes.
+        self._refuse_if_damaged()
+
+    def _refuse_if_damaged(self) -> None:
+        """Raise StoreError when the file is known (or now found) to be damaged."""
+        damage = _damage(self.path, self.timeout)
+        if damage is not None:
+            raise StoreError(_damaged_message(self.path, damage))
 
     def _init_schema(self) -> None:
         cols = ",\n    ".join(f"{name} {decl}".rstrip() for name, decl in _COLUMNS.items())
@@ -313,14 +314,8 @@ class History:
                 con.execute("BEGIN IMMEDIATE")
                 try:
                     con.execute(f"CREATE TABLE IF NOT EXISTS inspections (\n    {cols}\n)")
-                    con.execute(
-                        "CREATE INDEX IF NOT EXISTS ix_inspections_created"
-                        " ON inspections (created_at)"
-                    )
-                    con.execute(
-                        "CREATE INDEX IF NOT EXISTS ix_inspections_cat_model"
-                        " ON inspections (category, model)"
-                    )
+                    con.execute("CREATE INDEX IF NOT EXISTS ix_inspections_created ON inspections (created_at)")
+                    con.execute("CREATE INDEX IF NOT EXISTS ix_inspections_cat_model ON inspections (category, model)")
                     con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     con.execute("COMMIT")
                 except BaseException:
@@ -352,14 +347,11 @@ class History:
         except sqlite3.DatabaseError as exc:  # includes OperationalError ("locked", "malformed")
             text = str(exc)
             if _is_corruption(text):
-                raise StoreError(
-                    f"the history database {self.path} is damaged ({text}); it was left untouched: "
-                    "move it aside or set INSPECT_HISTORY_DB to another path"
-                ) from None
+                _remember_damage(self.path, text)  # a read found it: no write goes in after it
+                raise StoreError(_damaged_message(self.path, text)) from None
             if "locked" in text or "busy" in text:
                 raise StoreError(
-                    f"the history database {self.path} stayed locked for {self.timeout:g} s by "
-                    "another process; try again"
+                    f"the history database {self.path} stayed locked for {self.timeout:g} s by another process; try again"
                 ) from None
             raise StoreError(f"the history database {self.path} cannot be used: {text}") from None
         finally:
@@ -374,15 +366,91 @@ def _is_corruption(text: str) -> bool:
     return any(word in text for word in ("not a database", "malformed", "corrupt"))
 
 
+def _damaged_message(path: Path, detail: str) -> str:
+    return (
+        f"the history database {path} is damaged ({detail}); it was left untouched and nothing "
+        "more is written to it: move it aside (or set INSPECT_HISTORY_DB to another path) to "
+        "start a new history"
+    )
+
+
+# Verdicts of PRAGMA quick_check in this process, by version of the file: (path, inode, size,
+# mtime_ns) -> None when sound, else what is wrong. quick_check reads the whole file, and the pages
+# open the history on every rerun, so it runs once per version of the file, not once per rerun.
+_HEALTH: dict[tuple[str, int, int, int], str | None] = {}
+_HEALTH_LOCK = threading.Lock()
+_HEALTH_MAX = 64  # a process opens one or two histories; the bound only stops unbounded growth
+
+
+def _file_key(path: Path) -> tuple[str, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _remember(key: tuple[str, int, int, int], damage: str | None) -> None:
+    with _HEALTH_LOCK:
+        if len(_HEALTH) >= _HEALTH_MAX:
+            _HEALTH.clear()
+        _HEALTH[key] = damage
+
+
+def _remember_damage(path: Path, detail: str) -> None:
+    """Record that this version of the file is damaged (found by a read, not by quick_check)."""
+    key = _file_key(path)
+    if key is not None:
+        _remember(key, detail)
+
+
+def _damage(path: Path, timeout: float) -> str | None:
+    """What is wrong with the SQLite file at ``path`` (None: sound, absent, empty or unknown)."""
+    key = _file_key(path)
+    if key is None or key[2] == 0:
+        return None  # no file yet, or an empty one that SQLite will initialise
+    with _HEALTH_LOCK:
+        if key in _HEALTH:
+            return _HEALTH[key]
+    try:
+        damage = _quick_check(path, timeout)
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if not _is_corruption(text):
+            return None  # e.g. locked or busy: not a verdict; the normal connection reports it
+        damage = text
+    _remember(key, damage)
+    return damage
+
+
+def _quick_check(path: Path, timeout: float) -> str | None:
+    """Run ``PRAGMA quick_check`` over a read-only connection: None if sound, else its first line.
+
+    quick_check visits every page of every table and index (it skips only the slower checks that
+    index entries match their rows), which is what catches corrupt pages in the middle of a file
+    that SQLite would otherwise keep appending to.
+    """
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+    try:
+        con.execute("SELECT name, sql FROM sqlite_master").fetchall()
+        rows = con.execute("PRAGMA quick_check").fetchall()
+    finally:
+        con.close()
+    problems = [str(r[0]) for r in rows if r and r[0] != "ok"]
+    if not problems:
+        return None
+    first = " ".join(problems[0].split())[:160]
+    more = f" and {len(problems) - 1} more problem(s)" if len(problems) > 1 else ""
+    return f"integrity check: {first}{more}"
+
+
 def _check_feedback(feedback: str | None) -> None:
     if feedback is not None and feedback not in FEEDBACK_VALUES:
         msg = f"feedback must be None or one of {FEEDBACK_VALUES}, got {feedback!r}"
         raise ValueError(msg)
 
 
-def _where(
-    category: str | None, model: str | None, verdict: str | None, feedback: str | None
-) -> tuple[str, list[Any]]:
+def _where(category: str | None, model: str | None, verdict: str | None, feedback: str | None) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     for column, value in (("category", category), ("model", model), ("verdict", verdict)):
@@ -402,4 +470,5 @@ _FIELD_NAMES = {f.name for f in fields(InspectionRecord)}
 
 
 def _record(row: sqlite3.Row) -> InspectionRecord:
-    return InspectionRecord(**{k: row[k] for k in row.keys() if k in _FIELD_NAMES})
+    # sqlite3.Row iterates its values, not its keys: .keys() is needed here
+    return InspectionRecord(**{k: row[k] for k in row.keys() if k in _FIELD_NAMES})  # noqa: SIM118

@@ -15,7 +15,6 @@ from PIL import Image
 from core.errors import StoreError
 from core.history import UNREVIEWED, History, InspectionRecord
 
-
 UUID = "6f1c2a4e-0000-4000-8000-000000000000"
 
 
@@ -46,8 +45,21 @@ def test_creates_folder_schema_and_wal(db: Path) -> None:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         cols = [r[1] for r in con.execute("PRAGMA table_info(inspections)")]
     assert cols == [
-        "id", "created_at", "file_name", "sha256", "category", "model", "score", "threshold",
-        "verdict", "raw_score", "thumbnail_path", "feedback", "comment", "defect_type", "point_id",
+        "id",
+        "created_at",
+        "file_name",
+        "sha256",
+        "category",
+        "model",
+        "score",
+        "threshold",
+        "verdict",
+        "raw_score",
+        "thumbnail_path",
+        "feedback",
+        "comment",
+        "defect_type",
+        "point_id",
     ]
 
 
@@ -145,7 +157,7 @@ def test_concurrent_writers_lose_nothing(db: Path) -> None:
             start.wait()
             for i in range(50):
                 h.add(_rec(i, file_name=f"{tag}_{i}.png"))
-        except BaseException as exc:  # pragma: no cover - reported below
+        except BaseException as exc:  # noqa: BLE001 - any failure in the thread is reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(t,)) for t in ("a", "b")]
@@ -227,9 +239,6 @@ def test_concurrent_processes_lose_nothing(db: Path) -> None:
         "    h.add(InspectionRecord(file_name=f'{sys.argv[2]}_{i}.png', sha256='0' * 64,\n"
         "        category='tile', model='patchcore', score=0.1, threshold=0.5, verdict='GOOD'))\n"
     )
-    procs = [
-        subprocess.Popen([sys.executable, "-c", script, str(db), tag], cwd=repo)
-        for tag in ("p", "q")
-    ]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(db), tag], cwd=repo) for tag in ("p", "q")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert History(db).count() == 100
