@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_CATEGORY
+
 from core.similarity.embeddings import descriptors
 
 

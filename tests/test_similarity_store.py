@@ -14,6 +14,7 @@ from core.similarity.retrieval_eval import EvalItem, evaluate_retrieval, neighbo
 from core.similarity.store import (
     Record,
     SimilarityStore,
+    StoreLockedError,
     collection_name,
     make_record,
     open_client,
@@ -233,6 +234,8 @@ def test_second_client_on_open_store_gives_store_error(store, store_path):
     message = str(info.value)
     assert "in use by another process" in message and str(store_path) in message
     assert "QDRANT_URL" in message and "\n" not in message
+    assert "close the app" not in message  # the app never holds the store between calls
+    assert isinstance(info.value, StoreLockedError)  # transient: an upload is queued, not lost
     assert store.count(MODEL, CATEGORY) == 3  # the first client is unharmed
     store.close()
     open_client(store_path).close()  # and the folder opens once it is released

@@ -55,9 +55,7 @@ class EvalItem:
 NeighboursFn = Callable[[EvalItem, str, int], Iterable[Any]]
 
 
-def precision_at_k(
-    query_labels: Sequence[Hashable], neighbour_labels_lists: Sequence[Sequence[Hashable]], k: int
-) -> float:
+def precision_at_k(query_labels: Sequence[Hashable], neighbour_labels_lists: Sequence[Sequence[Hashable]], k: int) -> float:
     """Mean over queries of (neighbours among the first ``k`` whose label equals the query's) / ``k``.
 
     NaN when there are no queries.
@@ -65,13 +63,11 @@ def precision_at_k(
     if k < 1:
         raise ValueError("k must be at least 1")
     if len(query_labels) != len(neighbour_labels_lists):
-        raise ValueError(
-            f"{len(query_labels)} query labels but {len(neighbour_labels_lists)} neighbour lists"
-        )
+        raise ValueError(f"{len(query_labels)} query labels but {len(neighbour_labels_lists)} neighbour lists")
     if not query_labels:
         return math.nan
     total = 0.0
-    for query, neighbours in zip(query_labels, neighbour_labels_lists):
+    for query, neighbours in zip(query_labels, neighbour_labels_lists, strict=True):
         total += sum(1 for label in list(neighbours)[:k] if label == query) / k
     return total / len(query_labels)
 
@@ -84,7 +80,7 @@ def _fields(neighbour: Any) -> tuple[str | None, str, str, str | None]:
         data, nid = neighbour.payload, getattr(neighbour, "id", None)
     else:
         data = {
-            "label": getattr(neighbour, "label"),
+            "label": neighbour.label,
             "defect_type": getattr(neighbour, "defect_type", ""),
             "category": getattr(neighbour, "category", None),
         }
@@ -161,10 +157,7 @@ def evaluate_retrieval(
                 if nid is not None and nid == query.id:
                     raise ValueError(f"neighbours of {query.id} ({descriptor}) include the query itself")
                 if ncat is not None and query.category and ncat != query.category:
-                    raise ValueError(
-                        f"neighbours of {query.id} ({descriptor}) include category {ncat!r}, "
-                        f"not {query.category!r}"
-                    )
+                    raise ValueError(f"neighbours of {query.id} ({descriptor}) include category {ncat!r}, not {query.category!r}")
             bucket = per_category[query.category]
             bucket["labels"].append([label for _, label, _, _ in neighbours])
             bucket["types"].append([dtype for _, _, dtype, _ in neighbours])
@@ -182,8 +175,7 @@ def evaluate_retrieval(
         all_query_types = [x for b in per_category.values() for x in b["query_types"]]
         entry = summary(all_labels, all_types, all_query_types)
         entry["by_category"] = {
-            category: summary(b["labels"], b["types"], b["query_types"])
-            for category, b in sorted(per_category.items())
+            category: summary(b["labels"], b["types"], b["query_types"]) for category, b in sorted(per_category.items())
         }
         result["descriptors"][descriptor] = entry
     return result

@@ -45,9 +45,12 @@ Embedded store or Qdrant server
 By default the store is embedded: ``QdrantClient(path=...)`` on ``get_settings().qdrant_path``,
 no server to run. Embedded ("local") mode keeps every vector in memory, searches by brute force
 (exact, O(points) per query, filters checked point by point in Python), loads the whole store when
-it opens, and locks the folder so that **only one process** can use it at a time: the Streamlit app
-and an index command cannot run at once. That is right for a demo and for a few thousand images
-per category; ``scripts/bench_qdrant.py`` measures where it stops being interactive.
+it opens, and locks the folder so that **only one client** can use it at a time. The app opens it
+per call, serialised between its threads (``core.similarity.indexing.open_store``), so it never
+holds the folder between clicks; while an index command holds it, the app's searches report the
+lock and its DEFECT uploads are queued and indexed afterwards. That is right for a demo and for a
+few thousand images per category; ``scripts/bench_qdrant.py`` measures where it stops being
+interactive.
 
 Run a Qdrant server when several processes must use the store at once (app + indexer, several
 app replicas), when a category holds tens of thousands of images or more (HNSW index instead of
@@ -71,7 +74,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,12 +129,9 @@ def _open_remote(url: str, api_key: str | None, timeout: int) -> QdrantClient:
     except UnexpectedResponse as exc:
         if exc.status_code in (401, 403):
             raise StoreError(
-                f"the Qdrant server at {url} refused the request (HTTP {exc.status_code}): "
-                "set QDRANT_API_KEY to a valid key"
+                f"the Qdrant server at {url} refused the request (HTTP {exc.status_code}): set QDRANT_API_KEY to a valid key"
             ) from exc
-        raise StoreError(
-            f"the Qdrant server at {url} answered HTTP {exc.status_code}: {_one_line(exc)}"
-        ) from exc
+        raise StoreError(f"the Qdrant server at {url} answered HTTP {exc.status_code}: {_one_line(exc)}") from exc
     except Exception as exc:  # connection refused, DNS, timeout, malformed URL
         raise StoreError(
             f"cannot reach the Qdrant server at {url} ({_one_line(exc)}): start it or fix "
@@ -140,11 +140,21 @@ def _open_remote(url: str, api_key: str | None, timeout: int) -> QdrantClient:
     return client
 
 
+class StoreLockedError(StoreError):
+    """The embedded store is held by another process (e.g. a running ``python -m core index``).
+
+    A separate class because it is transient: callers that can wait (an upload to index) queue
+    their work instead of giving up, see :mod:`core.similarity.pending`.
+    """
+
+
 def _locked_message(path: Path) -> str:
+    # Never "close the app": the app opens the store per call and never holds it between clicks,
+    # so the holder is another process such as an index run, which ends by itself.
     return (
-        f"the Qdrant store {path} is in use by another process (embedded Qdrant allows one "
-        f"process at a time): close the app or other process using {path}, or run a Qdrant "
-        "server and set QDRANT_URL"
+        f"the Qdrant store {path} is in use by another process, e.g. a running `python -m core "
+        "index` (embedded Qdrant admits one process at a time): it frees up when that finishes; "
+        "to share the store between processes run a Qdrant server and set QDRANT_URL"
     )
 
 
@@ -184,13 +194,13 @@ def _open_embedded(path: Path) -> QdrantClient:
         raise StoreError(_corrupt_message(path, "meta.json is missing"))
     try:
         if _is_locked(path):
-            raise StoreError(_locked_message(path))
+            raise StoreLockedError(_locked_message(path))
         return QdrantClient(path=str(path))
     except StoreError:
         raise
     except RuntimeError as exc:
         if "already accessed by another instance" in str(exc):  # lost a race with another opener
-            raise StoreError(_locked_message(path)) from exc
+            raise StoreLockedError(_locked_message(path)) from exc
         raise StoreError(_corrupt_message(path, _one_line(exc))) from exc
     except PermissionError as exc:
         raise StoreError(f"no permission to use the Qdrant store {path}: {_one_line(exc)}") from exc
@@ -202,6 +212,26 @@ def is_embedded(client: QdrantClient) -> bool:
     """Whether ``client`` is an embedded (local mode) client rather than a server connection."""
     options = client.init_options
     return options.get("path") is not None or options.get("location") == ":memory:"
+
+
+def store_location(path: Path | None = None) -> str:
+    """Which store :func:`open_client` would open: the server URL, else the embedded folder.
+
+    Used as a key, by the in-process lock (one per folder) and by the index manifest (what was
+    indexed *into which store*: switching to a server must not look like an emptied store).
+    """
+    url = os.environ.get("QDRANT_URL", "").strip()
+    if url:
+        return url.rstrip("/")
+    return str(Path(path if path is not None else get_settings().qdrant_path).expanduser().resolve())
+
+
+def client_location(client: QdrantClient) -> str:
+    """:func:`store_location` of an open client."""
+    options = client.init_options
+    if options.get("path") is not None:
+        return str(Path(options["path"]).expanduser().resolve())
+    return str(options.get("url") or options.get("location") or ":memory:").rstrip("/")
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,7 +304,7 @@ def make_record(
         "defect_type": defect_type,
         "score": None if score is None else float(score),
         "model": model,
-        "time": time or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time": time or datetime.now(UTC).isoformat(timespec="seconds"),
         "inspection_id": inspection_id,
         "sha256": sha256.strip().lower(),
     }
@@ -361,9 +391,7 @@ class SimilarityStore:
             raise StoreError(f"lost the connection to the Qdrant server at {url}: {_one_line(exc)}") from exc
         except UnexpectedResponse as exc:
             if exc.status_code in (401, 403):
-                raise StoreError(
-                    f"the Qdrant server refused the request (HTTP {exc.status_code}): check QDRANT_API_KEY"
-                ) from exc
+                raise StoreError(f"the Qdrant server refused the request (HTTP {exc.status_code}): check QDRANT_API_KEY") from exc
             raise
 
     def dims(self, model: str, category: str) -> dict[str, int] | None:
@@ -402,15 +430,12 @@ class SimilarityStore:
             self.client.create_collection(
                 name,
                 vectors_config={
-                    key: models.VectorParams(size=size, distance=models.Distance.COSINE)
-                    for key, size in wanted.items()
+                    key: models.VectorParams(size=size, distance=models.Distance.COSINE) for key, size in wanted.items()
                 },
             )
             if not is_embedded(self.client):  # embedded mode has no payload indexes (it warns)
                 for field_name in INDEXED_FIELDS:
-                    self.client.create_payload_index(
-                        name, field_name, field_schema=models.PayloadSchemaType.KEYWORD
-                    )
+                    self.client.create_payload_index(name, field_name, field_schema=models.PayloadSchemaType.KEYWORD)
         self._dims[name] = wanted
         return True
 
@@ -424,18 +449,29 @@ class SimilarityStore:
             self.client.delete_collection(name)
         return True
 
-    def count(self, model: str, category: str) -> int:
+    @property
+    def location(self) -> str:
+        """The server URL or the embedded folder (see :func:`store_location`)."""
+        return client_location(self.client)
+
+    def count(self, model: str, category: str, *, splits: Sequence[str] | None = None) -> int:
+        """Points in the collection (0 when it does not exist); ``splits`` counts only those.
+
+        ``splits=("train", "test")`` counts the dataset's points, which an index run writes and
+        uploads never add to: what the index manifest compares with.
+        """
         name = self.name(model, category)
         if self.dims(model, category) is None:
             return 0
+        query_filter = None
+        if splits is not None:
+            query_filter = models.Filter(must=[models.FieldCondition(key="split", match=models.MatchAny(any=list(splits)))])
         with self._errors():
-            return int(self.client.count(name, exact=True).count)
+            return int(self.client.count(name, count_filter=query_filter, exact=True).count)
 
     # -- writing ---------------------------------------------------------------------------
 
-    def upsert(
-        self, model: str, category: str, records: Sequence[Record], batch_size: int = 256
-    ) -> int:
+    def upsert(self, model: str, category: str, records: Sequence[Record], batch_size: int = 256) -> int:
         """Insert or overwrite records (same id = same point); returns how many were written.
 
         Creates the collection from the first record's vector sizes when it does not exist.
@@ -473,9 +509,7 @@ class SimilarityStore:
             raise ValueError(f"record {rec.id}: payload label must be one of {LABELS}")
         sha = str(payload.get("sha256") or "").strip().lower()
         if point_id(sha, model, category) != rec.id:
-            raise ValueError(
-                f"record {rec.id} does not match point_id(sha256, model, category); build it with make_record"
-            )
+            raise ValueError(f"record {rec.id} does not match point_id(sha256, model, category); build it with make_record")
         payload["sha256"] = sha
         vectors = {key: _as_vector(value, key, dims[key]).tolist() for key, value in rec.vectors.items()}
         return models.PointStruct(id=rec.id, vector=vectors, payload=payload)
@@ -491,9 +525,7 @@ class SimilarityStore:
         if not ids or self.dims(model, category) is None:
             return []
         with self._errors():
-            points = self.client.retrieve(
-                self.name(model, category), ids=list(ids), with_payload=True, with_vectors=with_vectors
-            )
+            points = self.client.retrieve(self.name(model, category), ids=list(ids), with_payload=True, with_vectors=with_vectors)
         by_id = {str(p.id): p for p in points}
         out = []
         for pid in ids:
@@ -584,7 +616,4 @@ class SimilarityStore:
                 with_payload=True,
                 with_vectors=False,
             )
-        return [
-            Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {}))
-            for p in response.points
-        ]
+        return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points]
