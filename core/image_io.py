@@ -30,6 +30,12 @@ one-line message says what is wrong. The decisions, in one place:
   is decoded, without PIL's decompression-bomb error, and shrunk to at most ``max_side`` (default
   2048) px on its long side: JPEGs are decoded at reduced scale directly (``Image.draft``), other
   formats are reduced by whole factors and then resampled. The models run at 256 px anyway.
+* **Concurrency.** Decoding a 150 MP PNG holds about 1.4 GB, so at most
+  ``INSPECT_MAX_LARGE_DECODES`` (default 2) images larger than ``INSPECT_LARGE_DECODE_PIXELS``
+  (default 16 MP, by the header) decode at once in a process. A further one waits up to
+  ``INSPECT_DECODE_WAIT_S`` (default 5 s) for a slot and then fails with :class:`BusyError`
+  ("try again in a moment") rather than queueing without bound and exhausting memory. Smaller
+  images never wait.
 """
 
 from __future__ import annotations
@@ -40,12 +46,15 @@ import os
 import re
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import ImageError
+from core import settings
+from core.errors import BusyError, ImageError
 
 #: File suffixes the upload widget and the dataset scanner accept.
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -76,6 +85,42 @@ _NOT_AN_IMAGE = "{name} is not an image file Inspect can read (PNG, JPEG, BMP or
 # Serialises the rare temporary change of PIL's module-level pixel limit (see _open).
 _PIL_LIMIT_LOCK = threading.Lock()
 
+BUSY_MESSAGE = "Inspect is busy decoding other large images; try again in a moment"
+
+# The slots for large decodes: (size it was made with, semaphore). Rebuilt when the configured
+# size changes; a decode releases the semaphore object it acquired, so a rebuild never miscounts.
+_LARGE_SLOTS: tuple[int, threading.BoundedSemaphore] | None = None
+_LARGE_SLOTS_LOCK = threading.Lock()
+
+
+def _large_decode_slots() -> threading.BoundedSemaphore:
+    """The process-wide semaphore for large decodes, sized by ``INSPECT_MAX_LARGE_DECODES``."""
+    global _LARGE_SLOTS
+    size = settings.max_large_decodes()
+    with _LARGE_SLOTS_LOCK:
+        if _LARGE_SLOTS is None or _LARGE_SLOTS[0] != size:
+            _LARGE_SLOTS = (size, threading.BoundedSemaphore(size))
+        return _LARGE_SLOTS[1]
+
+
+@contextmanager
+def large_decode_slot(pixels: int) -> Iterator[None]:
+    """Hold a large-decode slot while an image of ``pixels`` decodes (no-op for small images).
+
+    Waits at most ``INSPECT_DECODE_WAIT_S`` and then raises :class:`BusyError`: a request that
+    fails fast with "try again" is better than a pile of 1.4 GB decodes that takes the server down.
+    """
+    if pixels <= settings.large_decode_pixels():
+        yield
+        return
+    slots = _large_decode_slots()
+    if not slots.acquire(timeout=settings.decode_wait_s()):
+        raise BusyError(BUSY_MESSAGE)
+    try:
+        yield
+    finally:
+        slots.release()
+
 
 def sha256_of(data: bytes) -> str:
     """Hex SHA-256 of ``data``: the identity of an uploaded file in the history."""
@@ -90,9 +135,7 @@ def max_pixels_from_env() -> int:
     try:
         value = int(float(raw))
     except ValueError:
-        raise ImageError(
-            f"INSPECT_MAX_PIXELS must be a whole number of pixels, e.g. 150000000, not {raw!r}"
-        ) from None
+        raise ImageError(f"INSPECT_MAX_PIXELS must be a whole number of pixels, e.g. 150000000, not {raw!r}") from None
     if value <= 0:
         raise ImageError(f"INSPECT_MAX_PIXELS must be positive, not {value}")
     return value
@@ -158,8 +201,7 @@ def load_image(
             return _open_and_decode(fp, name, limit, max_side, looks_like_image)
         except Image.DecompressionBombError:
             raise ImageError(
-                f"{name} is larger than the limit of {limit / 1e6:g} megapixels "
-                "(set INSPECT_MAX_PIXELS to raise it)"
+                f"{name} is larger than the limit of {limit / 1e6:g} megapixels (set INSPECT_MAX_PIXELS to raise it)"
             ) from None
         finally:
             Image.MAX_IMAGE_PIXELS = saved
@@ -171,9 +213,7 @@ def _pixels_in(message: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _open_and_decode(
-    fp: Path | io.BytesIO, name: str, limit: int, max_side: int | None, looks_like_image: bool
-) -> np.ndarray:
+def _open_and_decode(fp: Path | io.BytesIO, name: str, limit: int, max_side: int | None, looks_like_image: bool) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             # We enforce our own limit right after opening; PIL's warning is noise here.
@@ -182,12 +222,14 @@ def _open_and_decode(
     except (UnidentifiedImageError, SyntaxError, ValueError, EOFError, OSError):
         if looks_like_image:
             raise ImageError(
-                f"{name} starts like a PNG, JPEG, BMP or TIFF file but is truncated or damaged "
-                "before its pixel data"
+                f"{name} starts like a PNG, JPEG, BMP or TIFF file but is truncated or damaged before its pixel data"
             ) from None
         raise ImageError(_NOT_AN_IMAGE.format(name=name)) from None
     try:
-        return _decode(img, name, limit, max_side)
+        pixels = img.size[0] * img.size[1]  # from the header: nothing is decoded yet
+        # An image over the limit is refused at once by _decode; it must not wait for a slot.
+        with large_decode_slot(pixels if pixels <= limit else 0):
+            return _decode(img, name, limit, max_side)
     finally:
         img.close()
 
@@ -195,9 +237,7 @@ def _open_and_decode(
 def _decode(img: Image.Image, name: str, limit: int, max_side: int | None) -> np.ndarray:
     width, height = img.size
     if width < MIN_SIDE or height < MIN_SIDE:
-        raise ImageError(
-            f"{name} is {width}x{height} px; Inspect needs at least {MIN_SIDE} px on each side"
-        )
+        raise ImageError(f"{name} is {width}x{height} px; Inspect needs at least {MIN_SIDE} px on each side")
     if width * height > limit:
         raise ImageError(
             f"{name} is {width}x{height} px ({width * height / 1e6:.1f} megapixels), larger than "
@@ -214,13 +254,9 @@ def _decode(img: Image.Image, name: str, limit: int, max_side: int | None) -> np
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-        raise ImageError(
-            f"{name} is truncated or damaged: its pixel data could not be decoded in full ({exc})"
-        ) from None
+        raise ImageError(f"{name} is truncated or damaged: its pixel data could not be decoded in full ({exc})") from None
     except MemoryError:
-        raise ImageError(
-            f"{name} ({width}x{height} px) is too large to decode with the memory available"
-        ) from None
+        raise ImageError(f"{name} ({width}x{height} px) is too large to decode with the memory available") from None
 
     try:
         img = ImageOps.exif_transpose(img)
@@ -256,9 +292,7 @@ def _to_8bit(img: Image.Image, name: str) -> Image.Image:
     try:
         return img.convert("RGB")
     except (ValueError, OSError):
-        raise ImageError(
-            f"{name} uses the image mode {mode!r}, which Inspect cannot convert"
-        ) from None
+        raise ImageError(f"{name} uses the image mode {mode!r}, which Inspect cannot convert") from None
 
 
 def _scale_high_depth(arr: np.ndarray, mode: str) -> np.ndarray:

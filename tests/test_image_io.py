@@ -64,9 +64,7 @@ def _check_rgb(arr: np.ndarray, shape: tuple[int, int]) -> None:
     "fmt,suffix,lossless",
     [("PNG", ".png", True), ("BMP", ".bmp", True), ("TIFF", ".tif", True), ("JPEG", ".jpg", False)],
 )
-def test_round_trips_bytes_and_path(
-    tmp_path: Path, rgb: np.ndarray, fmt: str, suffix: str, lossless: bool
-) -> None:
+def test_round_trips_bytes_and_path(tmp_path: Path, rgb: np.ndarray, fmt: str, suffix: str, lossless: bool) -> None:
     data = _encode(Image.fromarray(rgb), fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     path = tmp_path / f"part{suffix}"
     path.write_bytes(data)
@@ -92,9 +90,7 @@ def test_text_renamed_png(tmp_path: Path) -> None:
     path.write_text("this is a shopping list, not a picture\n")
     with pytest.raises(ImageError) as err:
         load_image(path)
-    assert str(err.value) == (
-        "notes.png is not an image file Inspect can read (PNG, JPEG, BMP or TIFF)"
-    )
+    assert str(err.value) == ("notes.png is not an image file Inspect can read (PNG, JPEG, BMP or TIFF)")
     with pytest.raises(ImageError, match="upload.png is not an image file"):
         load_image(path.read_bytes(), "upload.png")
 
@@ -246,8 +242,7 @@ def test_over_the_limit_refused_from_header(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ImageError) as err:
         load_image(data, "bomb.png")
     assert str(err.value) == (
-        "bomb.png is 400.0 megapixels, larger than the limit of 150 megapixels "
-        "(set INSPECT_MAX_PIXELS to raise it)"
+        "bomb.png is 400.0 megapixels, larger than the limit of 150 megapixels (set INSPECT_MAX_PIXELS to raise it)"
     )
     data = _flat_png(12500, 12500, rows=2)  # 156 MP: within PIL's tolerance, over ours
     with pytest.raises(ImageError, match=r"12500x12500 px \(156.2 megapixels\)"):
@@ -267,4 +262,82 @@ def test_limit_above_pil_bomb_level(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INSPECT_MAX_PIXELS", "200000000")
     with pytest.raises(ImageError, match="could not be decoded in full"):  # past the bomb check
         load_image(data, "big.png")
-    assert Image.MAX_IMAGE_PIXELS == saved
+    assert saved == Image.MAX_IMAGE_PIXELS
+
+
+# --- concurrent large decodes ----------------------------------------------------------------
+
+
+@pytest.fixture
+def one_large_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One large decode at a time, 'large' above 1 MP, and a short wait so the test is quick."""
+    monkeypatch.setenv("INSPECT_MAX_LARGE_DECODES", "1")
+    monkeypatch.setenv("INSPECT_LARGE_DECODE_PIXELS", "1000000")
+    monkeypatch.setenv("INSPECT_DECODE_WAIT_S", "0.3")
+
+
+def _hold_a_large_decode(monkeypatch: pytest.MonkeyPatch, data: bytes):
+    """Start load_image(data) in a thread whose decode blocks until the returned event is set."""
+    import threading
+
+    from core import image_io
+
+    entered, release = threading.Event(), threading.Event()
+    real_decode = image_io._decode
+
+    def slow_decode(img, *args, **kwargs):
+        if img.size[0] * img.size[1] > 1_000_000 and not entered.is_set():
+            entered.set()
+            release.wait(10)
+        return real_decode(img, *args, **kwargs)
+
+    monkeypatch.setattr(image_io, "_decode", slow_decode)
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.setdefault("image", load_image(data, "first.png")))
+    worker.start()
+    assert entered.wait(10), "the first decode never started"
+    return release, worker, result
+
+
+def test_large_decodes_are_limited_and_busy_is_quick(one_large_slot, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from core.errors import BusyError
+
+    large = _flat_png(1200, 1000, value=9)  # 1.2 MP: "large" here
+    release, worker, result = _hold_a_large_decode(monkeypatch, large)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BusyError) as err:
+            load_image(large, "second.png")
+        assert time.monotonic() - started < 2.0
+        assert str(err.value) == "Inspect is busy decoding other large images; try again in a moment"
+        assert isinstance(err.value, ImageError)  # the pages show it like any image error
+        # Small images are not limited.
+        assert load_image(_flat_png(900, 1000, value=3)).shape == (1000, 900, 3)
+        # An image over the pixel limit is refused at once, not made to wait for a slot.
+        monkeypatch.setenv("INSPECT_MAX_PIXELS", "1500000")
+        with pytest.raises(ImageError, match="larger than the limit") as err:
+            load_image(_flat_png(2000, 2000, rows=2), "bomb.png")
+        assert not isinstance(err.value, BusyError)
+        monkeypatch.delenv("INSPECT_MAX_PIXELS")
+    finally:
+        release.set()
+        worker.join(10)
+    assert result["image"].shape == (1000, 1200, 3)
+    # The slot is free again: the same large image loads.
+    assert load_image(large, "again.png")[0, 0].tolist() == [9, 9, 9]
+
+
+def test_a_failed_large_decode_frees_its_slot(one_large_slot) -> None:
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(_flat_png(1200, 1000, rows=10), "cut.png")
+    assert load_image(_flat_png(1200, 1000)).shape == (1000, 1200, 3)
+
+
+def test_large_decode_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.errors import ConfigError
+
+    monkeypatch.setenv("INSPECT_MAX_LARGE_DECODES", "0")
+    with pytest.raises(ConfigError, match="INSPECT_MAX_LARGE_DECODES must be at least 1"):
+        load_image(_flat_png(5000, 4000))

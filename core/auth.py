@@ -1,0 +1,307 @@
+"""Who may use Inspect: local users with hashed passwords, API keys, and two roles.
+
+Inspect has no server of its own to ask, so the users live in one local file,
+``<workspace>/users.json`` (:attr:`core.settings.Settings.users_file`), managed with
+``python -m core users ...``. The decisions, in one place:
+
+* **Passwords** are never stored: each user has a random 16-byte salt and the ``hashlib.scrypt``
+  hash of the password with it (N=2^14, r=8, p=1: ~16 MB and tens of milliseconds per try, so a
+  stolen file is slow to attack). The parameters are stored per user, so they can be raised later
+  without invalidating old entries. Hashes are compared with ``hmac.compare_digest``, and an
+  unknown user name costs the same scrypt as a known one, so timing does not reveal which names
+  exist.
+* **API keys** (for a later REST API) are 32 random bytes shown once; only their SHA-256 is
+  stored. A key is random, not chosen by a person, so a fast hash is enough: there is nothing to
+  guess. Lookup compares against every stored hash in constant time.
+* **The file** is written atomically (a temporary file in the same folder, then ``os.replace``)
+  with mode 0600, under an exclusive lock, so two ``users add`` commands cannot lose each other's
+  change and a reader never sees half a file. A damaged file is an :class:`AuthError` (the app
+  then refuses everyone rather than letting everyone in).
+* **Roles**: *inspector* inspects, gives feedback and browses history, comparison and similar
+  defects; *engineer* may also start background jobs (train, evaluate, index, recalibrate,
+  restore: :func:`can_start_jobs`).
+* **When a login is needed** (:func:`login_required`): whenever the app is reachable beyond this
+  computer (Streamlit bound to anything but a loopback address), when ``INSPECT_REQUIRE_LOGIN=1``,
+  or when any user exists. Only a loopback-bound app with no users asks for nothing: the
+  single-PC setup.
+
+No Streamlit here: the app (``app.py``) and the command line (``core/__main__.py``) both call this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core import settings
+from core.errors import AuthError
+
+INSPECTOR = "inspector"
+ENGINEER = "engineer"
+ROLES: tuple[str, ...] = (INSPECTOR, ENGINEER)
+
+#: Smallest accepted password length.
+MIN_PASSWORD_LENGTH = 8
+#: scrypt cost parameters for new passwords (stored with each hash).
+SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN = 2**14, 8, 1, 32
+SALT_BYTES = 16
+#: API keys start with this, so a leaked one is recognisable in logs and secret scanners.
+API_KEY_PREFIX = "insp_"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+# A fixed salt for the decoy hash computed when a user name is unknown (see verify_password).
+_DECOY_SALT = b"inspect-no-such-user"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A user or API key as listed (never with its hash)."""
+
+    name: str
+    role: str
+    created: str
+
+
+# --------------------------------------------------------------------------------------------
+# Roles and when to ask
+# --------------------------------------------------------------------------------------------
+
+
+def can_start_jobs(role: str | None) -> bool:
+    """Whether ``role`` may start (or cancel) background jobs: engineers only."""
+    return role == ENGINEER
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether a server bound to ``address`` is reachable from this computer only.
+
+    No address (Streamlit's default when nothing is configured) means *all* interfaces.
+    """
+    address = (address or "").strip().strip("[]")
+    if not address:
+        return False
+    if address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name: it may resolve to a network interface
+        return False
+
+
+def login_required(server_address: str | None) -> bool:
+    """Whether the app must ask for a login (see the module docstring)."""
+    return settings.require_login() or not is_loopback(server_address) or has_users()
+
+
+# --------------------------------------------------------------------------------------------
+# The users file
+# --------------------------------------------------------------------------------------------
+
+
+def users_path() -> Path:
+    return settings.get_settings().users_file
+
+
+def _empty() -> dict[str, Any]:
+    return {"users": {}, "api_keys": {}}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return _empty()
+    except OSError as exc:
+        raise AuthError(f"the users file {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(raw)
+        if not isinstance(data.get("users"), dict) or not isinstance(data.get("api_keys"), dict):
+            raise ValueError("missing sections")
+    except (ValueError, AttributeError):
+        raise AuthError(
+            f"the users file {path} is damaged; restore it from a backup or delete it and add the users again"
+        ) from None
+    return data
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` atomically with ``data``, readable by its owner only (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".users-", suffix=".tmp", dir=path.parent)  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _editing() -> Iterator[dict[str, Any]]:
+    """Read-modify-write of the users file under an exclusive lock; written when the block ends."""
+    path = users_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no concurrent CLI edits to guard there
+            fcntl = None
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        data = _read(path)
+        yield data
+        _write(path, data)
+    finally:
+        os.close(fd)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _check_name(name: str, what: str) -> str:
+    name = name.strip()
+    if not _NAME.match(name):
+        raise AuthError(f"{what} name {name!r} is not allowed: use 1-64 letters, digits, '.', '_', '-' or '@'")
+    return name
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise AuthError(f"role {role!r} is unknown: use {' or '.join(ROLES)}")
+    return role
+
+
+# --------------------------------------------------------------------------------------------
+# Users
+# --------------------------------------------------------------------------------------------
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=dklen, maxmem=128 * 1024 * 1024)
+
+
+def hash_password(password: str) -> dict[str, Any]:
+    """A fresh salt and the scrypt hash of ``password``, with the parameters used."""
+    salt = secrets.token_bytes(SALT_BYTES)
+    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN)
+    return {"salt": salt.hex(), "hash": digest.hex(), "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P}
+
+
+def password_matches(password: str, record: dict[str, Any]) -> bool:
+    """Whether ``password`` hashes to ``record``'s hash (constant-time comparison)."""
+    expected = bytes.fromhex(record["hash"])
+    digest = _scrypt(password, bytes.fromhex(record["salt"]), int(record["n"]), int(record["r"]), int(record["p"]), len(expected))
+    return hmac.compare_digest(digest, expected)
+
+
+def add_user(name: str, password: str, role: str, *, replace: bool = False) -> Entry:
+    """Add a user (or, with ``replace``, set an existing user's password and role)."""
+    name = _check_name(name, "user")
+    _check_role(role)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AuthError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    record = {"role": role, "created": _now(), **hash_password(password)}
+    with _editing() as data:
+        if name in data["users"] and not replace:
+            raise AuthError(f"user {name!r} already exists; use --replace to set a new password or role")
+        data["users"][name] = record
+    return Entry(name, role, record["created"])
+
+
+def remove_user(name: str) -> None:
+    with _editing() as data:
+        if data["users"].pop(name.strip(), None) is None:
+            raise AuthError(f"there is no user {name.strip()!r}")
+
+
+def list_users() -> list[Entry]:
+    users = _read(users_path())["users"]
+    return [Entry(n, u.get("role", "?"), u.get("created", "")) for n, u in sorted(users.items())]
+
+
+def has_users() -> bool:
+    """Whether at least one login user exists (API keys alone do not count)."""
+    return bool(_read(users_path())["users"])
+
+
+def role_of(name: str) -> str | None:
+    """The current role of user ``name`` (None once removed): re-read on every page run."""
+    user = _read(users_path())["users"].get(name)
+    return user.get("role") if user else None
+
+
+def verify_password(name: str, password: str) -> str | None:
+    """The role of ``name`` when ``password`` is right, else None (wrong name or password alike)."""
+    user = _read(users_path())["users"].get(name.strip())
+    if user is None:
+        # Spend the same scrypt as for a real user: the answer time must not tell names apart.
+        _scrypt(password, _DECOY_SALT, SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN)
+        return None
+    try:
+        ok = password_matches(password, user)
+    except (KeyError, ValueError, TypeError):
+        return None  # a hand-edited entry without a valid hash lets nobody in
+    return user.get("role") if ok else None
+
+
+# --------------------------------------------------------------------------------------------
+# API keys
+# --------------------------------------------------------------------------------------------
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def add_api_key(name: str, role: str) -> str:
+    """Create an API key named ``name`` with ``role``; returns the key, which is not stored."""
+    name = _check_name(name, "API key")
+    _check_role(role)
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    with _editing() as data:
+        if name in data["api_keys"]:
+            raise AuthError(f"API key {name!r} already exists; remove it first with `python -m core users remove-key {name}`")
+        data["api_keys"][name] = {"role": role, "created": _now(), "sha256": _key_hash(key)}
+    return key
+
+
+def remove_api_key(name: str) -> None:
+    with _editing() as data:
+        if data["api_keys"].pop(name.strip(), None) is None:
+            raise AuthError(f"there is no API key {name.strip()!r}")
+
+
+def list_api_keys() -> list[Entry]:
+    keys = _read(users_path())["api_keys"]
+    return [Entry(n, k.get("role", "?"), k.get("created", "")) for n, k in sorted(keys.items())]
+
+
+def role_for_api_key(key: str) -> str | None:
+    """The role of API key ``key``, or None. Every stored hash is compared, in constant time."""
+    if not key:
+        return None
+    digest = _key_hash(key).encode()
+    found: str | None = None
+    for entry in _read(users_path())["api_keys"].values():
+        if hmac.compare_digest(digest, str(entry.get("sha256", "")).encode()) and found is None:
+            found = entry.get("role")
+    return found
