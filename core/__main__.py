@@ -77,14 +77,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from core.evaluate import evaluate, format_table
+    from core.evaluate import evaluate_run, format_table
     from core.results import results_path
 
-    entries = evaluate(args.model, args.category, device=args.device)
-    if not entries:
+    run = evaluate_run(args.model, args.category, device=args.device)
+    if run.entries:
+        print(format_table(run.entries))
+        print(f"results written to {results_path()}")
+    if run.notice:
+        print(f"warning: {run.notice}", file=sys.stderr)
+    if run.failed:
+        # After the others were evaluated and written; exit 2 so scripts and jobs see the failure.
+        broken = list(run.failed.values())
+        raise InspectError(broken[0] if len(broken) == 1 else f"{len(broken)} not evaluated: " + "; ".join(broken))
+    if not run.entries:
         raise InspectError("no trained model matches: train one first with `python -m core train ...`")
-    print(format_table(entries))
-    print(f"results written to {results_path()}")
 
 
 def cmd_distill_teacher(args: argparse.Namespace) -> None:
@@ -109,6 +116,67 @@ def cmd_setup(args: argparse.Namespace) -> None:
     from core.setup_default import prepare_default
 
     prepare_default(skip_index=args.skip_index)
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """From stdin's first line (``--password-stdin``, for scripts) or typed twice at a hidden prompt."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    password = getpass.getpass(f"Password for {args.name}: ")
+    if getpass.getpass("Repeat the password: ") != password:
+        raise InspectError("the two passwords differ; nothing was changed")
+    return password
+
+
+def cmd_users(args: argparse.Namespace) -> None:
+    from core import auth
+
+    if args.action == "add":
+        entry = auth.add_user(args.name, _read_password(args), args.role, replace=args.replace)
+        print(f"user {entry.name} ({entry.role}) saved in {auth.users_path()}")
+    elif args.action == "remove":
+        auth.remove_user(args.name)
+        print(f"user {args.name} removed")
+    elif args.action == "add-key":
+        key = auth.add_api_key(args.name, args.role)
+        # The key alone on stdout (scripts capture it); the note on stderr. It is shown only now.
+        print(f"API key {args.name} ({args.role}); store it now, it is not shown again:", file=sys.stderr)
+        print(key)
+    elif args.action == "remove-key":
+        auth.remove_api_key(args.name)
+        print(f"API key {args.name} removed")
+    else:  # list
+        users, keys = auth.list_users(), auth.list_api_keys()
+        if not users and not keys:
+            print(f"no users in {auth.users_path()}: add one with `python -m core users add NAME --role engineer`")
+        for title, entries in (("users", users), ("API keys", keys)):
+            if entries:
+                print(f"{title}:")
+                for e in entries:
+                    print(f"  {e.name:<24}{e.role:<12}{e.created}")
+
+
+def _users_parser(sub: Any) -> None:
+    from core.auth import ROLES
+
+    p = sub.add_parser("users", help="manage who may sign in to the app (and API keys)")
+    p.set_defaults(func=cmd_users)
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("add", help="add a user (password from a hidden prompt or --password-stdin)")
+    a.add_argument("name")
+    a.add_argument("--role", choices=ROLES, required=True)
+    a.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    a.add_argument("--replace", action="store_true", help="set a new password and role for an existing user")
+    a = actions.add_parser("remove", help="remove a user")
+    a.add_argument("name")
+    actions.add_parser("list", help="list users and API keys (never their secrets)")
+    a = actions.add_parser("add-key", help="create an API key (printed once; only its hash is stored)")
+    a.add_argument("name", help="a label for the key, e.g. the client that uses it")
+    a.add_argument("--role", choices=ROLES, required=True)
+    a = actions.add_parser("remove-key", help="revoke an API key")
+    a.add_argument("name")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,9 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5)
     p.set_defaults(func=cmd_eval_similar)
 
-    p = sub.add_parser("setup", help=f"prepare the embedded default: demo data ({', '.join(DEMO_CATEGORIES)}), models, results, index")
+    p = sub.add_parser(
+        "setup", help=f"prepare the embedded default: demo data ({', '.join(DEMO_CATEGORIES)}), models, results, index"
+    )
     p.add_argument("--skip-index", action="store_true")
     p.set_defaults(func=cmd_setup)
+
+    _users_parser(sub)
     return parser
 
 

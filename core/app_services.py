@@ -68,29 +68,41 @@ def training_note(model: str, category: str) -> str | None:
 
 
 def trained_models() -> dict[tuple[str, str], registry.ModelMeta]:
-    """Every trained (model, category) pair with its metadata."""
+    """Every usable trained (model, category) pair with its metadata."""
     return {(m.model, m.category): m for m in registry.list_trained()}
 
 
+def unreadable_models() -> dict[tuple[str, str], str]:
+    """(model, category) pairs whose files are there but unusable, with the one-line error to show."""
+    return registry.list_trained_with_problems()[1]
+
+
 def available_categories() -> list[str]:
-    """Categories the inspector can pick: those in the dataset root and those with a model."""
+    """Categories the inspector can pick: those in the dataset root and those with a model (even a broken one)."""
     cats = set(list_categories(resolve_data_root()))
-    cats.update(category for _, category in trained_models())
+    metas, problems = registry.list_trained_with_problems()
+    cats.update(m.category for m in metas)
+    cats.update(category for _, category in problems)
     return sorted(cats)
 
 
 def checkpoint_mtime(model: str, category: str) -> float:
-    """The checkpoint's modification time (0.0 when missing): retraining changes the cache key."""
-    path = registry.model_dir(model, category) / registry.CHECKPOINT
+    """The current checkpoint's modification time (0.0 when missing): retraining changes the cache key."""
+    path = registry.checkpoint_path(model, category)
     try:
-        return path.stat().st_mtime
+        return path.stat().st_mtime if path else 0.0
     except OSError:
         return 0.0
 
 
 def detector_cache_key(model: str, category: str) -> tuple[str, str, str, float]:
-    """(model, category, models folder, checkpoint mtime): what a cached detector is valid for."""
-    return model, category, str(get_settings().models_dir), checkpoint_mtime(model, category)
+    """(model, category, current checkpoint, its mtime): what a cached detector is valid for.
+
+    The checkpoint path names the models folder and the version (``.../v0003/model.pt``), so a new
+    save, which is a new version folder, always gives a new key.
+    """
+    path = registry.checkpoint_path(model, category)
+    return model, category, str(path or get_settings().models_dir), checkpoint_mtime(model, category)
 
 
 @dataclass(frozen=True)
@@ -455,7 +467,9 @@ def auroc_bar_figure(results: dict[str, Any]):
     low = min(lows) if lows else 0.5
     y0 = max(0.0, min(0.5, math.floor(low * 10) / 10))
     fig.update_yaxes(range=[y0, 1.06])
-    fig.update_layout(barmode="group", scattermode="group", height=420, margin={"t": 40, "b": 20, "l": 20, "r": 20}, legend_title_text="")
+    fig.update_layout(
+        barmode="group", scattermode="group", height=420, margin={"t": 40, "b": 20, "l": 20, "r": 20}, legend_title_text=""
+    )
     return fig
 
 
@@ -572,39 +586,45 @@ def index_inspection(
 
     The stored picture is the history's thumbnail of the upload (the original bytes are not kept),
     so the gallery can show it later. An upload that is byte-identical to an image already indexed
-    from the dataset keeps that point (its label and defect type are ground truth). The note is a
-    one-line reason when nothing was added (no similarity service, store unavailable...);
-    inspection goes on without it.
+    from the dataset keeps that point (its label and defect type are ground truth). When the store
+    cannot take it now (another process holds it, it was emptied...) the upload is queued and
+    indexed automatically later; the note says so. Inspection goes on either way.
     """
     from core.errors import InspectError
 
     service = similarity_service()
     if service is None or history is None or not inspection_id:
         return None, None
-    model, category = detector.meta.model, detector.meta.category
     try:
-        from core.similarity.store import point_id
-
-        existing_id = point_id(sha256, model, category)
-        with service.open_store() as store:
-            if store.dims(model, category) is None:
-                return None, None  # no index built for this model yet: nothing to add to
-            existing = store.get(model, category, [existing_id])
-        if existing and existing[0].payload.get("split") in ("train", "test"):
-            return existing_id, None
         thumb = history.save_thumbnail(image_rgb, sha256)
-        point = service.add_inspection(
+        outcome = service.index_upload(
             detector,
             image_rgb,
+            prediction,
             sha256=sha256,
-            file_name=str(thumb),
             inspection_id=inspection_id,
-            prediction=prediction,
+            file_name=str(thumb),
+            history_db=str(history.path),
         )
-        history.set_point_id(inspection_id, point)
+        if outcome.point_id is not None:
+            history.set_point_id(inspection_id, outcome.point_id)
     except InspectError as exc:
         return None, f"Not added to the similar-defect index: {exc}"
-    return str(point), None
+    return outcome.point_id, outcome.note
+
+
+def index_problem(model: str, category: str) -> str | None:
+    """One line when the (model, category) index holds fewer points than its last index run wrote
+    (emptied or damaged store) or that run did not finish; None when healthy or unknown."""
+    from core.errors import InspectError
+
+    service = similarity_service()
+    if service is None:
+        return None
+    try:
+        return service.index_health(model, category)
+    except InspectError:
+        return None  # the store cannot be opened: the page already shows that error
 
 
 def stored_case(model: str, category: str, point_id: str) -> dict[str, Any] | None:
@@ -689,6 +709,11 @@ def similar_cases(
 def find_session_inspection(kept: dict[str, Any], sha256: str | None, model: str, category: str) -> dict[str, Any] | None:
     """The inspection of this session with that file hash, model and category, if kept."""
     for entry in kept.values():
-        if isinstance(entry, dict) and entry.get("sha") == sha256 and entry.get("model") == model and entry.get("category") == category:
+        if (
+            isinstance(entry, dict)
+            and entry.get("sha") == sha256
+            and entry.get("model") == model
+            and entry.get("category") == category
+        ):
             return entry
     return None

@@ -96,9 +96,7 @@ def _positional_state_dict(source: OrderedDict[str, torch.Tensor], target: nn.Mo
     """Rename ``source``'s tensors to ``target``'s keys by position, checking every shape."""
     target_sd = target.state_dict()
     if len(source) != len(target_sd):
-        raise WeightsMissingError(
-            f"weights file has {len(source)} tensors but {type(target).__name__} expects {len(target_sd)}"
-        )
+        raise WeightsMissingError(f"weights file has {len(source)} tensors but {type(target).__name__} expects {len(target_sd)}")
     renamed: OrderedDict[str, torch.Tensor] = OrderedDict()
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target_sd.items(), strict=True):
         if tensor.shape != expected.shape:

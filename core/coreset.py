@@ -187,9 +187,7 @@ class _Space:
         queries[:, w + 1 :].copy_(rows[:, w : w + 1])
         queries[:, w : w + 1].fill_(1.0)
 
-    def exact_distances(
-        self, index: torch.Tensor, centre: torch.Tensor, rows_buf: torch.Tensor, out: torch.Tensor
-    ) -> None:
+    def exact_distances(self, index: torch.Tensor, centre: torch.Tensor, rows_buf: torch.Tensor, out: torch.Tensor) -> None:
         """anomalib's distances from the points ``index`` to ``centre`` (1 x p), into ``out``.
 
         anomalib computes ``torch.linalg.norm(features - centre, ord=2, dim=1)`` over all N rows;

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,21 +31,24 @@ CALIBRATION_FRACTION = 0.2
 CALIBRATION_SEED = 42
 
 
-#: A category name is one folder name: letters, digits, ``_ - .``, not starting with a dot.
-_CATEGORY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
 def validate_category_name(name: str) -> str:
-    """``name`` if it is a plain folder name, else :class:`DatasetError`.
+    """``name`` if it is one plain folder name, else :class:`DatasetError`.
 
-    A category names a folder under the dataset root *and* under the models folder; ``../x`` or
-    ``a/b`` would read or write outside them.
+    A category names a folder under the dataset root *and* under the models folder: ``../x``,
+    ``a/b`` or an absolute path would read or write outside them. Spaces and other printable
+    characters are allowed (a factory names its own parts); separators, ``..``, a leading dot and
+    control characters are not.
     """
-    if not isinstance(name, str) or not _CATEGORY_NAME.match(name) or ".." in name:
-        raise DatasetError(
-            f"invalid category name {name!r}: use one folder name (letters, digits, '_', '-', '.'), "
-            "without path separators or '..'"
-        )
+    bad = (
+        not isinstance(name, str)
+        or not name
+        or len(name) > 100
+        or name.startswith(".")
+        or any(sep in name for sep in ("/", "\\", ".."))
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+    )
+    if bad:
+        raise DatasetError(f"invalid category name {name!r}: use one folder name, without path separators, '..' or a leading dot")
     return name
 
 
@@ -120,9 +122,7 @@ def _image_files(folder: Path) -> list[Path]:
         files.append(entry)
     others = [p for p in files if p.suffix.lower() != IMAGE_SUFFIX]
     if others:
-        raise DatasetError(
-            f"{others[0]} is not a PNG: the MVTec AD layout is PNG only ({len(others)} such file(s) in {folder})"
-        )
+        raise DatasetError(f"{others[0]} is not a PNG: the MVTec AD layout is PNG only ({len(others)} such file(s) in {folder})")
     return files
 
 

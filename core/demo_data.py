@@ -116,9 +116,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
         small = rng.standard_normal((h // f + 2 * pad, w // f + 2 * pad), dtype=np.float32)
         small = cv2.GaussianBlur(small, (0, 0), sigma / f, borderType=cv2.BORDER_REFLECT)
         if f > 1:
-            small = cv2.resize(
-                small, (small.shape[1] * f, small.shape[0] * f), interpolation=cv2.INTER_CUBIC
-            )
+            small = cv2.resize(small, (small.shape[1] * f, small.shape[0] * f), interpolation=cv2.INTER_CUBIC)
         out = np.ascontiguousarray(small[pad * f : pad * f + h, pad * f : pad * f + w])
     out = out - out.mean()
     return (out / (out.std() + 1e-8)).astype(np.float32)
@@ -307,9 +305,7 @@ class _GridSpec:
         v = -(xs - cx) * s + (ys - cy) * c + self.off_v
         return u, v
 
-    def render(
-        self, xs: Array, ys: Array, cut_v: Array | None = None, cut_h: Array | None = None
-    ) -> Array:
+    def render(self, xs: Array, ys: Array, cut_v: Array | None = None, cut_h: Array | None = None) -> Array:
         p, w = self.period, self.half_width
         u, v = self.uv(xs, ys)
         ku = np.floor(u / p + 0.5)
@@ -330,9 +326,7 @@ class _GridSpec:
         val_v = self.wire_level * (0.55 + 0.35 * prof_v + 0.2 * height_v)
         val_h = self.wire_level * (0.55 + 0.35 * prof_h + 0.2 * height_h)
         m = self.margin
-        bgn = cv2.remap(
-            self.bg_noise, xs + m, ys + m, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
-        )
+        bgn = cv2.remap(self.bg_noise, xs + m, ys + m, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         # Wires cast a soft shadow on the floor below them.
         shadow_v = np.clip(w + 3.0 - np.abs(du), 0, 3) / 3.0
         shadow_h = np.clip(w + 3.0 - np.abs(dv), 0, 3) / 3.0
@@ -397,10 +391,7 @@ def _tile_crack(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     for _ in range(int(rng.integers(1, 4))):
         at = main[int(rng.integers(3, len(main) - 2))]
         side = rng.choice([-1.0, 1.0])
-        lines.append(
-            _walk(rng, tuple(at), heading + side * rng.uniform(0.5, 1.1), int(rng.integers(5, 14)),
-                  3.0 * s, 0.4)
-        )
+        lines.append(_walk(rng, tuple(at), heading + side * rng.uniform(0.5, 1.1), int(rng.integers(5, 14)), 3.0 * s, 0.4))
     core = _polyline(n, lines[:1], 1.6 * s) if s >= 1 else _polyline(n, lines[:1], 1)
     core = np.maximum(core, _polyline(n, lines[1:], 1))
     halo = cv2.GaussianBlur(core, (0, 0), 1.2 * max(s, 0.7)) * 0.5
@@ -444,8 +435,7 @@ def _tile_gray_stroke(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Arra
 def _tile_oil(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     s, n = sc.scale, sc.size
     r = rng.uniform(11, 22) * s
-    blob = _blob(rng, n, _centre(rng, n), (r, r * rng.uniform(0.6, 1.0)), rng.uniform(0, np.pi),
-                 irregular=0.2, soft=0.45)
+    blob = _blob(rng, n, _centre(rng, n), (r, r * rng.uniform(0.6, 1.0)), rng.uniform(0, np.pi), irregular=0.2, soft=0.45)
     dark = sc.image * np.array([0.5, 0.47, 0.42], np.float32)
     out = _blend(sc.image, dark, blob * 0.85)
     return out, blob > 0.04
@@ -454,8 +444,7 @@ def _tile_oil(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
 def _tile_rough(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     s, n = sc.scale, sc.size
     r = rng.uniform(12, 24) * s
-    blob = _blob(rng, n, _centre(rng, n), (r, r * rng.uniform(0.5, 0.9)), rng.uniform(0, np.pi),
-                 irregular=0.35, soft=0.35)
+    blob = _blob(rng, n, _centre(rng, n), (r, r * rng.uniform(0.5, 0.9)), rng.uniform(0, np.pi), irregular=0.35, soft=0.35)
     pits = _smooth_noise(rng, (n, n), 0.7 * s)
     rough = sc.image * (0.9 + 0.2 * np.clip(pits, -2.5, 2.5))[..., None]
     out = _blend(sc.image, np.clip(rough, 0, 1), blob)
@@ -465,8 +454,7 @@ def _tile_rough(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
 def _leather_color(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     s, n = sc.scale, sc.size
     r = rng.uniform(12, 24) * s
-    blob = _blob(rng, n, _centre(rng, n), (r, r * rng.uniform(0.5, 1.0)), rng.uniform(0, np.pi),
-                 irregular=0.25, soft=0.3)
+    blob = _blob(rng, n, _centre(rng, n), (r, r * rng.uniform(0.5, 1.0)), rng.uniform(0, np.pi), irregular=0.25, soft=0.3)
     tints = (
         np.array([0.5, 0.45, 0.42], np.float32),  # dark stain
         np.array([1.4, 1.2, 1.0], np.float32),  # bleached patch
@@ -490,8 +478,9 @@ def _leather_cut(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     open_w = half_w * np.sqrt(np.clip(1 - (2 * t) ** 2, 0, 1)) + 0.3  # lens-shaped opening
     centre = np.array([cx, cy]) + np.outer(t * length, d)
     slit = np.vstack([centre + open_w[:, None] * nrm, (centre - open_w[:, None] * nrm)[::-1]])
-    lip_off = np.vstack([centre + (open_w + 1.2 * s + 0.6)[:, None] * nrm,
-                         (centre - (open_w + 1.2 * s + 0.6)[:, None] * nrm)[::-1]])
+    lip_off = np.vstack(
+        [centre + (open_w + 1.2 * s + 0.6)[:, None] * nrm, (centre - (open_w + 1.2 * s + 0.6)[:, None] * nrm)[::-1]]
+    )
     core = _polygon(n, slit)
     lip = np.clip(_polygon(n, lip_off) - core, 0, 1)
     out = _over(sc.image, np.array([0.08, 0.05, 0.04], np.float32), core * 0.95)
@@ -521,8 +510,7 @@ def _leather_glue(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     s, n = sc.scale, sc.size
     r = rng.uniform(8, 17) * s
     c = _centre(rng, n)
-    blob = _blob(rng, n, c, (r, r * rng.uniform(0.55, 1.0)), rng.uniform(0, np.pi),
-                 irregular=0.3, soft=0.25)
+    blob = _blob(rng, n, c, (r, r * rng.uniform(0.55, 1.0)), rng.uniform(0, np.pi), irregular=0.3, soft=0.25)
     filled = cv2.GaussianBlur(sc.image, (0, 0), 1.8 * max(s, 0.6))  # glue fills the grain
     glue = 0.6 * filled + 0.4 * np.array([0.78, 0.62, 0.42], np.float32)
     xs, ys = _coords(n)
@@ -575,7 +563,7 @@ def _grid_bent(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
 def _grid_broken(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     spec = sc.grid
     assert spec is not None
-    s, n = sc.scale, sc.size
+    n = sc.size
     xs, ys = _coords(n)
     u, v = spec.uv(xs, ys)
     p, w = spec.period, spec.half_width
@@ -600,8 +588,7 @@ def _grid_glue(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     s, n = sc.scale, sc.size
     r = rng.uniform(10, 20) * s
     c = _centre(rng, n)
-    blob = _blob(rng, n, c, (r, r * rng.uniform(0.55, 1.0)), rng.uniform(0, np.pi),
-                 irregular=0.22, soft=0.25)
+    blob = _blob(rng, n, c, (r, r * rng.uniform(0.55, 1.0)), rng.uniform(0, np.pi), irregular=0.22, soft=0.25)
     filled = cv2.GaussianBlur(sc.image, (0, 0), 2.5 * max(s, 0.6))
     glue = 0.45 * filled + 0.55 * rng.uniform(0.6, 0.75)
     xs, ys = _coords(n)
@@ -668,9 +655,7 @@ _PAINTERS: dict[tuple[str, str], Painter] = {
 assert set(_PAINTERS) == {(c, d) for c, ds in DEFECT_TYPES.items() for d in ds}
 
 
-def _finalize(
-    clean_u8: Array, defect_f: Array, footprint: Array, clean_f: Array
-) -> tuple[Array, Array]:
+def _finalize(clean_u8: Array, defect_f: Array, footprint: Array, clean_f: Array) -> tuple[Array, Array]:
     """Make the mask exact: 255 iff the defect changed the pixel.
 
     The mask is the drawn footprint minus the pixels the drawing left (nearly) untouched; outside
@@ -692,7 +677,7 @@ def _finalize(
     if same.any():
         direction = delta.sum(axis=-1) if delta.ndim == 3 else delta
         c = clean_u8[same].astype(np.int16)
-        up = (direction[same] >= 0)
+        up = direction[same] >= 0
         if c.ndim == 2:
             up = up[:, None]
         nudged = np.where(up, c + 1, c - 1)
@@ -708,14 +693,10 @@ def _finalize(
 
 def _check_category(category: str) -> None:
     if category not in DEFECT_TYPES:
-        raise DatasetError(
-            f"unknown demo category {category!r}; choose from {', '.join(DEFECT_TYPES)}"
-        )
+        raise DatasetError(f"unknown demo category {category!r}; choose from {', '.join(DEFECT_TYPES)}")
 
 
-def render_sample(
-    category: str, defect: str | None, seed: int, size: int = 256
-) -> tuple[Array, Array | None, Array | None]:
+def render_sample(category: str, defect: str | None, seed: int, size: int = 256) -> tuple[Array, Array | None, Array | None]:
     """Render one sample: ``(clean, defective or None, mask or None)`` as uint8 arrays.
 
     The clean image is the same texture the defect was painted on (same seed, defect or not), which
@@ -726,10 +707,7 @@ def render_sample(
     """
     _check_category(category)
     if defect is not None and defect not in DEFECT_TYPES[category]:
-        raise DatasetError(
-            f"unknown defect {defect!r} for {category}; choose from "
-            f"{', '.join(DEFECT_TYPES[category])}"
-        )
+        raise DatasetError(f"unknown defect {defect!r} for {category}; choose from {', '.join(DEFECT_TYPES[category])}")
     if size < MIN_SIZE:
         raise ValueError(f"size must be at least {MIN_SIZE} px, got {size}")
     tex_seq, def_seq = np.random.SeedSequence(int(seed) & (2**128 - 1)).spawn(2)
@@ -756,9 +734,7 @@ def file_seed(seed: int, category: str, split: str, defect: str, index: int) -> 
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
 
 
-def expected_counts(
-    category: str, n_train: int, n_test_good: int, n_per_defect: int
-) -> dict[str, int]:
+def expected_counts(category: str, n_train: int, n_test_good: int, n_per_defect: int) -> dict[str, int]:
     """PNG count per folder (relative to the category) for the given parameters."""
     counts = {"train/good": n_train, "test/good": n_test_good}
     for d in DEFECT_TYPES[category]:
@@ -841,12 +817,7 @@ def generate_demo_dataset(
         counts = expected_counts(category, n_train, n_test_good, n_per_defect)
         cat_dir = root / category
         entry = marker["categories"].get(category)
-        if (
-            isinstance(entry, dict)
-            and entry.get("complete")
-            and entry.get("params") == params
-            and _is_complete(cat_dir, counts)
-        ):
+        if isinstance(entry, dict) and entry.get("complete") and entry.get("params") == params and _is_complete(cat_dir, counts):
             continue
         if cat_dir.exists():
             if entry is None and any(cat_dir.iterdir()):
@@ -863,12 +834,9 @@ def generate_demo_dataset(
         jobs += [("test", d, i) for d in DEFECT_TYPES[category] for i in range(n_per_defect)]
         for folder in counts:
             (cat_dir / folder).mkdir(parents=True, exist_ok=True)
-        for split, defect, i in tqdm(jobs, desc=f"demo data: {category}", unit="img",
-                                     disable=not progress, leave=False):
+        for split, defect, i in tqdm(jobs, desc=f"demo data: {category}", unit="img", disable=not progress, leave=False):
             name = defect or "good"
-            clean, bad, mask = render_sample(
-                category, defect, file_seed(seed, category, split, name, i), size
-            )
+            clean, bad, mask = render_sample(category, defect, file_seed(seed, category, split, name, i), size)
             _save_png(clean if bad is None else bad, cat_dir / split / name / f"{i:03d}.png")
             if mask is not None:
                 _save_png(mask, cat_dir / "ground_truth" / name / f"{i:03d}_mask.png")
@@ -895,11 +863,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m core.demo_data",
         description="Generate the synthetic MVTec-AD-layout demo dataset (tile, leather, grid).",
     )
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output root (default: the workspace's demo_data folder)")
-    parser.add_argument("--categories", nargs="+", default=list(DEMO_CATEGORIES),
-                        choices=list(DEFECT_TYPES), metavar="CATEGORY",
-                        help=f"categories to write (default: {' '.join(DEMO_CATEGORIES)})")
+    parser.add_argument("--out", type=Path, default=None, help="output root (default: the workspace's demo_data folder)")
+    parser.add_argument(
+        "--categories",
+        nargs="+",
+        default=list(DEMO_CATEGORIES),
+        choices=list(DEFECT_TYPES),
+        metavar="CATEGORY",
+        help=f"categories to write (default: {' '.join(DEMO_CATEGORIES)})",
+    )
     parser.add_argument("--n-train", type=_positive, default=80)
     parser.add_argument("--n-test-good", type=_positive, default=20)
     parser.add_argument("--n-per-defect", type=_positive, default=6)
@@ -909,8 +881,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out if args.out is not None else get_settings().demo_data_root
     try:
         root = generate_demo_dataset(
-            out, args.categories, n_train=args.n_train, n_test_good=args.n_test_good,
-            n_per_defect=args.n_per_defect, size=args.size, seed=args.seed,
+            out,
+            args.categories,
+            n_train=args.n_train,
+            n_test_good=args.n_test_good,
+            n_per_defect=args.n_per_defect,
+            size=args.size,
+            seed=args.seed,
         )
     except (InspectError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -918,10 +895,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"demo data in {root.resolve()}")
     for category in dict.fromkeys(args.categories):
         cat = root / category
-        n = lambda folder: sum(1 for _ in (cat / folder).glob("*.png"))  # noqa: E731
+
+        def n(folder: str, cat: Path = cat) -> int:
+            return sum(1 for _ in (cat / folder).glob("*.png"))
+
         defects = ", ".join(f"{d} {n(f'test/{d}')}" for d in DEFECT_TYPES[category])
-        print(f"  {category}: train/good {n('train/good')}, test/good {n('test/good')}, "
-              f"defects: {defects}")
+        print(f"  {category}: train/good {n('train/good')}, test/good {n('test/good')}, defects: {defects}")
     return 0
 
 

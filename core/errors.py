@@ -26,6 +26,10 @@ class ImageError(InspectError):
     """A file is not a readable image (not an image, truncated, unsupported mode)."""
 
 
+class BusyError(ImageError):
+    """Too many large images are being decoded at once; the same request can succeed moments later."""
+
+
 class WeightsMissingError(InspectError):
     """Pretrained weights are not on disk and cannot be downloaded here."""
 
@@ -34,5 +38,21 @@ class ModelNotTrainedError(InspectError):
     """No checkpoint for this (model, category); the message says how to train one."""
 
 
+class ModelUnreadableError(ModelNotTrainedError):
+    """A model's files are there but cannot be used (bad metadata, a checkpoint that does not fit it).
+
+    A :class:`ModelNotTrainedError` too: the remedy is the same (retrain), and code that retrains a
+    missing model (``python -m core setup``) retrains a broken one as well.
+    """
+
+
 class StoreError(InspectError):
     """The similarity store or history database cannot be opened (corrupt, locked, unreachable)."""
+
+
+class AuthError(InspectError):
+    """A user, password, role or API key cannot be added, removed or read (core.auth)."""
+
+
+class ResultsFileError(InspectError):
+    """The results file cannot be read at all (permissions, a folder in its place), so not replaced."""

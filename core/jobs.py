@@ -32,7 +32,7 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,7 @@ def jobs_dir() -> Path:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _parse_time(text: str | None) -> float | None:
@@ -128,7 +128,9 @@ def _read(path: Path) -> Job | None:
         return None
 
 
-def command_args(kind: str, model: str | None = None, category: str | None = None, extra_args: list[str] | None = None) -> list[str]:
+def command_args(
+    kind: str, model: str | None = None, category: str | None = None, extra_args: list[str] | None = None
+) -> list[str]:
     """The ``python -m core`` arguments of a job kind for one (model, category)."""
     if kind not in KINDS:
         raise InspectError(f"unknown job kind {kind!r}; expected one of {sorted(KINDS)}")
@@ -162,7 +164,7 @@ def start_job(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InspectError(f"cannot create the jobs folder {folder}: {exc}") from None
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     job_id = f"{stamp}-{kind}-{uuid.uuid4().hex[:6]}"
     args = command_args(kind, model, category, extra_args)
     job = Job(

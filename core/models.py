@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-
 from anomalib.models import Patchcore
 from anomalib.pre_processing import PreProcessor
 from torchvision.transforms.v2 import Compose, Normalize, Resize
@@ -65,9 +64,7 @@ class PatchcoreConfig:
         # checked here, before any image is read, rather than after minutes of feature extraction
         if not 0 < self.coreset_ratio <= 1:
             raise ConfigError(f"--coreset-ratio must be in (0, 1] (got {self.coreset_ratio}); anomalib's default is 0.1")
-        check_image_size(
-            self.image_size, MIN_PATCHCORE_SIZE, "PatchCore's stride-16 layer needs at least 4x4 positions"
-        )
+        check_image_size(self.image_size, MIN_PATCHCORE_SIZE, "PatchCore's stride-16 layer needs at least 4x4 positions")
         if self.num_neighbors < 1:
             raise ConfigError(f"num_neighbors must be at least 1 (got {self.num_neighbors})")
 
@@ -110,9 +107,7 @@ def build_patchcore(config: PatchcoreConfig, *, load_weights: bool = True) -> Of
     )
     _check_layers(model, layers, spec.timm_name)
     if load_weights:
-        load_pretrained_weights(
-            model.model.feature_extractor.feature_extractor, config.backbone, config.backbone_weights
-        )
+        load_pretrained_weights(model.model.feature_extractor.feature_extractor, config.backbone, config.backbone_weights)
     return model
 
 

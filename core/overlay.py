@@ -75,9 +75,7 @@ def heatmap_overlay(
     return overlay_image(base, colour, alpha=alpha).convert("RGB")
 
 
-def defect_mask(
-    anomaly_map: Any, size: tuple[int, int] | None = None, threshold: float = 0.5
-) -> np.ndarray:
+def defect_mask(anomaly_map: Any, size: tuple[int, int] | None = None, threshold: float = 0.5) -> np.ndarray:
     """Boolean ``(H, W)`` mask of where the (resized) map is at or above ``threshold``."""
     amap = _as_map(anomaly_map)
     if size is not None:

@@ -104,7 +104,9 @@ def _params(count: int, size: int, seed: int) -> dict:
     return {"count": count, "size": size, "seed": seed, "sources": [name for name, _ in natural_images()]}
 
 
-def ensure_penalty_dir(root: str | Path | None = None, *, count: int = PENALTY_COUNT, size: int = PENALTY_SIZE, seed: int = 0) -> Path:
+def ensure_penalty_dir(
+    root: str | Path | None = None, *, count: int = PENALTY_COUNT, size: int = PENALTY_SIZE, seed: int = 0
+) -> Path:
     """An ``ImageFolder`` of ``count`` natural-image PNGs for anomalib's penalty loss; returns its root.
 
     ``root`` defaults to ``<workspace cache>/penalty``; images go to ``root/natural/NNNN.png``.

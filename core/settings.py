@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
 
@@ -37,8 +39,24 @@ class Settings:
     cache_dir: Path
 
     @property
+    def similarity_queue(self) -> Path:
+        """Uploads waiting to be added to the similar-defect index (the store was unavailable)."""
+        return self.workspace / "similarity_queue"
+
+    @property
+    def similarity_manifest(self) -> Path:
+        """What each ``index`` run wrote, per store and (model, category); kept outside the store
+        folder so that an emptied or damaged store can be told from one never built."""
+        return self.workspace / "similarity_index.json"
+
+    @property
     def demo_data_root(self) -> Path:
         return self.workspace / "demo_data"
+
+    @property
+    def users_file(self) -> Path:
+        """Login users and API-key hashes (core.auth); INSPECT_USERS_FILE moves it out of the workspace."""
+        return _path_from_env("INSPECT_USERS_FILE", self.workspace / "users.json")
 
 
 def get_settings() -> Settings:
@@ -54,3 +72,40 @@ def get_settings() -> Settings:
         history_db=_path_from_env("INSPECT_HISTORY_DB", workspace / "history.sqlite"),
         cache_dir=_path_from_env("INSPECT_CACHE", workspace / "cache"),
     )
+
+
+# --- Access and load limits (not locations: read on each call, so tests can change them) ----------
+
+
+def _number_from_env(name: str, default: float, minimum: float, kind: type = int) -> float:
+    """``name`` as an int (or float), at least ``minimum``; a bad value is a one-line ConfigError."""
+    raw = os.environ.get(name, "").strip().replace("_", "")
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {'whole ' if kind is int else ''}number, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}, not {value:g}")
+    return value
+
+
+def require_login() -> bool:
+    """INSPECT_REQUIRE_LOGIN=1: ask for a login even when the app is bound to this computer only."""
+    return os.environ.get("INSPECT_REQUIRE_LOGIN", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def large_decode_pixels() -> int:
+    """INSPECT_LARGE_DECODE_PIXELS: above this many pixels an image counts as large (default 16 MP)."""
+    return int(_number_from_env("INSPECT_LARGE_DECODE_PIXELS", 16_000_000, 1))
+
+
+def max_large_decodes() -> int:
+    """INSPECT_MAX_LARGE_DECODES: large images decoded at once per process (default 2, ~1.4 GB each)."""
+    return int(_number_from_env("INSPECT_MAX_LARGE_DECODES", 2, 1))
+
+
+def decode_wait_s() -> float:
+    """INSPECT_DECODE_WAIT_S: how long a large decode waits for a free slot before 'busy' (default 5)."""
+    return float(_number_from_env("INSPECT_DECODE_WAIT_S", 5.0, 0.0, float))

@@ -49,7 +49,7 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +151,9 @@ def demo_textures(n_per_category: int = 30, size: int = 256) -> list[np.ndarray]
     from core.demo_data import generate_demo_dataset
 
     root = get_settings().cache_dir / "teacher_textures"
-    generate_demo_dataset(root, n_train=n_per_category, n_test_good=0, n_per_defect=0, size=size, seed=TEXTURE_SEED, progress=False)
+    generate_demo_dataset(
+        root, n_train=n_per_category, n_test_good=0, n_per_defect=0, size=size, seed=TEXTURE_SEED, progress=False
+    )
     return _read_folder_images(root)
 
 
@@ -428,7 +430,7 @@ def distill_teacher(
         "dtype": "float16",
         "architecture": f"anomalib {type(pdn).__name__} (out_channels={TEACHER_OUT_CHANNELS}, padding=False)",
         "command": command or "core.teacher.distill_teacher(...)",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": device_label(dev),
         "wall_time_s": round(wall, 1),
         "schedule": asdict(schedule),
@@ -452,7 +454,11 @@ def distill_teacher(
             "(mean/std over the embeddings of the first sampled batches)",
             "stat_crops": n_stat_batches * schedule.batch_size,
         },
-        "projection": {"type": "fixed Gaussian, N(0, 1/152)", "shape": [TEACHER_OUT_CHANNELS, target_net.in_channels], "seed": PROJECTION_SEED},
+        "projection": {
+            "type": "fixed Gaussian, N(0, 1/152)",
+            "shape": [TEACHER_OUT_CHANNELS, target_net.in_channels],
+            "seed": PROJECTION_SEED,
+        },
         "channel_mean_std": "not stored: anomalib's EfficientAd computes the teacher's channel mean/std on each "
         "category's training images at the start of fit",
         "images": sources,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,7 @@ def train(
         train_time_s=round(train_time, 1),
         device=device_label(dev),
         calibration=calibration_of(module),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         versions=library_versions(),
         steps=steps,
         extra={

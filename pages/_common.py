@@ -7,6 +7,7 @@ they call is in ``core/``. The leading underscore marks this file as a helper, n
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import streamlit as st
@@ -45,8 +46,8 @@ def ensure_app_frame() -> None:
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the model (first use in this process)…")
-def _load_detector(model: str, category: str, models_dir: str, mtime: float):
-    # The key includes the checkpoint's mtime: retraining (a new file) loads the new model.
+def _load_detector(model: str, category: str, checkpoint: str, mtime: float):
+    # The key names the checkpoint's version folder and mtime: retraining (a new version) loads the new model.
     from core.inference import load_detector
 
     detector = load_detector(model, category)
@@ -64,15 +65,25 @@ def device_summary() -> str:
     return svc.device_summary()
 
 
-def get_history():
-    """The inspection history, or None after showing why it cannot be opened."""
+def open_history():
+    """``(history, None)``, or ``(None, why)`` when it cannot be opened (damaged, locked...).
+
+    For pages that say it in their own words and place (the Inspect page, beside the verdict).
+    """
     from core.history import History
 
     try:
-        return History()
+        return History(), None
     except InspectError as exc:
-        st.error(f"The inspection history cannot be opened: {exc}")
-        return None
+        return None, str(exc)
+
+
+def get_history():
+    """The inspection history, or None after showing why it cannot be opened."""
+    history, problem = open_history()
+    if problem is not None:
+        st.error(f"The inspection history cannot be opened: {problem}")
+    return history
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -83,6 +94,35 @@ def thumbnail_uri(path: str | None, mtime: float) -> str | None:
 # --------------------------------------------------------------------------------------------
 # Display helpers
 # --------------------------------------------------------------------------------------------
+
+# Characters that start Markdown (or Streamlit's extensions: $ for LaTeX, :color[...]) anywhere in
+# a line. "." and "-" are not here: they only matter at the start of a line (see plain_text).
+_MD_SPECIAL = re.compile(r"([\\`*\[\]()!<>#|~$&])")
+# "_" emphasises only at a word edge, so "new_part.png" stays readable in the raw value.
+_MD_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
+_MD_LINE_START = re.compile(r"^(\s*)([-+]|\d{1,9}[.)](?=\s))")
+
+
+def plain_text(text: Any) -> str:
+    """``text`` escaped so that a Markdown-rendering widget shows it exactly as typed.
+
+    For anything a user or a dataset provides (file names, comments, defect types) that goes into
+    st.markdown, st.caption, an st.image caption, st.error... Without it a file name such as
+    ``![i](http://host/x.png)`` makes every browser that shows the page fetch that URL, and
+    ``[click](http://...)`` becomes a link. Line breaks become spaces: a name is one line.
+    """
+    s = re.sub(r"[\r\n]+", " ", str(text))
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    s = _MD_UNDERSCORE.sub(r"\\_", s)
+    # A list marker ("- x", "+ x", "1. x") or a rule ("---") only counts at the start of a line.
+    return _MD_LINE_START.sub(lambda m: m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], s)
+
+
+def plain_names(message: str, *names: str) -> str:
+    """``message`` (our own Markdown) with each user-provided ``name`` in it shown as text."""
+    for name in sorted({n for n in names if n}, key=len, reverse=True):
+        message = message.replace(name, plain_text(name))
+    return message
 
 
 def verdict_badge(verdict: str, container: Any = st) -> None:
@@ -111,6 +151,22 @@ def inject_css() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+#: session_state keys set by app.py's login gate: the signed-in user (None when no login is
+#: needed) and the role, re-read from core.auth on every run.
+USER_KEY = "auth_user"
+ROLE_KEY = "auth_role"
+
+
+def may_start_jobs() -> bool:
+    """Whether this session's role may start or cancel background jobs (engineers only).
+
+    A session without a role (a page run outside app.py's gate) gets the least: no jobs.
+    """
+    from core.auth import can_start_jobs
+
+    return can_start_jobs(st.session_state.get(ROLE_KEY))
+
+
 def start_job_button(
     label: str,
     kind: str,
@@ -124,7 +180,12 @@ def start_job_button(
     """A button that starts ``python -m core <kind>`` in the background.
 
     ``before`` (optional) runs first, e.g. to release the embedded similarity store the job needs.
+    Inspectors see a note instead of the button: jobs cost hours of compute and change what
+    everyone sees (models, results, the index), so they are an engineer's decision.
     """
+    if not may_start_jobs():
+        st.caption(f":material/lock: *{label}* is for engineers; ask one, or sign in as an engineer.")
+        return
     if st.button(label, key=key, help=help, icon=":material/play_arrow:"):
         try:
             if before is not None:
@@ -144,7 +205,7 @@ def _render_job(job: jobs.Job) -> None:
         st.progress(prog.fraction if prog.fraction is not None else 0.0, text=f"**{job.title}** — running for {elapsed}")
         if prog.text:
             st.caption(prog.text)
-        if st.button("Cancel", key=f"cancel:{job.id}", icon=":material/stop:"):
+        if may_start_jobs() and st.button("Cancel", key=f"cancel:{job.id}", icon=":material/stop:"):
             jobs.cancel_job(job.id)
             st.rerun(scope="app")
     elif job.status == jobs.SUCCEEDED:

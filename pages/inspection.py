@@ -2,7 +2,9 @@
 
 Widgets and layout only. The model runs once per (file, model version): the Prediction is kept in
 ``st.session_state["inspections"]`` and every slider move re-judges it (``Prediction.verdict``)
-without running the model again. Each inspection is written to the history once.
+without running the model again. Each inspection is written to the history once; when the history
+cannot be written (damaged, locked) the verdict is still shown, with a warning that it was not
+recorded. File names are shown as text (``ui.plain_text``), never rendered as Markdown.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import streamlit as st
 
 from core import app_services as svc
 from core import registry
-from core.errors import InspectError
+from core.errors import BusyError, InspectError
 from pages import _common as ui
 
 ui.ensure_app_frame()
@@ -37,21 +39,27 @@ if not categories:
     st.stop()
 
 trained = svc.trained_models()
+unreadable = svc.unreadable_models()  # files there but unusable: selectable, so the page can say why
 col_cat, col_model = st.columns(2)
 # Open on a category that has a trained model, so the first screen can inspect straight away.
 first_ready = next((i for i, c in enumerate(categories) if any((m, c) in trained for m in svc.MODEL_NAMES)), 0)
 category = col_cat.selectbox("Category", categories, index=first_ready, key="inspect_category")
-models_here = [m for m in svc.MODEL_NAMES if (m, category) in trained]
+models_here = [m for m in svc.MODEL_NAMES if (m, category) in trained or (m, category) in unreadable]
 model = None
 if models_here:
     model = col_model.selectbox("Model", models_here, format_func=svc.model_label, key=f"inspect_model:{category}")
 else:
     col_model.selectbox("Model", ["no trained model"], disabled=True, key="inspect_model_none")
+if model is not None and (model, category) in unreadable:
+    st.error(unreadable[(model, category)])
+    model = None  # nothing to run; the expander below retrains it
 
 # Models not trained for this category: how to train them, and a button that does it in the background.
 for missing in (m for m in svc.MODEL_NAMES if (m, category) not in trained):
     label = svc.model_label(missing)
-    with st.expander(f"{label} is not trained for '{category}' yet", expanded=not models_here):
+    broken = (missing, category) in unreadable
+    title = f"{label} for '{category}' is unreadable: retrain it" if broken else f"{label} is not trained for '{category}' yet"
+    with st.expander(title, expanded=not models_here or broken):
         st.markdown(
             f"Train it from a terminal with `{registry.train_command(missing, category)}`, or start it here: "
             "it runs in the background and the other pages stay usable."
@@ -61,7 +69,9 @@ for missing in (m for m in svc.MODEL_NAMES if (m, category) not in trained):
             st.caption(note)
         job = ui.job_panel("train", missing, category)
         if job is None or job.done:
-            ui.start_job_button(f"Train {label} on '{category}'", "train", model=missing, category=category, key=f"train:{missing}:{category}")
+            ui.start_job_button(
+                f"Train {label} on '{category}'", "train", model=missing, category=category, key=f"train:{missing}:{category}"
+            )
 
 if model is None:
     st.stop()
@@ -72,9 +82,7 @@ data: bytes | None = None
 name = ""
 known_type: str | None = None
 if source == "Upload":
-    upload = st.file_uploader(
-        "Upload an image (PNG, JPEG, BMP or TIFF)", type=list(svc.IMAGE_TYPES), key="inspect_upload"
-    )
+    upload = st.file_uploader("Upload an image (PNG, JPEG, BMP or TIFF)", type=list(svc.IMAGE_TYPES), key="inspect_upload")
     if upload is not None:
         data, name = upload.getvalue(), upload.name
 else:
@@ -107,7 +115,8 @@ if entry is None:
         with st.spinner("Inspecting…"):
             prediction = svc.predict(detector, image)
     except InspectError as exc:
-        entry = {"error": str(exc)}
+        # "busy" passes in moments: such an error is shown but not kept, so a rerun tries again.
+        entry = {"error": str(exc), "name": name, "retry": isinstance(exc, BusyError)}
     else:
         st.session_state["predict_calls"] = st.session_state.get("predict_calls", 0) + 1
         entry = {
@@ -121,9 +130,12 @@ if entry is None:
             "history_id": None,
             "point_id": None,
             "notes": [],
+            "not_recorded": None,
         }
         threshold_now = float(st.session_state.get("inspect_threshold", svc.CALIBRATED))
-        history = ui.get_history()
+        # A history that cannot be written (damaged, locked) costs the record, not the verdict:
+        # the reason is shown beside the verdict instead of stopping the page.
+        history, entry["not_recorded"] = ui.open_history()
         if history is not None:
             try:
                 entry["history_id"] = svc.record_inspection(
@@ -138,7 +150,7 @@ if entry is None:
                     defect_type=known_type,
                 )
             except InspectError as exc:
-                entry["notes"].append(f"Not saved to the history: {exc}")
+                entry["not_recorded"] = str(exc)
         if prediction.verdict(threshold_now) == "DEFECT" and known_type is None:
             # An upload judged DEFECT joins the past cases that later searches can find.
             point, note = svc.index_inspection(
@@ -152,7 +164,9 @@ if entry is None:
         kept.pop(next(iter(kept)))
 
 if "error" in entry:
-    st.error(entry["error"])
+    if entry.get("retry"):
+        kept.pop(key, None)
+    st.error(ui.plain_names(entry["error"], entry.get("name", "")))
     st.stop()
 
 try:
@@ -186,6 +200,8 @@ with right:
 judgement = svc.judge(prediction, detector, threshold)
 with left:
     ui.verdict_badge(judgement.verdict)
+    if entry.get("not_recorded"):
+        st.warning(f"This inspection was not recorded in the history: {entry['not_recorded']}", icon=":material/warning:")
     m1, m2, m3 = st.columns(3)
     m1.metric("Anomaly score", f"{judgement.score:.3f}", help="Normalised: 0.5 = the calibrated threshold.")
     m2.metric("Threshold", f"{judgement.threshold:.2f}", help="Normalised threshold the score is compared with.")
@@ -201,7 +217,7 @@ shown = svc.display_copy(entry["image"])
 overlay = heatmap_overlay(shown, prediction.anomaly_map, opacity=opacity)
 region = defect_contours(shown, prediction.anomaly_map, threshold=svc.CALIBRATED)
 c1, c2, c3 = st.columns(3)
-c1.image(shown, caption=f"{entry['name']} ({entry['image'].shape[1]}×{entry['image'].shape[0]})", width="stretch")
+c1.image(shown, caption=f"{ui.plain_text(entry['name'])} ({entry['image'].shape[1]}×{entry['image'].shape[0]})", width="stretch")
 c2.image(overlay, caption="Anomaly heatmap (fixed scale: blue normal, red above threshold)", width="stretch")
 c3.image(region, caption="Predicted defect region (calibrated pixel threshold)", width="stretch")
 
@@ -236,7 +252,7 @@ with a2:
         )
         comment = st.text_input("Comment (optional)", value=(record.comment or "") if record else "", key=f"comment:{history_id}")
         cols = st.columns(len(svc.FEEDBACK_LABELS))
-        for col, (value, label) in zip(cols, svc.FEEDBACK_LABELS.items()):
+        for col, (value, label) in zip(cols, svc.FEEDBACK_LABELS.items(), strict=True):
             if col.button(label, key=f"feedback:{value}:{history_id}", type="primary" if current == value else "secondary"):
                 try:
                     history.set_feedback(history_id, value, comment.strip() or None)

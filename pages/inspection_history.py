@@ -35,7 +35,10 @@ from core.history import FEEDBACK_VALUES, UNREVIEWED  # noqa: E402 - after the g
 f1, f2, f3, f4 = st.columns(4)
 category = f1.selectbox("Category", [ALL, *sorted({r.category for r in everything})], key="history_category")
 model = f2.selectbox(
-    "Model", [ALL, *sorted({r.model for r in everything})], format_func=lambda m: m if m == ALL else svc.model_label(m), key="history_model"
+    "Model",
+    [ALL, *sorted({r.model for r in everything})],
+    format_func=lambda m: m if m == ALL else svc.model_label(m),
+    key="history_model",
 )
 verdict = f3.selectbox("Verdict", [ALL, "GOOD", "DEFECT"], key="history_verdict")
 feedback_options = [ALL, UNREVIEWED, *FEEDBACK_VALUES]
@@ -70,7 +73,20 @@ for row in rows:
 st.dataframe(
     rows,
     hide_index=True,
-    column_order=["id", "image", "time (UTC)", "file", "category", "model", "verdict", "score", "threshold", "raw score", "feedback", "comment"],
+    column_order=[
+        "id",
+        "image",
+        "time (UTC)",
+        "file",
+        "category",
+        "model",
+        "verdict",
+        "score",
+        "threshold",
+        "raw score",
+        "feedback",
+        "comment",
+    ],
     column_config={
         "image": st.column_config.ImageColumn("image", width="small"),
         "score": st.column_config.NumberColumn("score", format="%.3f", help="Normalised: 0.5 = calibrated threshold"),

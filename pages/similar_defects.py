@@ -5,7 +5,7 @@ Qdrant (``python -m core index``). Clicking "Similar cases" under a thumbnail sh
 its heatmap and the five most similar past cases, each with its similarity, label, defect type and
 heatmap. The Inspect page links here for a fresh DEFECT verdict (query parameters ``model``,
 ``category``, ``sha`` and ``inspection``). Nothing is ever made up: without an index the page says
-how to build one.
+how to build one. File names and defect types are shown as text (``ui.plain_text``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ st.title("Similar past defects")
 
 service = svc.similarity_service()
 trained = svc.trained_models()
+for problem in svc.unreadable_models().values():  # files there but unusable: say so, do not hide them
+    st.warning(problem)
 if not trained:
     st.info("No trained model yet: `python -m core setup` prepares the demo models and the index.")
     st.stop()
@@ -71,12 +73,19 @@ except InspectError as exc:
     build_index_controls()
     st.stop()
 
-if not gallery:
-    st.info(f"The similar-defect index for {svc.model_label(model)}/{category} is not built yet: run `{index_cmd}`.")
+# An emptied store or a killed index run only looks like a short gallery: say what happened.
+problem = svc.index_problem(model, category)
+if problem:
+    st.warning(problem)
     build_index_controls()
+if not gallery:
+    if not problem:
+        st.info(f"The similar-defect index for {svc.model_label(model)}/{category} is not built yet: run `{index_cmd}`.")
+        build_index_controls()
     st.stop()
 
 mtime = svc.checkpoint_mtime(model, category)
+heatmaps_ok = True  # False once the model failed to load: cases are shown without heatmaps
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -109,15 +118,15 @@ def show_case(payload: dict, similarity: float | None, title: str) -> None:
     path = str(payload.get("image_path") or "")
     st.markdown(f"**{title}**")
     thumb = _thumb(path, _mtime(path)) if path else None
-    heat = _heatmap(model, category, mtime, path, _mtime(path)) if path else None
+    heat = _heatmap(model, category, mtime, path, _mtime(path)) if path and heatmaps_ok else None
     if thumb is None:
         st.caption("(image file no longer available)")
     else:
         st.image(thumb, width="stretch")
         if heat is not None:
             st.image(heat[0], width="stretch")
-    st.caption(svc.case_caption(payload, similarity))
-    st.caption(svc.case_source(payload))
+    st.caption(ui.plain_text(svc.case_caption(payload, similarity)))
+    st.caption(ui.plain_text(svc.case_source(payload)))
 
 
 # --- The query ------------------------------------------------------------------------------
@@ -135,8 +144,13 @@ try:
             history = ui.get_history()
             record = history.get(int(incoming["inspection"])) if history is not None else None
         query = svc.similar_cases(
-            model, category, entry=entry, record=record, get_detector=lambda: ui.get_detector(model, category),
-            k=K, only_defects=only_defects,
+            model,
+            category,
+            entry=entry,
+            record=record,
+            get_detector=lambda: ui.get_detector(model, category),
+            k=K,
+            only_defects=only_defects,
         )
         if query is None:
             st.info("Open this page from a DEFECT verdict on the Inspect page, or pick a past defect below.")
@@ -144,6 +158,11 @@ except (InspectError, LookupError) as exc:
     st.error(str(exc))
 
 if query is not None:
+    try:
+        ui.get_detector(model, category)  # the heatmaps need it: a broken model is said once, not per case
+    except InspectError as exc:
+        st.error(str(exc))
+        heatmaps_ok = False
     with st.container(border=True):
         top = st.columns([1, 3])
         with top[0]:
@@ -151,12 +170,12 @@ if query is not None:
                 from core.overlay import heatmap_overlay
 
                 shown = svc.display_copy(query.entry["image"], 384)
-                st.markdown(f"**Query: {query.entry['name']}**")
+                st.markdown(f"**Query: {ui.plain_text(query.entry['name'])}**")
                 st.image(shown, width="stretch")
                 st.image(heatmap_overlay(shown, query.entry["prediction"].anomaly_map, opacity=0.5), width="stretch")
-                st.caption(svc.case_caption(query.payload))
+                st.caption(ui.plain_text(svc.case_caption(query.payload)))
                 if query.payload.get("split") in ("train", "test"):
-                    st.caption(f"Same file as the dataset's {svc.case_source(query.payload)}")
+                    st.caption(f"Same file as the dataset's {ui.plain_text(svc.case_source(query.payload))}")
             else:
                 show_case(query.payload, None, "Query")
             if st.button("Clear", key="similar_clear", icon=":material/close:"):
@@ -169,7 +188,7 @@ if query is not None:
                 st.info("No similar past case in the index (is it built for this model and category?).")
             else:
                 cols = st.columns(len(query.hits))
-                for i, (col, hit) in enumerate(zip(cols, query.hits), start=1):
+                for i, (col, hit) in enumerate(zip(cols, query.hits, strict=True), start=1):
                     with col:
                         show_case(hit.payload, hit.score, f"#{i}")
         st.session_state["similar_hits"] = [h.id for h in query.hits or []]
@@ -186,14 +205,19 @@ st.caption(f"{len(items)} past defect(s); test-set defects and inspected uploads
 chunk = items[(page - 1) * PER_PAGE : page * PER_PAGE]
 for start in range(0, len(chunk), COLUMNS):
     cols = st.columns(COLUMNS)
-    for col, payload in zip(cols, chunk[start : start + COLUMNS]):
+    for col, payload in zip(cols, chunk[start : start + COLUMNS], strict=False):
         with col:
             path = str(payload.get("image_path") or "")
             thumb = _thumb(path, _mtime(path)) if path else None
             if thumb is not None:
                 st.image(thumb, width="stretch")
-            st.caption(f"{payload.get('defect_type') or 'unknown'} · {svc.case_source(payload)}")
+            st.caption(ui.plain_text(f"{payload.get('defect_type') or 'unknown'} · {svc.case_source(payload)}"))
             if st.button("Similar cases", key=f"similar:{payload['id']}", width="stretch"):
-                st.session_state["similar_selected"] = {"id": payload["id"], "model": model, "category": category, "payload": payload}
+                st.session_state["similar_selected"] = {
+                    "id": payload["id"],
+                    "model": model,
+                    "category": category,
+                    "payload": payload,
+                }
                 st.query_params.clear()
                 st.rerun()

@@ -1,5 +1,6 @@
-# Shared by run.sh and test.sh: create .venv and install requirements.txt once; re-install only
-# when requirements.txt changed (a stamp file holds its hash), so re-running is cheap.
+# Shared by run.sh and test.sh: create .venv, install requirements.txt and this project (editable,
+# so `core` imports from anywhere without sys.path tricks) once; re-install only when
+# requirements.txt or pyproject.toml changed (a stamp file holds their hash), so re-running is cheap.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -9,10 +10,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 STAMP=.venv/.requirements.sha256
-WANT="$(sha256sum requirements.txt | cut -d' ' -f1)"
+WANT="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "[inspect] installing requirements (first time: a few minutes, ~6 GB)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
   echo "$WANT" > "$STAMP"
 fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

@@ -32,7 +32,6 @@ def child(args: argparse.Namespace) -> None:
     """One fresh process: time each stage up to the first verdict, then warm verdicts."""
     spawn_s = time.time() - float(os.environ.get("BENCH_T0", time.time()))
     t_start = time.perf_counter()
-    sys.path.insert(0, str(REPO))
     import numpy as np  # noqa: F401 - part of the import cost
 
     from core.image_io import load_image
@@ -92,7 +91,6 @@ def child(args: argparse.Namespace) -> None:
 
 
 def pick_images(model: str, category: str, n: int) -> list[str]:
-    sys.path.insert(0, str(REPO))
     from core import registry
     from core.app_services import test_images
 
@@ -133,9 +131,24 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(max(1, args.cold_runs)):
         env["BENCH_T0"] = repr(time.time())
         out = subprocess.run(
-            [sys.executable, __file__, "--child", "--model", args.model, "--category", args.category,
-             "--warm", str(args.warm), "--images", *images],
-            env=env, cwd=REPO, capture_output=True, text=True, check=False,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "--model",
+                args.model,
+                "--category",
+                args.category,
+                "--warm",
+                str(args.warm),
+                "--images",
+                *images,
+            ],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if out.returncode != 0:
             sys.stderr.write(out.stderr[-3000:])
@@ -149,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     warm_all = [v for r in runs for v in r["warm_verdict_ms"]]
     warm_model = [v for r in runs for v in r["warm_model_ms"]]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"Inspect app benchmark: {args.model}/{args.category}, {runs[0]['device']}, "
-          f"{runs[0]['torch_threads']} torch threads, {len(runs)} fresh processes x {args.warm} warm verdicts "
-          f"(load average {load:.1f} on {os.cpu_count()} CPUs at the end)")
+    print(
+        f"Inspect app benchmark: {args.model}/{args.category}, {runs[0]['device']}, "
+        f"{runs[0]['torch_threads']} torch threads, {len(runs)} fresh processes x {args.warm} warm verdicts "
+        f"(load average {load:.1f} on {os.cpu_count()} CPUs at the end)"
+    )
     print("cold start (seconds, per fresh process):")
     print(f"  start the interpreter           {cold('spawn_s')}")
     print(f"  import libraries                {cold('import_s')}")

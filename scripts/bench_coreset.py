@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.coreset import _prepare, _select, coreset_size  # noqa: E402
+from core.coreset import _prepare, _select, coreset_size
 
 
 def _seed(seed: int) -> None:
@@ -41,9 +38,7 @@ def _seed(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _anomalib_bounded(
-    embedding: torch.Tensor, ratio: float, iters: int, seed: int
-) -> tuple[float, float, list[int]]:
+def _anomalib_bounded(embedding: torch.Tensor, ratio: float, iters: int, seed: int) -> tuple[float, float, list[int]]:
     """anomalib's KCenterGreedy.select_coreset_idxs, stopped after ``iters`` iterations.
 
     The body mirrors anomalib 2.7.0's method statement by statement (minus its tqdm bar), calling

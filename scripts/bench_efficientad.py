@@ -85,9 +85,13 @@ def main() -> None:
     step_s = sorted(step_times)[len(step_times) // 2]
     infer_ms = 1000 * sorted(infer_times)[len(infer_times) // 2]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"EfficientAD-{args.model_size[0].upper()} at {args.image_size} px on {where}, {'bf16 autocast' if args.bf16 else 'fp32'}")
-    print(f"  training step (batch 1): median {step_s:.3f} s over {args.steps} -> {3600 / step_s:,.0f} steps/hour, "
-          f"70,000 steps in {70_000 * step_s / 3600:.1f} h")
+    print(
+        f"EfficientAD-{args.model_size[0].upper()} at {args.image_size} px on {where}, {'bf16 autocast' if args.bf16 else 'fp32'}"
+    )
+    print(
+        f"  training step (batch 1): median {step_s:.3f} s over {args.steps} -> {3600 / step_s:,.0f} steps/hour, "
+        f"70,000 steps in {70_000 * step_s / 3600:.1f} h"
+    )
     print(f"  inference (batch 1): median {infer_ms:.1f} ms/image over {args.images}")
 
 

@@ -29,9 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.similarity.store import SimilarityStore, make_record  # noqa: E402
+from core.similarity.store import SimilarityStore, make_record
 
 MODEL, CATEGORY = "bench", "synthetic"
 DEFECT_TYPES = ("crack", "hole", "scratch", "stain")

@@ -16,18 +16,15 @@ student never sees test images either, but it must learn to imitate the teacher 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core.data import check_layout, resolve_data_root  # noqa: E402
-from core.image_io import load_image  # noqa: E402
-from core.teacher import build_pdn, load_teacher  # noqa: E402
+from core.data import check_layout, resolve_data_root
+from core.image_io import load_image
+from core.teacher import build_pdn, load_teacher
 
 
 def _tensor(path: Path, size: int) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import TINY_CATEGORY
 
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import TINY_CATEGORY
+from PIL import Image
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -69,8 +69,15 @@ def test_untrained_model_button_starts_a_training_job(app_test, monkeypatch):
     def fake_start(kind, *, model=None, category=None, **_):
         started.append((kind, model, category))
         job = jobs.Job(
-            id="test-job", kind=kind, title=f"{kind} {model} {category}", args=[kind], log_path="/nonexistent/test-job.log",
-            model=model, category=category, status=jobs.FAILED, message="stub",
+            id="test-job",
+            kind=kind,
+            title=f"{kind} {model} {category}",
+            args=[kind],
+            log_path="/nonexistent/test-job.log",
+            model=model,
+            category=category,
+            status=jobs.FAILED,
+            message="stub",
         )
         return job
 

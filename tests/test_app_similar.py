@@ -6,9 +6,8 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import TINY_CATEGORY
+from PIL import Image
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_cli(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess:
     environ = {**os.environ, "INSPECT_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **env}
-    return subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, env=environ, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args], cwd=REPO, env=environ, capture_output=True, text=True, timeout=300
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
@@ -58,8 +60,16 @@ def test_unreadable_image(tmp_path: Path) -> None:
 def test_missing_backbone_weights_file(tmp_path: Path) -> None:
     _category(tmp_path / "data")
     result = run_cli(
-        "train", "--category", "part", "--data-root", str(tmp_path / "data"),
-        "--backbone", "wide_resnet50_2", "--backbone-weights", str(tmp_path / "wrn50.pth"), home=tmp_path,
+        "train",
+        "--category",
+        "part",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--backbone",
+        "wide_resnet50_2",
+        "--backbone-weights",
+        str(tmp_path / "wrn50.pth"),
+        home=tmp_path,
     )
     assert_one_line_error(result, "backbone weights file not found")
 
@@ -141,7 +151,7 @@ def test_category_names_cannot_leave_their_folders(tmp_path: Path) -> None:
     data = tmp_path / "root" / "data"
     _category(data)
     home = tmp_path / "root" / "home"
-    for name in ("../data/part", "a/b", "..", ".hidden"):
+    for name in ("../data/part", "a/b", "..", ".hidden", "/abs"):
         result = run_cli("train", "--category", name, "--data-root", str(tmp_path / "root" / "home"), home=home)
         assert_one_line_error(result, "invalid category name")
     assert not (home / "models").exists() or not any((home / "models").rglob("*"))

@@ -167,7 +167,7 @@ def test_k_center_property_brute_force() -> None:
 def test_result_is_cpu_long_in_selection_order(random_embedding: torch.Tensor) -> None:
     idx = greedy_coreset_indices(random_embedding, 0.01, progress=False)
     assert idx.dtype == torch.long and idx.device.type == "cpu" and idx.shape == (30,)
-    assert 0 <= int(idx.min()) and int(idx.max()) < 3000
+    assert int(idx.min()) >= 0 and int(idx.max()) < 3000
 
 
 def test_ratio_one_selects_every_row_once() -> None:
@@ -236,6 +236,4 @@ def test_subsample_memory_bank_empty_store_raises() -> None:
 def test_cuda_device_matches_cpu(random_embedding: torch.Tensor) -> None:
     # The embedding stays on the CPU, so anomalib (and our starting draw) use the CPU generator;
     # only the loop runs on the GPU.
-    assert _our_indices(random_embedding, 0.1, seed=7, device="cuda") == _anomalib_indices(
-        random_embedding, 0.1, seed=7
-    )
+    assert _our_indices(random_embedding, 0.1, seed=7, device="cuda") == _anomalib_indices(random_embedding, 0.1, seed=7)

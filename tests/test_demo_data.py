@@ -31,10 +31,7 @@ def _pngs(folder: Path) -> list[str]:
 
 
 def _all_files(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*.png"))
-    }
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +147,7 @@ def test_deterministic_and_seed_dependent(small_root: Path, tmp_path: Path) -> N
 
 def test_file_seeds_do_not_depend_on_order_or_counts(small_root: Path, tmp_path: Path) -> None:
     # One category alone, with fewer images, reproduces the files both runs share.
-    part = generate_demo_dataset(
-        tmp_path / "part", ["grid"], **{**SMALL, "n_train": 2, "n_per_defect": 1}
-    )
+    part = generate_demo_dataset(tmp_path / "part", ["grid"], **{**SMALL, "n_train": 2, "n_per_defect": 1})
     full = _all_files(small_root)
     for name, data in _all_files(part).items():
         assert full[name] == data, name
@@ -197,8 +192,24 @@ def test_rejects_unknown_names() -> None:
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
-    rc = main(["--out", str(out), "--categories", "tile", "--n-train", "2", "--n-test-good", "1",
-               "--n-per-defect", "1", "--size", "96", "--seed", "3"])
+    rc = main(
+        [
+            "--out",
+            str(out),
+            "--categories",
+            "tile",
+            "--n-train",
+            "2",
+            "--n-test-good",
+            "1",
+            "--n-per-defect",
+            "1",
+            "--size",
+            "96",
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert str(out.resolve()) in text
@@ -212,7 +223,6 @@ def test_cli_default_out_follows_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("INSPECT_HOME", str(tmp_path / "ws"))
-    rc = main(["--categories", "grid", "--n-train", "1", "--n-test-good", "0",
-               "--n-per-defect", "0", "--size", "64"])
+    rc = main(["--categories", "grid", "--n-train", "1", "--n-test-good", "0", "--n-per-defect", "0", "--size", "64"])
     assert rc == 0
     assert _pngs(tmp_path / "ws" / "demo_data" / "grid" / "train" / "good") == ["000.png"]

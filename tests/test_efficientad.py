@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import inspect_home_at
 
 from core.efficientad import (
     CPU_DEFAULT_STEPS,
@@ -22,7 +23,6 @@ from core.efficientad import (
     prepare_training,
     teacher_patch_features,
 )
-from conftest import inspect_home_at
 from core.errors import ConfigError, WeightsMissingError
 from core.teacher import file_sha256, teacher_weights_path
 
@@ -59,7 +59,9 @@ def no_network():
 def ead_data(ead_home: Path) -> Path:
     from core.demo_data import generate_demo_dataset
 
-    return generate_demo_dataset(ead_home / "data", [CATEGORY], n_train=10, n_test_good=3, n_per_defect=1, size=SIZE, progress=False)
+    return generate_demo_dataset(
+        ead_home / "data", [CATEGORY], n_train=10, n_test_good=3, n_per_defect=1, size=SIZE, progress=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,10 @@ def test_missing_teacher_raises_with_the_command(tmp_path: Path) -> None:
     with pytest.raises(WeightsMissingError, match="python -m core distill-teacher"):
         build_efficientad(EfficientAdConfig(teacher_weights=str(tmp_path / "missing.pth")), load_weights=True)
     # without weights (a checkpoint follows) nothing is read
-    assert isinstance(build_efficientad(EfficientAdConfig(teacher_weights=str(tmp_path / "missing.pth")), load_weights=False), OfflineEfficientAd)
+    assert isinstance(
+        build_efficientad(EfficientAdConfig(teacher_weights=str(tmp_path / "missing.pth")), load_weights=False),
+        OfflineEfficientAd,
+    )
 
 
 def test_pre_processor_has_no_normalisation() -> None:
@@ -140,11 +145,14 @@ def test_inference_maps_and_scores(trained, ead_data: Path) -> None:
 
     detector = load_detector("efficientad", CATEGORY, device="cpu")
     test_dir = ead_data / CATEGORY / "test"
-    for path in [next((test_dir / "good").glob("*.png")), next(p for p in sorted(test_dir.glob("*/*.png")) if p.parent.name != "good")]:
+    for path in [
+        next((test_dir / "good").glob("*.png")),
+        next(p for p in sorted(test_dir.glob("*/*.png")) if p.parent.name != "good"),
+    ]:
         prediction = detector.predict(load_image(path))
         assert prediction.anomaly_map.shape == (SIZE, SIZE)
         assert np.isfinite(prediction.anomaly_map).all()
-        assert 0.0 <= prediction.anomaly_map.min() and prediction.anomaly_map.max() <= 1.0
+        assert prediction.anomaly_map.min() >= 0.0 and prediction.anomaly_map.max() <= 1.0
         assert np.isfinite(prediction.raw_score) and 0.0 <= prediction.score <= 1.0
     features = detector.patch_features(load_image(path))
     assert features.shape == (384, 56, 56) and torch.isfinite(features).all()

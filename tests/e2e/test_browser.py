@@ -112,8 +112,21 @@ def app_url(e2e_home: Path, playwright_chromium):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = open(ARTIFACTS / "streamlit.log", "w")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
         cwd=REPO,
         env=env,
         stdout=log,
@@ -238,4 +251,3 @@ def test_bad_upload_shows_an_error_and_the_app_keeps_running(playwright_chromium
         page.get_by_role("heading", name="Inspection history").wait_for(timeout=60_000)
     finally:
         page.close()
-
