@@ -29,12 +29,11 @@ from typing import Any
 import numpy as np
 
 from core import registry
-from core.data import list_categories, resolve_data_root
+from core.data.layout import list_categories, resolve_data_root
+from core.models import MODEL_NAMES, get_spec, model_label
 from core.settings import get_settings
 
-MODEL_NAMES: tuple[str, ...] = ("patchcore", "efficientad")
-MODEL_LABELS: dict[str, str] = {"patchcore": "PatchCore", "efficientad": "EfficientAD"}
-#: The calibrated threshold on the normalised scale (same value as core.inference's, without torch).
+#: The calibrated threshold on the normalised scale (same value as core.inference.detector's, without torch).
 CALIBRATED = 0.5
 IMAGE_TYPES: tuple[str, ...] = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
 FEEDBACK_LABELS: dict[str, str] = {
@@ -49,17 +48,9 @@ PREDICT_CALLS: Counter = Counter()
 _PREDICT_LOCK = threading.Lock()
 
 
-def model_label(model: str) -> str:
-    return MODEL_LABELS.get(model, model)
-
-
 def training_note(model: str, category: str) -> str | None:
     """What training ``model`` costs on this machine, where that matters (EfficientAD's steps)."""
-    if model != "efficientad":
-        return None
-    from core.efficientad import training_plan_note  # imports anomalib: only when asked
-
-    return training_plan_note(category)
+    return get_spec(model).training_note(category)
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,7 +108,7 @@ class TestImage:
 
 def test_images(category: str, root: str | Path | None = None) -> list[TestImage]:
     """The category's test images (``test/<type>/*``), good first, then defect types A-Z."""
-    from core.image_io import SUPPORTED_EXTENSIONS
+    from core.data.image_io import SUPPORTED_EXTENSIONS
 
     test_dir = resolve_data_root(root) / category / "test"
     if not test_dir.is_dir():
@@ -133,7 +124,7 @@ def test_images(category: str, root: str | Path | None = None) -> list[TestImage
 
 def device_summary() -> str:
     """Where models run in this process, e.g. 'cuda (NVIDIA H100)' or 'cpu (2 threads)'."""
-    from core.device import device_label, pick_device
+    from core.inference.device import device_label, pick_device
 
     return device_label(pick_device())
 
@@ -293,19 +284,13 @@ def thumbnail_data_uri(path: str | None, size: int = 96) -> str | None:
 # Compare
 # --------------------------------------------------------------------------------------------
 
+
 #: Published figures, only where we have the category and a citable number. Shown as labelled
 #: markers ("published figure"), never mixed into our own measurements.
-PUBLISHED: dict[tuple[str, str], dict[str, Any]] = {
-    ("patchcore", "bottle"): {
-        "image_auroc": 1.000,
-        "pixel_auroc": 0.986,
-        "source": "PatchCore paper (Roth et al., CVPR 2022), WideResNet-50 backbone",
-    },
-    ("efficientad", "bottle"): {
-        "image_auroc": 1.000,
-        "source": "EfficientAD paper (Batzner et al., WACV 2024), ≈1.000",
-    },
-}
+def published_figures() -> dict[tuple[str, str], Any]:
+    """(model, category) -> published reference figure, from each model's spec."""
+    return {(name, category): ref for name in MODEL_NAMES for category, ref in get_spec(name).published.items()}
+
 
 METRIC_COLUMNS: dict[str, str] = {
     "image_auroc": "image AUROC",
@@ -441,7 +426,7 @@ def auroc_bar_figure(results: dict[str, Any]):
         for model in models:
             refs = [
                 (category, ref)
-                for (m, category), ref in PUBLISHED.items()
+                for (m, category), ref in published_figures().items()
                 if model_label(m) == model and category in categories and field in ref
             ]
             if not refs:
@@ -561,8 +546,8 @@ def case_source(payload: dict[str, Any]) -> str:
 
 def load_case_image(payload: dict[str, Any]) -> np.ndarray | None:
     """The stored image of a case (None when its file is gone)."""
+    from core.data.image_io import load_image
     from core.errors import ImageError
-    from core.image_io import load_image
 
     path = payload.get("image_path")
     if not path:

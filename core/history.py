@@ -173,7 +173,7 @@ class History:
 
     def save_thumbnail(self, image_rgb: Any, sha256: str, size: int = 256) -> Path:
         """Write a JPEG thumbnail named by ``sha256`` (idempotent) and return its path."""
-        from core.overlay import thumbnail  # light: no anomalib import on this path
+        from core.inference.overlay import thumbnail  # light: no anomalib import on this path
 
         if not sha256 or not all(c in "0123456789abcdefABCDEF" for c in sha256):
             msg = f"sha256 must be a hex digest, got {sha256!r}"

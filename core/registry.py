@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from core.data import validate_category_name
+from core.data.layout import validate_category_name
 from core.errors import ModelNotTrainedError, ModelUnreadableError
 from core.settings import get_settings
 

@@ -9,9 +9,9 @@ trained on request (the Inspect page's button, or ``python -m core train --model
 from __future__ import annotations
 
 from core import registry
-from core.data import file_list_hash
+from core.data.layout import file_list_hash
 from core.errors import ModelNotTrainedError
-from core.results import entry_key, load_results
+from core.evaluation.results import entry_key, load_results
 from core.settings import DEMO_CATEGORIES, get_settings
 
 
@@ -24,8 +24,8 @@ def _needs_training(category: str, root: str) -> bool:
 
 
 def prepare_default(*, skip_index: bool = False) -> None:
-    from core.demo_data import generate_demo_dataset
-    from core.evaluate import evaluate, format_table
+    from core.data.demo import generate_demo_dataset
+    from core.evaluation.evaluate import evaluate, format_table
     from core.training import train
 
     settings = get_settings()

@@ -4,7 +4,7 @@ Training is anomalib's ``Engine.fit``: for PatchCore one pass over ``train/good`
 extraction, shown with Lightning's progress bar) followed by the coreset selection (its own
 progress bar); for EfficientAD the optimisation steps. The validation pass that follows is where
 anomalib's post-processor fits the thresholds and normalisation statistics, on the calibration
-split described in :func:`core.data.make_datamodule`.
+split described in :func:`core.data.layout.make_datamodule`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from core import registry
-from core.data import CALIBRATION_FRACTION, check_layout, file_list_hash, make_datamodule, resolve_data_root
-from core.device import device_label, pick_device
-from core.models import build_model
+from core.data.layout import CALIBRATION_FRACTION, check_layout, file_list_hash, make_datamodule, resolve_data_root
+from core.inference.device import device_label, pick_device
+from core.models import get_spec
 from core.settings import get_settings
 
 CALIBRATION_SOURCE = (
@@ -148,13 +148,12 @@ def train(
     seed_everything(seed, workers=True, verbose=False)
     dev = pick_device(device)
     config = dict(config or {})
-    module = build_model(model_name, config, load_weights=True)
+    spec = get_spec(model_name)
+    module = spec.build_from(config, load_weights=True)
     steps = None
     engine_kwargs: dict[str, Any] = {}
-    if model_name == "efficientad":
-        from core.efficientad import prepare_training
-
-        batch_size, steps, engine_kwargs = prepare_training(module, config)
+    if spec.prepare_training is not None:
+        batch_size, steps, engine_kwargs = spec.prepare_training(module, config)
     datamodule = make_datamodule(root, category, train_batch_size=batch_size, num_workers=num_workers)
     engine = make_engine(dev, progress=progress, **engine_kwargs)
     started = time.perf_counter()
@@ -163,7 +162,7 @@ def train(
     guard_thresholds(module, datamodule)
     train_time = time.perf_counter() - started
     module = module.cpu()
-    stored_config = module_config(model_name, config)
+    stored_config = spec.full_config(config)
     meta = registry.ModelMeta(
         model=model_name,
         category=category,
@@ -184,14 +183,3 @@ def train(
     )
     registry.save(module, meta)
     return meta
-
-
-def module_config(model_name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The full config (defaults filled in) that rebuilds the module at load time."""
-    if model_name == "patchcore":
-        from core.models import PatchcoreConfig
-
-        return PatchcoreConfig(**config).to_dict()
-    from core.efficientad import EfficientAdConfig
-
-    return EfficientAdConfig(**config).to_dict()

@@ -48,7 +48,7 @@ def ensure_app_frame() -> None:
 @st.cache_resource(max_entries=6, show_spinner="Loading the model (first use in this process)…")
 def _load_detector(model: str, category: str, checkpoint: str, mtime: float):
     # The key names the checkpoint's version folder and mtime: retraining (a new version) loads the new model.
-    from core.inference import load_detector
+    from core.inference.detector import load_detector
 
     detector = load_detector(model, category)
     svc.warm_up(detector)  # the first call pays one-off set-up; the inspector's first verdict should not

@@ -23,8 +23,8 @@ MAX_KEPT = 16  # inspections kept per browser session (images included)
 st.title("Inspect a part")
 
 try:
-    from core.image_io import load_image, sha256_of
-    from core.overlay import defect_contours, heatmap_overlay, to_png_bytes
+    from core.data.image_io import load_image, sha256_of
+    from core.inference.overlay import defect_contours, heatmap_overlay, to_png_bytes
 except ImportError as exc:  # a checkout without the image modules: say so plainly
     st.error(f"Inspection is unavailable in this installation ({exc}).")
     st.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import app_services as svc
-from core.results import load_results_checked, results_path
+from core.evaluation.results import load_results_checked, results_path
 from pages import _common as ui
 
 ui.ensure_app_frame()
@@ -67,7 +67,7 @@ st.caption(
 
 published = [
     {"model": svc.model_label(m), "category": c, **{k: v for k, v in ref.items()}}
-    for (m, c), ref in svc.PUBLISHED.items()
+    for (m, c), ref in svc.published_figures().items()
     if c in set(table["category"])
 ]
 if published:

@@ -93,7 +93,7 @@ def _thumb(path: str, file_mtime: float) -> bytes | None:
     image = svc.load_case_image({"image_path": path})
     if image is None:
         return None
-    from core.overlay import thumbnail, to_png_bytes
+    from core.inference.overlay import thumbnail, to_png_bytes
 
     return to_png_bytes(thumbnail(image, 192))
 
@@ -103,7 +103,7 @@ def _heatmap(model: str, category: str, model_mtime: float, path: str, file_mtim
     image = svc.load_case_image({"image_path": path})
     if image is None:
         return None
-    from core.overlay import heatmap_overlay, thumbnail, to_png_bytes
+    from core.inference.overlay import heatmap_overlay, thumbnail, to_png_bytes
 
     prediction = svc.predict(ui.get_detector(model, category), image)
     small = svc.display_copy(image, 256)
@@ -167,7 +167,7 @@ if query is not None:
         top = st.columns([1, 3])
         with top[0]:
             if query.entry is not None:
-                from core.overlay import heatmap_overlay
+                from core.inference.overlay import heatmap_overlay
 
                 shown = svc.display_copy(query.entry["image"], 384)
                 st.markdown(f"**Query: {ui.plain_text(query.entry['name'])}**")

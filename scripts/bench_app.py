@@ -34,9 +34,9 @@ def child(args: argparse.Namespace) -> None:
     t_start = time.perf_counter()
     import numpy as np  # noqa: F401 - part of the import cost
 
-    from core.image_io import load_image
-    from core.inference import load_detector
-    from core.overlay import defect_contours, heatmap_overlay
+    from core.data.image_io import load_image
+    from core.inference.detector import load_detector
+    from core.inference.overlay import defect_contours, heatmap_overlay
 
     t_import = time.perf_counter()
     detector = load_detector(args.model, args.category, device="cpu")

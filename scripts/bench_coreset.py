@@ -1,4 +1,4 @@
-"""Benchmark anomalib's greedy k-center coreset against core.coreset on a bottle-shaped embedding.
+"""Benchmark anomalib's greedy k-center coreset against core.models.patchcore.coreset on a bottle-shaped embedding.
 
 MVTec AD "bottle" has 209 training images; at 256 px PatchCore keeps 32 x 32 patches per image, so
 its memory bank starts from 214,016 patch embeddings (152 dims for EfficientNet-Lite0 blocks.2 +
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.coreset import _prepare, _select, coreset_size
+from core.models.patchcore.coreset import _prepare, _select, coreset_size
 
 
 def _seed(seed: int) -> None:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     a_total = a_proj + (size - 1) / a_rate
     a_measured = iters == size - 1
 
-    print("core.coreset: full run ...", flush=True)
+    print("core.models.patchcore.coreset: full run ...", flush=True)
     _seed(args.seed)
     start = time.perf_counter()
     space, first = _prepare(embedding, device=args.device)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("method", "projection / setup", "iterations/s", "total"),
         ("anomalib KCenterGreedy", f"{a_proj:.1f} s", f"{a_rate:,.1f}", _total(a_total, a_label)),
-        ("core.coreset", f"{o_proj:.1f} s", f"{o_rate:,.1f}", _total(o_total, "measured")),
+        ("core.models.patchcore.coreset", f"{o_proj:.1f} s", f"{o_rate:,.1f}", _total(o_total, "measured")),
     ]
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     print()

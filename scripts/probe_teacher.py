@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from sklearn.metrics import roc_auc_score
 
-from core.data import check_layout, resolve_data_root
-from core.image_io import load_image
-from core.teacher import build_pdn, load_teacher
+from core.data.image_io import load_image
+from core.data.layout import check_layout, resolve_data_root
+from core.models.efficientad.teacher import build_pdn, load_teacher
 
 
 def _tensor(path: Path, size: int) -> torch.Tensor:

@@ -46,7 +46,7 @@ def inspect_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def tiny_data_root(inspect_home: Path) -> Path:
     """A small generated dataset (three categories, 128 px) under the session workspace."""
-    from core.demo_data import generate_demo_dataset
+    from core.data.demo import generate_demo_dataset
 
     return generate_demo_dataset(
         inspect_home / "demo_data", n_train=12, n_test_good=4, n_per_defect=2, size=TINY_SIZE, progress=False

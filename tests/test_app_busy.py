@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core import image_io
+from core.data import image_io
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

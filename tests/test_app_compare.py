@@ -115,7 +115,7 @@ def test_results_table_has_every_metric_and_training_facts():
 def test_published_figures_only_for_bottle():
     from core import app_services as svc
 
-    assert {c for _, c in svc.PUBLISHED} == {"bottle"}
+    assert {c for _, c in svc.published_figures()} == {"bottle"}
     only_tile = {"models": {"patchcore/tile": RESULTS["models"]["patchcore/tile"]}}
     fig = svc.auroc_bar_figure(only_tile)
     assert "published figure" not in {t.name for t in fig.data}

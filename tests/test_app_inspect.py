@@ -34,8 +34,8 @@ def no_exceptions(at) -> None:
 @pytest.fixture(scope="module")
 def scored_images(app_home: Path, tiny_patchcore) -> list[tuple[Path, float]]:
     """Every tile test image with the tiny model's normalised score."""
-    from core.image_io import load_image
-    from core.inference import load_detector
+    from core.data.image_io import load_image
+    from core.inference.detector import load_detector
     from core.settings import get_settings
 
     detector = load_detector("patchcore", TINY_CATEGORY, models_dir=get_settings().models_dir)
@@ -214,7 +214,7 @@ def test_untrained_model_says_how_to_train_it(app_test):
     assert "Train PatchCore on 'leather'" in labels
     assert verdicts(at) == []
     # EfficientAD's cost is stated before anyone starts it: steps, minutes, the flag for more
-    from core.efficientad import default_steps
+    from core.models.efficientad.model import default_steps
 
     note = next(c.value for c in at.caption if "EfficientAD trains for" in c.value)
     assert f"{default_steps():,} steps" in note

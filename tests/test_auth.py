@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from core import auth
-from core.__main__ import main
+from core.cli import main
 from core.errors import AuthError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.backbones import build_classifier, full_model_state_dict, load_pretrained_weights, resolve_backbone
 from core.errors import WeightsMissingError
+from core.models.backbones import build_classifier, full_model_state_dict, load_pretrained_weights, resolve_backbone
 
 EGYPTIAN_CAT, TABBY, TIGER_CAT = 285, 281, 282  # ImageNet classes
 

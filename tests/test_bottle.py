@@ -14,7 +14,7 @@ def bottle_home(tmp_path, monkeypatch):
 
 
 def test_patchcore_on_real_bottle(shared_bottle, bottle_home) -> None:
-    from core.evaluate import evaluate_one
+    from core.evaluation.evaluate import evaluate_one
     from core.training import train
 
     # 1% coreset keeps the test short; the README's 10% figures come from the CLI run it lists

@@ -1,4 +1,4 @@
-"""Tests for core.coreset: same selection as anomalib's KCenterGreedy, the k-center property, validation.
+"""Tests for core.models.patchcore.coreset: same selection as anomalib's KCenterGreedy, the k-center property, validation.
 
 anomalib's projection draws from torch's and numpy's global generators (scikit-learn's
 ``sample_without_replacement`` with ``random_state=None`` uses numpy's), so every comparison seeds both.
@@ -13,8 +13,8 @@ import pytest
 import torch
 from anomalib.models.components.sampling import KCenterGreedy
 
-import core.coreset as coreset
-from core.coreset import coreset_size, greedy_coreset_indices, subsample_memory_bank
+import core.models.patchcore.coreset as coreset
+from core.models.patchcore.coreset import coreset_size, greedy_coreset_indices, subsample_memory_bank
 
 
 @pytest.fixture(autouse=True, scope="module")

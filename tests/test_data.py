@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data import check_layout, file_list_hash, list_categories
+from core.data.layout import check_layout, file_list_hash, list_categories
 from core.errors import DatasetError
 
 

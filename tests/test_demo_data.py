@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.demo_data import (
+from core.cli import main
+from core.data.demo import (
     DEFECT_TYPES,
     MARKER_NAME,
     MAX_DEFECT_FRACTION,
     MIN_DEFECT_FRACTION,
     generate_demo_dataset,
-    main,
     render_sample,
 )
 from core.errors import DatasetError
@@ -194,6 +194,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
     rc = main(
         [
+            "demo-data",
             "--out",
             str(out),
             "--categories",
@@ -223,6 +224,8 @@ def test_cli_default_out_follows_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("INSPECT_HOME", str(tmp_path / "ws"))
-    rc = main(["--categories", "grid", "--n-train", "1", "--n-test-good", "0", "--n-per-defect", "0", "--size", "64"])
+    rc = main(
+        ["demo-data", "--categories", "grid", "--n-train", "1", "--n-test-good", "0", "--n-per-defect", "0", "--size", "64"]
+    )
     assert rc == 0
     assert _pngs(tmp_path / "ws" / "demo_data" / "grid" / "train" / "good") == ["000.png"]

@@ -15,7 +15,8 @@ import pytest
 import torch
 from conftest import inspect_home_at
 
-from core.efficientad import (
+from core.errors import ConfigError, WeightsMissingError
+from core.models.efficientad.model import (
     CPU_DEFAULT_STEPS,
     EfficientAdConfig,
     OfflineEfficientAd,
@@ -23,8 +24,7 @@ from core.efficientad import (
     prepare_training,
     teacher_patch_features,
 )
-from core.errors import ConfigError, WeightsMissingError
-from core.teacher import file_sha256, teacher_weights_path
+from core.models.efficientad.teacher import file_sha256, teacher_weights_path
 
 CATEGORY = "tile"
 SIZE = 256  # EfficientAD's smallest size: its autoencoder ends with an 8x8 kernel at stride 32
@@ -57,7 +57,7 @@ def no_network():
 
 @pytest.fixture(scope="module")
 def ead_data(ead_home: Path) -> Path:
-    from core.demo_data import generate_demo_dataset
+    from core.data.demo import generate_demo_dataset
 
     return generate_demo_dataset(
         ead_home / "data", [CATEGORY], n_train=10, n_test_good=3, n_per_defect=1, size=SIZE, progress=False
@@ -140,8 +140,8 @@ def test_checkpoint_has_teacher_statistics_and_quantiles(trained) -> None:
 
 
 def test_inference_maps_and_scores(trained, ead_data: Path) -> None:
-    from core.image_io import load_image
-    from core.inference import load_detector
+    from core.data.image_io import load_image
+    from core.inference.detector import load_detector
 
     detector = load_detector("efficientad", CATEGORY, device="cpu")
     test_dir = ead_data / CATEGORY / "test"
@@ -162,7 +162,7 @@ def test_inference_maps_and_scores(trained, ead_data: Path) -> None:
 
 
 def test_evaluate_writes_an_efficientad_entry(trained, no_network) -> None:
-    from core.evaluate import evaluate
+    from core.evaluation.evaluate import evaluate
 
     entries = evaluate(["efficientad"], [CATEGORY], device="cpu", progress=False)
     entry = entries[f"efficientad/{CATEGORY}"]

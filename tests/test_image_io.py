@@ -1,4 +1,4 @@
-"""core.image_io: every kind of bad or unusual upload gives an RGB uint8 array or a clear error."""
+"""core.data.image_io: every kind of bad or unusual upload gives an RGB uint8 array or a clear error."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.data.image_io import SUPPORTED_EXTENSIONS, load_image, sha256_of
 from core.errors import ImageError
-from core.image_io import SUPPORTED_EXTENSIONS, load_image, sha256_of
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -280,7 +280,7 @@ def _hold_a_large_decode(monkeypatch: pytest.MonkeyPatch, data: bytes):
     """Start load_image(data) in a thread whose decode blocks until the returned event is set."""
     import threading
 
-    from core import image_io
+    from core.data import image_io
 
     entered, release = threading.Event(), threading.Event()
     real_decode = image_io._decode

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.evaluate import SplitOutputs, f1_at, image_auroc, metrics_from
+from core.evaluation.evaluate import SplitOutputs, f1_at, image_auroc, metrics_from
 
 
 def test_auroc_hand_case() -> None:

@@ -1,4 +1,4 @@
-"""core.overlay: calibrated heatmaps are not stretched, contours follow the threshold."""
+"""core.inference.overlay: calibrated heatmaps are not stretched, contours follow the threshold."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.overlay import (
+from core.inference.overlay import (
     defect_contours,
     defect_mask,
     heatmap,

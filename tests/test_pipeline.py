@@ -32,7 +32,7 @@ def test_training_writes_checkpoint_and_metadata(tiny_patchcore, inspect_home) -
 
 
 def test_memory_bank_is_the_coreset(tiny_patchcore) -> None:
-    from core.inference import load_detector
+    from core.inference.detector import load_detector
 
     detector = load_detector("patchcore", TINY_CATEGORY)
     bank = detector.module.model.memory_bank
@@ -42,8 +42,8 @@ def test_memory_bank_is_the_coreset(tiny_patchcore) -> None:
 
 
 def test_inference_on_good_and_defect(tiny_patchcore, tiny_data_root) -> None:
-    from core.image_io import load_image
-    from core.inference import load_detector
+    from core.data.image_io import load_image
+    from core.inference.detector import load_detector
 
     detector = load_detector("patchcore", TINY_CATEGORY)
     test_dir = tiny_data_root / TINY_CATEGORY / "test"
@@ -58,8 +58,8 @@ def test_inference_on_good_and_defect(tiny_patchcore, tiny_data_root) -> None:
 
 
 def test_evaluation_writes_results(tiny_patchcore) -> None:
-    from core.evaluate import evaluate, format_table
-    from core.results import load_results
+    from core.evaluation.evaluate import evaluate, format_table
+    from core.evaluation.results import load_results
 
     entries = evaluate(["patchcore"], [TINY_CATEGORY], progress=False)
     entry = entries[f"patchcore/{TINY_CATEGORY}"]

@@ -80,7 +80,7 @@ LISTED = ["string meta", "image_size big", "other checkpoint", "truncated checkp
 
 
 def test_the_reference_copy_is_healthy(models: Path) -> None:
-    from core.inference import load_detector
+    from core.inference.detector import load_detector
 
     assert registry.list_trained_with_problems() == (registry.list_trained(), {})
     assert load_detector("patchcore", TINY_CATEGORY).meta.checkpoint["sha256"]
@@ -88,7 +88,7 @@ def test_the_reference_copy_is_healthy(models: Path) -> None:
 
 @pytest.mark.parametrize("case", BREAKAGES, ids=list(BREAKAGES))
 def test_broken_model_raises_one_line_unreadable_error(models: Path, case: str) -> None:
-    from core.inference import load_detector
+    from core.inference.detector import load_detector
 
     breakage, reason = BREAKAGES[case]
     breakage()
@@ -111,7 +111,7 @@ def test_listing_reports_a_broken_model_instead_of_hiding_it(models: Path, case:
 
 @pytest.mark.parametrize("case", BREAKAGES, ids=list(BREAKAGES))
 def test_evaluate_cli_prints_one_line_and_exits_2(models: Path, case: str, capsys, tmp_path, monkeypatch) -> None:
-    from core.__main__ import main
+    from core.cli import main
 
     monkeypatch.setenv("INSPECT_RESULTS", str(tmp_path / "results.json"))
     BREAKAGES[case][0]()
@@ -124,7 +124,7 @@ def test_evaluate_cli_prints_one_line_and_exits_2(models: Path, case: str, capsy
 
 def test_evaluate_keeps_going_past_a_broken_model_and_a_corrupt_results_file(models: Path, capsys, tmp_path, monkeypatch) -> None:
     """One broken model and a corrupt results.json: the good model is evaluated and written anyway."""
-    from core.__main__ import main
+    from core.cli import main
 
     broken = models / "patchcore" / "leather"
     shutil.copytree(models / "patchcore" / TINY_CATEGORY, broken)
@@ -152,7 +152,7 @@ def test_evaluate_keeps_going_past_a_broken_model_and_a_corrupt_results_file(mod
 
 
 def resave(data_hash: str) -> Path:
-    from core.inference import load_detector
+    from core.inference.detector import load_detector
 
     detector = load_detector("patchcore", TINY_CATEGORY)
     detector.meta.data_hash = data_hash
@@ -174,7 +174,7 @@ def test_save_publishes_a_new_version_with_one_rename(models: Path, monkeypatch:
 
 
 def test_a_save_that_dies_before_its_rename_leaves_the_previous_version(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.inference import load_detector
+    from core.inference.detector import load_detector
 
     old_hash = registry.load_meta("patchcore", TINY_CATEGORY).data_hash
 
@@ -208,7 +208,7 @@ def test_a_leftover_temp_folder_or_incomplete_version_is_ignored(models: Path) -
 
 
 def test_the_old_flat_layout_still_loads(models: Path) -> None:
-    from core.inference import load_detector
+    from core.inference.detector import load_detector
 
     category = models / "patchcore" / TINY_CATEGORY
     version = current().folder
@@ -278,7 +278,7 @@ def test_similar_page_says_so_when_the_checkpoint_does_not_fit(broken_app, app_i
 
 def test_evaluate_keeps_going_past_a_broken_dataset(models: Path, tiny_data_root: Path, capsys, tmp_path, monkeypatch) -> None:
     """A category whose test set is gone is reported in one line; the others are still written."""
-    from core.__main__ import main
+    from core.cli import main
 
     broken_root = tmp_path / "broken_data"
     shutil.copytree(tiny_data_root / TINY_CATEGORY / "train", broken_root / "leather" / "train")  # no test/
@@ -299,7 +299,7 @@ def test_evaluate_keeps_going_past_a_broken_dataset(models: Path, tiny_data_root
 
 
 def test_index_names_an_unreadable_model_instead_of_hiding_it(models: Path, capsys, tmp_path, monkeypatch) -> None:
-    from core.__main__ import main
+    from core.cli import main
 
     broken = models / "patchcore" / "leather"
     shutil.copytree(models / "patchcore" / TINY_CATEGORY, broken)

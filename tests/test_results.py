@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.results import load_results, load_results_checked, update_results, write_results
+from core.evaluation.results import load_results, load_results_checked, update_results, write_results
 
 CORRUPT = {
     "truncated JSON": b'{"version": 1, "models": {"patchcore/tile": {"image_auroc": 0.9',
@@ -37,7 +37,7 @@ def test_writer_keeps_the_corrupt_file_aside_and_writes_its_entries(tmp_path: Pa
 
 
 def test_a_second_recovery_never_overwrites_the_first_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.results as results
+    import core.evaluation.results as results
 
     monkeypatch.setattr(results, "_utc_stamp", lambda: "20250101T000000Z")  # both in the same second
     path = tmp_path / "results.json"
@@ -60,9 +60,9 @@ def test_a_good_file_keeps_other_entries_and_makes_no_copy(tmp_path: Path) -> No
 def test_update_results_logs_the_notice_for_commands_that_do_not_print_it(tmp_path: Path, caplog) -> None:
     path = tmp_path / "results.json"
     path.write_text("{oops")
-    with caplog.at_level("WARNING", logger="core.results"):
+    with caplog.at_level("WARNING", logger="core.evaluation.results"):
         update_results("retrieval", {"patchcore/tile": {"k": 5}}, path)
-    [record] = [r for r in caplog.records if r.name == "core.results"]
+    [record] = [r for r in caplog.records if r.name == "core.evaluation.results"]
     assert "was unreadable" in record.getMessage() and "kept it as" in record.getMessage()
 
 

@@ -57,8 +57,8 @@ def test_similar_to_point_returns_five_others(indexed) -> None:
 
 
 def test_upload_is_added_and_found(indexed, tiny_data_root) -> None:
-    from core.image_io import load_image, sha256_of
-    from core.inference import load_detector
+    from core.data.image_io import load_image, sha256_of
+    from core.inference.detector import load_detector
     from core.similarity.indexing import add_inspection, open_store, similar_to_image
 
     detector = load_detector("patchcore", TINY_CATEGORY)
@@ -78,7 +78,7 @@ def test_upload_is_added_and_found(indexed, tiny_data_root) -> None:
 
 
 def test_eval_similar_writes_results(indexed) -> None:
-    from core.results import load_results
+    from core.evaluation.results import load_results
     from core.similarity.indexing import best_descriptor, eval_similar
 
     entries = eval_similar(["patchcore"], [TINY_CATEGORY])

@@ -82,14 +82,14 @@ def fresh(home: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def detector(home: Path):
-    from core.inference import load_detector
+    from core.inference.detector import load_detector
 
     return load_detector(MODEL, TINY_CATEGORY)
 
 
 def make_uploads(detector, n: int, seed: int) -> list[Upload]:
     """``n`` distinct uploads: the category's defect images with a little noise (new bytes)."""
-    from core.image_io import load_image
+    from core.data.image_io import load_image
     from core.settings import get_settings
 
     test_dir = get_settings().data_root / TINY_CATEGORY / "test"
@@ -233,9 +233,9 @@ def test_two_sessions_uploading_while_a_third_searches_leave_every_defect_indexe
 
 def test_upload_meeting_a_store_held_by_another_process_is_queued_then_indexed(fresh, detector, capsys) -> None:
     from core import app_services as svc
+    from core.data.image_io import load_image, sha256_of
     from core.errors import StoreError
     from core.history import History
-    from core.image_io import load_image, sha256_of
     from core.settings import get_settings
     from core.similarity.indexing import gallery, open_store
     from core.similarity.pending import pending_uploads

@@ -58,8 +58,8 @@ def test_copy_is_really_16_bit_and_anomalib_alone_reads_it_white(grid_pair: Path
 def test_anomalib_dataset_reader_matches_the_page_loader(grid_pair: Path) -> None:
     from anomalib.data.datasets.base import image as base_image
 
-    from core.anomalib_io import use_inspect_loader
-    from core.image_io import load_image
+    from core.data.anomalib_io import use_inspect_loader
+    from core.data.image_io import load_image
 
     use_inspect_loader()
     name = sorted((grid_pair / "grid8" / "train" / "good").glob("*.png"))[0].name
@@ -78,7 +78,7 @@ def test_no_anomalib_module_keeps_its_own_reader() -> None:
     from anomalib.data import MVTecAD  # noqa: F401 - what make_datamodule imports first
     from anomalib.data.utils import image as anomalib_image
 
-    from core import anomalib_io
+    from core.data import anomalib_io
 
     anomalib_io.use_inspect_loader()
     originals = {anomalib_image.read_image, anomalib_image.read_mask}
@@ -97,7 +97,7 @@ def test_no_anomalib_module_keeps_its_own_reader() -> None:
 
 def test_sixteen_bit_category_scores_like_its_8_bit_original(grid_pair: Path, tmp_path: Path) -> None:
     """Train and evaluate PatchCore on both copies: same calibration, same AUROC, same scores."""
-    from core.evaluate import evaluate_one
+    from core.evaluation.evaluate import evaluate_one
     from core.training import train
 
     config = {"coreset_ratio": 0.1, "image_size": TINY_SIZE}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.errors import WeightsMissingError
-from core.teacher import (
+from core.models.efficientad.teacher import (
     PDN_RECEPTIVE_FIELD,
     PDN_STRIDE,
     PROVENANCE_FILE,
@@ -68,7 +68,7 @@ def test_target_is_standardised_and_aligned_to_the_pdn_output() -> None:
 
 
 def test_short_distillation_writes_a_loadable_teacher(tmp_path: Path) -> None:
-    from core.demo_data import generate_demo_dataset
+    from core.data.demo import generate_demo_dataset
 
     data = generate_demo_dataset(tmp_path / "tiny", ["tile"], n_train=3, n_test_good=0, n_per_defect=0, size=64, progress=False)
     out = tmp_path / "teacher"
@@ -113,7 +113,7 @@ def test_committed_teacher_matches_its_provenance(committed: tuple[Path, dict]) 
 
 
 def test_committed_teacher_loads_strict_and_describes_patches(committed: tuple[Path, dict]) -> None:
-    from core.penalty_images import natural_images
+    from core.models.efficientad.penalty_images import natural_images
 
     path, _ = committed
     state = torch.load(path, map_location="cpu", weights_only=True)

@@ -45,11 +45,11 @@ from typing import Any
 import numpy as np
 
 from core import registry
-from core.data import check_layout, defect_type_of
+from core.data.image_io import load_image, sha256_of
+from core.data.layout import check_layout, defect_type_of
 from core.errors import StoreError
-from core.image_io import load_image, sha256_of
-from core.inference import Detector, Prediction, load_detector
-from core.results import entry_key, load_results_checked, update_results
+from core.evaluation.results import entry_key, load_results_checked, update_results
+from core.inference.detector import Detector, Prediction, load_detector
 from core.similarity import manifest, pending
 from core.similarity.embeddings import DESCRIPTORS, descriptors
 from core.similarity.retrieval_eval import EvalItem, evaluate_retrieval, neighbours_from_store

@@ -94,8 +94,8 @@ def e2e_home(request) -> Path:
 @pytest.fixture(scope="module")
 def defect_image(e2e_home: Path) -> Path:
     """A test image of CATEGORY that the trained PatchCore judges DEFECT (the most certain one)."""
-    from core.image_io import load_image
-    from core.inference import load_detector
+    from core.data.image_io import load_image
+    from core.inference.detector import load_detector
 
     detector = load_detector("patchcore", CATEGORY, models_dir=e2e_home / "models")
     candidates = sorted(p for p in (e2e_home / "demo_data" / CATEGORY / "test").glob("*/*.png") if p.parent.name != "good")

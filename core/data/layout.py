@@ -88,11 +88,11 @@ class LayoutReport:
 def _check_image(path: Path, report: LayoutReport) -> tuple[int, int]:
     """Decode ``path`` with the loader training uses; returns its (width, height).
 
-    The same loader as training, evaluation and inspection (:func:`core.image_io.load_image`), so
+    The same loader as training, evaluation and inspection (:func:`core.data.image_io.load_image`), so
     whatever passes ``check`` is what the model will see: a file it cannot read fails here, in
     one line, instead of minutes into training.
     """
-    from core.image_io import load_image
+    from core.data.image_io import load_image
 
     try:
         with Image.open(path) as img:
@@ -220,9 +220,9 @@ def make_datamodule(
     """
     from anomalib.data import MVTecAD
 
-    from core.anomalib_io import use_inspect_loader
+    from core.data.anomalib_io import use_inspect_loader
 
-    use_inspect_loader()  # anomalib's own reader turns 16-bit PNGs white (see core.anomalib_io)
+    use_inspect_loader()  # anomalib's own reader turns 16-bit PNGs white (see core.data.anomalib_io)
     base = resolve_data_root(root)
     datamodule = MVTecAD(
         root=base,

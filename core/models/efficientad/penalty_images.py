@@ -10,7 +10,7 @@ inside their wheels: 20 distinct pictures (portraits, animals, a rocket, coffee,
 as brick, grass and gravel, microscopy, astronomy, text). :func:`ensure_penalty_dir` writes them,
 plus random crops of them, as a torchvision ``ImageFolder`` so that anomalib finds an existing
 folder and never tries the download. The same images (with heavier augmentation) are part of the
-teacher's distillation set (:mod:`core.teacher`).
+teacher's distillation set (:mod:`core.models.efficientad.teacher`).
 
 Only images present in the installed wheels are used; the ``skimage.data`` entries that need a
 download (``pooch``) are never requested.

@@ -1,16 +1,16 @@
-"""anomalib's datasets read every image through Inspect's loader (:func:`core.image_io.load_image`).
+"""anomalib's datasets read every image through Inspect's loader (:func:`core.data.image_io.load_image`).
 
 Deliberate departure from anomalib: its ``read_image`` is ``Image.open(path).convert("RGB")``,
 which turns a 16-bit grayscale PNG (mode ``I;16``, what Mono12/Mono16 industrial cameras write)
 into an all-white image. A model trained that way learns nothing (image AUROC 0.500 where the same
 images in 8 bits give 1.000) while the Inspect page, which decodes uploads with
-:func:`~core.image_io.load_image`, sees the real part, so every upload is judged DEFECT. Two
+:func:`~core.data.image_io.load_image`, sees the real part, so every upload is judged DEFECT. Two
 loaders that disagree are the bug; the fix is one loader.
 
 anomalib binds ``read_image``/``read_mask`` by name in every module that uses them (the dataset
 base class, the synthetic-anomaly generator that makes the calibration split, its inferencers...),
 so :func:`use_inspect_loader` replaces every such binding in the loaded ``anomalib`` modules, once
-per process, with functions of the same signature that call :func:`~core.image_io.load_image`.
+per process, with functions of the same signature that call :func:`~core.data.image_io.load_image`.
 Only ``anomalib.data.utils.image``, where the originals are defined, keeps them. A test checks
 that no other loaded anomalib module keeps an original, and that the two modules Inspect's
 training path depends on are among those patched.
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.image_io import load_image
+from core.data.image_io import load_image
 
 #: The anomalib modules Inspect's training and evaluation read images through (checked by tests).
 REQUIRED: tuple[str, ...] = ("anomalib.data.datasets.base.image", "anomalib.data.utils.synthetic")

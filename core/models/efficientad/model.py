@@ -6,9 +6,9 @@ replacement says so in a comment:
 
 * the teacher, a patch description network (PDN) that anomalib downloads already distilled from
   WideResNet-101 on ImageNet, is loaded from ``assets/teacher/pdn_<size>.pth``, which
-  :mod:`core.teacher` distils offline from EfficientNet-Lite0 (``python -m core distill-teacher``);
+  :mod:`core.models.efficientad.teacher` distils offline from EfficientNet-Lite0 (``python -m core distill-teacher``);
 * the penalty images (anomalib downloads *imagenette*) come from
-  :func:`core.penalty_images.ensure_penalty_dir`, natural photographs shipped by scikit-image and
+  :func:`core.models.efficientad.penalty_images.ensure_penalty_dir`, natural photographs shipped by scikit-image and
   scikit-learn.
 
 Pre-processing: resize only, no ``Normalize`` (anomalib refuses one for EfficientAd): the PDN
@@ -33,9 +33,9 @@ from anomalib.models import EfficientAd
 from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
 
 from core.errors import ConfigError
-from core.models import check_image_size
+from core.models.efficientad.teacher import file_sha256, read_teacher_state, teacher_weights_path
+from core.models.patchcore.model import check_image_size
 from core.settings import get_settings
-from core.teacher import file_sha256, read_teacher_state, teacher_weights_path
 
 #: The paper's training length (one image per step), the default on a GPU.
 PAPER_STEPS = 70_000
@@ -88,7 +88,7 @@ class OfflineEfficientAd(EfficientAd):
             lr=config.lr,
             weight_decay=config.weight_decay,
             pre_processor=EfficientAd.configure_pre_processor((config.image_size, config.image_size)),
-            evaluator=False,  # core.evaluate computes the metrics itself, on the test set only
+            evaluator=False,  # core.evaluation.evaluate computes the metrics itself, on the test set only
             visualizer=False,
         )
         self.inspect_config = config
@@ -111,7 +111,7 @@ class OfflineEfficientAd(EfficientAd):
         # Departure from anomalib: anomalib downloads imagenette into imagenet_dir when the folder
         # is missing; Inspect points imagenet_dir at a folder of shipped natural images first, so
         # anomalib's own code (same transforms, same loader) finds it and downloads nothing.
-        from core.penalty_images import ensure_penalty_dir
+        from core.models.efficientad.penalty_images import ensure_penalty_dir
 
         self.imagenet_dir = ensure_penalty_dir()
         super().prepare_imagenette_data(image_size)

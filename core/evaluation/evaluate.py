@@ -1,7 +1,7 @@
 """Evaluate trained models on their category's test set and write the results file.
 
 Metrics are anomalib's (``anomalib.metrics``), computed on ``test/`` only; the thresholds come
-from the calibration split (see :func:`core.data.make_datamodule`), never from the test images:
+from the calibration split (see :func:`core.data.layout.make_datamodule`), never from the test images:
 
 * image AUROC / pixel AUROC: threshold-free ranking quality of scores and heatmap pixels;
 * image F1 / pixel F1: at the calibrated threshold, i.e. what the inspector's verdict gets;
@@ -30,10 +30,10 @@ from anomalib.metrics import AUPRO, AUROC, F1Score
 from torchmetrics.classification import BinaryROC
 
 from core import registry
-from core.data import check_layout, defect_type_of, make_datamodule
+from core.data.layout import check_layout, defect_type_of, make_datamodule
 from core.errors import DatasetError, ImageError, ModelUnreadableError
-from core.inference import CALIBRATED_THRESHOLD, Detector, load_detector
-from core.results import entry_key, write_results
+from core.evaluation.results import entry_key, write_results
+from core.inference.detector import CALIBRATED_THRESHOLD, Detector, load_detector
 
 LATENCY_IMAGES = 20
 ROC_POINTS = 100
@@ -157,7 +157,7 @@ def metrics_from(out: SplitOutputs) -> dict[str, Any]:
 
 def measure_latency(detector: Detector, paths: list[str], n: int = LATENCY_IMAGES) -> float:
     """Mean warm single-image latency in ms (reading and decoding the file excluded)."""
-    from core.image_io import load_image
+    from core.data.image_io import load_image
 
     images = [load_image(Path(p)) for p in paths[:n]]
     detector.predict(images[0])  # warm-up: first call allocates

@@ -7,7 +7,7 @@ a large pretrained network (WideResNet-101, PatchCore-style mid-level features p
 channels). anomalib downloads the result. Neither ImageNet nor that download is available here,
 so this module repeats the distillation with what is on disk:
 
-* **Target network**: the offline ImageNet EfficientNet-Lite0 (:mod:`core.backbones`), the
+* **Target network**: the offline ImageNet EfficientNet-Lite0 (:mod:`core.models.backbones`), the
   backbone PatchCore uses in Inspect. Its target is PatchCore's own patch embedding: the stride-8
   block (``blocks.2``, 40 channels) concatenated with the stride-16 block (``blocks.4``, 112
   channels) upsampled to stride 8, averaged over 3x3 neighbourhoods (PatchCore's local
@@ -23,7 +23,7 @@ so this module repeats the distillation with what is on disk:
   target is sampled (bilinear ``grid_sample``) exactly at the centres of the PDN's unpadded
   receptive fields (pixel ``4 i + 16`` of the PDN input for output ``i``).
 * **Images**: only local ones, the natural photographs shipped by scikit-image and scikit-learn
-  (:func:`core.penalty_images.natural_images`) and textures from Inspect's demo generator (drawn
+  (:func:`core.models.efficientad.penalty_images.natural_images`) and textures from Inspect's demo generator (drawn
   with a seed different from the demo dataset's, so no demo train or test image is among them),
   half of every batch from each group on average, with heavy augmentation: random square regions
   (64 px to the whole image) at random zoom, any rotation, mirror flips, brightness/contrast/saturation jitter and grey-scale.
@@ -140,7 +140,7 @@ def load_teacher(model_size: str = "small", path: str | Path | None = None) -> n
 
 
 def _read_folder_images(folder: Path) -> list[np.ndarray]:
-    from core.image_io import load_image  # the one loader, as for datasets and uploads
+    from core.data.image_io import load_image  # the one loader, as for datasets and uploads
 
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     return [load_image(path, max_side=None) for path in paths]
@@ -148,7 +148,7 @@ def _read_folder_images(folder: Path) -> list[np.ndarray]:
 
 def demo_textures(n_per_category: int = 30, size: int = 256) -> list[np.ndarray]:
     """Good textures from the demo generator, drawn with :data:`TEXTURE_SEED` (cached in the workspace)."""
-    from core.demo_data import generate_demo_dataset
+    from core.data.demo import generate_demo_dataset
 
     root = get_settings().cache_dir / "teacher_textures"
     generate_demo_dataset(
@@ -245,7 +245,7 @@ class DistillationTarget(nn.Module):
         super().__init__()
         import timm
 
-        from core.backbones import load_pretrained_weights, resolve_backbone
+        from core.models.backbones import load_pretrained_weights, resolve_backbone
 
         spec = resolve_backbone(TARGET_BACKBONE)
         self.backbone = timm.create_model(spec.timm_name, pretrained=False, features_only=True, out_indices=TARGET_OUT_INDICES)
@@ -345,8 +345,8 @@ def distill_teacher(
     """
     from tqdm import tqdm
 
-    from core.device import device_label, pick_device
-    from core.penalty_images import natural_images
+    from core.inference.device import device_label, pick_device
+    from core.models.efficientad.penalty_images import natural_images
 
     dev = pick_device(device)
     default = GPU_SCHEDULE if dev.type == "cuda" else CPU_SCHEDULE
@@ -372,7 +372,7 @@ def distill_teacher(
     if use_demo_textures:
         textures = demo_textures()
         groups.append(textures)
-        sources["demo_textures"] = {"count": len(textures), "seed": TEXTURE_SEED, "generator": "core.demo_data"}
+        sources["demo_textures"] = {"count": len(textures), "seed": TEXTURE_SEED, "generator": "core.data.demo"}
     for folder in image_dirs or []:
         images = _read_folder_images(Path(folder))
         groups.append(images)
@@ -429,7 +429,7 @@ def distill_teacher(
         "bytes": weights_file.stat().st_size,
         "dtype": "float16",
         "architecture": f"anomalib {type(pdn).__name__} (out_channels={TEACHER_OUT_CHANNELS}, padding=False)",
-        "command": command or "core.teacher.distill_teacher(...)",
+        "command": command or "core.models.efficientad.teacher.distill_teacher(...)",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": device_label(dev),
         "wall_time_s": round(wall, 1),

@@ -30,13 +30,11 @@ Design choices:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
 import shutil
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,8 +44,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from core.errors import DatasetError, InspectError
-from core.settings import DEMO_CATEGORIES, get_settings
+from core.errors import DatasetError
+from core.settings import DEMO_CATEGORIES
 
 __all__ = [
     "DEFECT_TYPES",
@@ -57,7 +55,7 @@ __all__ = [
     "MIN_DEFECT_FRACTION",
     "expected_counts",
     "generate_demo_dataset",
-    "main",
+    "summary",
     "render_sample",
 ]
 
@@ -802,7 +800,7 @@ def generate_demo_dataset(
     if size < MIN_SIZE:
         raise ValueError(f"size must be at least {MIN_SIZE} px, got {size}")
     root.mkdir(parents=True, exist_ok=True)
-    marker = _read_marker(root) or {"generator": "inspect.core.demo_data", "categories": {}}
+    marker = _read_marker(root) or {"generator": "inspect.core.data.demo", "categories": {}}
 
     for category in dict.fromkeys(categories):  # de-duplicate, keep order
         params = {
@@ -850,59 +848,12 @@ def generate_demo_dataset(
 # --------------------------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def summary(root: Path, category: str) -> str:
+    """One line: how many images of each kind the category holds under ``root``."""
+    cat = root / category
 
+    def n(folder: str) -> int:
+        return sum(1 for _ in (cat / folder).glob("*.png"))
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m core.demo_data``: write (or reuse) the demo dataset and print what is there."""
-    parser = argparse.ArgumentParser(
-        prog="python -m core.demo_data",
-        description="Generate the synthetic MVTec-AD-layout demo dataset (tile, leather, grid).",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="output root (default: the workspace's demo_data folder)")
-    parser.add_argument(
-        "--categories",
-        nargs="+",
-        default=list(DEMO_CATEGORIES),
-        choices=list(DEFECT_TYPES),
-        metavar="CATEGORY",
-        help=f"categories to write (default: {' '.join(DEMO_CATEGORIES)})",
-    )
-    parser.add_argument("--n-train", type=_positive, default=80)
-    parser.add_argument("--n-test-good", type=_positive, default=20)
-    parser.add_argument("--n-per-defect", type=_positive, default=6)
-    parser.add_argument("--size", type=_positive, default=256, help="image side in pixels")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    out = args.out if args.out is not None else get_settings().demo_data_root
-    try:
-        root = generate_demo_dataset(
-            out,
-            args.categories,
-            n_train=args.n_train,
-            n_test_good=args.n_test_good,
-            n_per_defect=args.n_per_defect,
-            size=args.size,
-            seed=args.seed,
-        )
-    except (InspectError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"demo data in {root.resolve()}")
-    for category in dict.fromkeys(args.categories):
-        cat = root / category
-
-        def n(folder: str, cat: Path = cat) -> int:
-            return sum(1 for _ in (cat / folder).glob("*.png"))
-
-        defects = ", ".join(f"{d} {n(f'test/{d}')}" for d in DEFECT_TYPES[category])
-        print(f"  {category}: train/good {n('train/good')}, test/good {n('test/good')}, defects: {defects}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    defects = ", ".join(f"{d} {n(f'test/{d}')}" for d in DEFECT_TYPES[category])
+    return f"{category}: train/good {n('train/good')}, test/good {n('test/good')}, defects: {defects}"

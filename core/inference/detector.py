@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from core import registry
-from core.device import pick_device
 from core.errors import ConfigError
-from core.models import build_model, patch_features
+from core.inference.device import pick_device
+from core.models import build_model, get_spec
 
 #: The calibrated threshold on the normalised scale (anomalib's post-processor puts it at 0.5).
 CALIBRATED_THRESHOLD = 0.5
@@ -83,7 +83,7 @@ class Detector:
     def patch_features(self, image_rgb: np.ndarray) -> torch.Tensor:
         """D x h x w patch descriptors of one image from the model's own feature extractor."""
         processed = self.module.pre_processor(to_tensor(image_rgb).to(self.device))
-        return patch_features(self.module, processed)[0].float().cpu()
+        return get_spec(self.meta.model).patch_features(self.module, processed)[0].float().cpu()
 
     def predict(self, image_rgb: np.ndarray) -> Prediction:
         started = time.perf_counter()

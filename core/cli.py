@@ -1,0 +1,264 @@
+"""The command line, ``python -m core <command>``: what engineers run; the app reads what it writes.
+
+Engineers train and evaluate here; the app only reads what these commands write. A problem with
+the user's input or environment (an :class:`~core.errors.InspectError`) prints one line,
+``error: ...``, and exits with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Any
+
+from core.errors import InspectError
+from core.models import MODEL_NAMES, get_spec, model_label
+from core.settings import DEMO_CATEGORIES, get_settings
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our own progress bars and results, not library deprecation chatter."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings(
+        "ignore",
+        # Lightning, every step of an EfficientAD run: anomalib logs losses with no logger configured
+        # (Inspect records the steps and its metrics itself) and lets Lightning guess the batch size.
+        message=".*(eval mode|configure_optimizers|LeafSpec|num_workers|litlogger|no logger configured|infer the `batch_size`).*",
+    )
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    import logging
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "anomalib"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def cmd_demo_data(args: argparse.Namespace) -> None:
+    from core.data.demo import generate_demo_dataset, summary
+
+    root = generate_demo_dataset(
+        args.out or get_settings().demo_data_root,
+        args.categories,
+        n_train=args.n_train,
+        n_test_good=args.n_test_good,
+        n_per_defect=args.n_per_defect,
+        size=args.size,
+        seed=args.seed,
+    )
+    print(f"demo data in {root.resolve()}")
+    for category in dict.fromkeys(args.categories):
+        print(f"  {summary(root, category)}")
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from core.data.layout import check_layout
+
+    report = check_layout(args.data_root, args.category)
+    print(f"{report.root / report.category}: layout OK")
+    for key, count in sorted(report.counts.items()):
+        print(f"  {key:<32}{count:>6}")
+    print(f"  image size {report.image_size}, modes {sorted(report.modes)}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from core.training import train
+
+    config = get_spec(args.model).config_from_args(args)
+    meta = train(args.model, args.category, data_root=args.data_root, config=config, device=args.device)
+    print(
+        f"trained {meta.model} on {meta.category} in {meta.train_time_s:.1f} s on {meta.device} "
+        f"({meta.n_train_images} train images); calibrated image threshold {meta.calibration.image_threshold:.4g} "
+        f"(raw score) from: {meta.calibration.source}"
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from core.evaluation.evaluate import evaluate_run, format_table
+    from core.evaluation.results import results_path
+
+    run = evaluate_run(args.model, args.category, device=args.device)
+    if run.entries:
+        print(format_table(run.entries))
+        print(f"results written to {results_path()}")
+    if run.notice:
+        print(f"warning: {run.notice}", file=sys.stderr)
+    if run.failed:
+        # After the others were evaluated and written; exit 2 so scripts and jobs see the failure.
+        broken = list(run.failed.values())
+        raise InspectError(broken[0] if len(broken) == 1 else f"{len(broken)} not evaluated: " + "; ".join(broken))
+    if not run.entries:
+        raise InspectError("no trained model matches: train one first with `python -m core train ...`")
+
+
+def cmd_distill_teacher(args: argparse.Namespace) -> None:
+    from core.models.efficientad.teacher import distill_cli
+
+    distill_cli(args)
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from core.similarity.indexing import index_cli
+
+    index_cli(args)
+
+
+def cmd_eval_similar(args: argparse.Namespace) -> None:
+    from core.similarity.indexing import eval_similar_cli
+
+    eval_similar_cli(args)
+
+
+def cmd_setup(args: argparse.Namespace) -> None:
+    from core.setup_default import prepare_default
+
+    prepare_default(skip_index=args.skip_index)
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """From stdin's first line (``--password-stdin``, for scripts) or typed twice at a hidden prompt."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    password = getpass.getpass(f"Password for {args.name}: ")
+    if getpass.getpass("Repeat the password: ") != password:
+        raise InspectError("the two passwords differ; nothing was changed")
+    return password
+
+
+def cmd_users(args: argparse.Namespace) -> None:
+    from core import auth
+
+    if args.action == "add":
+        entry = auth.add_user(args.name, _read_password(args), args.role, replace=args.replace)
+        print(f"user {entry.name} ({entry.role}) saved in {auth.users_path()}")
+    elif args.action == "remove":
+        auth.remove_user(args.name)
+        print(f"user {args.name} removed")
+    elif args.action == "add-key":
+        key = auth.add_api_key(args.name, args.role)
+        # The key alone on stdout (scripts capture it); the note on stderr. It is shown only now.
+        print(f"API key {args.name} ({args.role}); store it now, it is not shown again:", file=sys.stderr)
+        print(key)
+    elif args.action == "remove-key":
+        auth.remove_api_key(args.name)
+        print(f"API key {args.name} removed")
+    else:  # list
+        users, keys = auth.list_users(), auth.list_api_keys()
+        if not users and not keys:
+            print(f"no users in {auth.users_path()}: add one with `python -m core users add NAME --role engineer`")
+        for title, entries in (("users", users), ("API keys", keys)):
+            if entries:
+                print(f"{title}:")
+                for e in entries:
+                    print(f"  {e.name:<24}{e.role:<12}{e.created}")
+
+
+def _users_parser(sub: Any) -> None:
+    from core.auth import ROLES
+
+    p = sub.add_parser("users", help="manage who may sign in to the app (and API keys)")
+    p.set_defaults(func=cmd_users)
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("add", help="add a user (password from a hidden prompt or --password-stdin)")
+    a.add_argument("name")
+    a.add_argument("--role", choices=ROLES, required=True)
+    a.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    a.add_argument("--replace", action="store_true", help="set a new password and role for an existing user")
+    a = actions.add_parser("remove", help="remove a user")
+    a.add_argument("name")
+    actions.add_parser("list", help="list users and API keys (never their secrets)")
+    a = actions.add_parser("add-key", help="create an API key (printed once; only its hash is stored)")
+    a.add_argument("name", help="a label for the key, e.g. the client that uses it")
+    a.add_argument("--role", choices=ROLES, required=True)
+    a = actions.add_parser("remove-key", help="revoke an API key")
+    a.add_argument("name")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Inspect: train, evaluate and index anomaly detectors.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-root", help="folder with MVTec-layout categories (default: INSPECT_DATA_ROOT or the demo data)")
+
+    p = sub.add_parser("demo-data", help=f"generate the synthetic demo dataset ({', '.join(DEMO_CATEGORIES)})")
+    p.add_argument("--out", help="output folder (default: the workspace's demo_data)")
+    p.add_argument("--categories", nargs="+", default=list(DEMO_CATEGORIES), choices=list(DEMO_CATEGORIES), metavar="CATEGORY")
+    p.add_argument("--n-train", type=_count, default=80)
+    p.add_argument("--n-test-good", type=_count, default=20)
+    p.add_argument("--n-per-defect", type=_count, default=6)
+    p.add_argument("--size", type=_count, default=256, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("check", help="check a category's MVTec AD layout")
+    p.add_argument("--category", required=True)
+    data_args(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("train", help="train a model on one category")
+    p.add_argument("--model", choices=MODEL_NAMES, default=MODEL_NAMES[0])
+    p.add_argument("--category", required=True)
+    data_args(p)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--image-size", type=int, help="square input size in pixels (default 256)")
+    for name in MODEL_NAMES:
+        get_spec(name).add_cli_args(p.add_argument_group(model_label(name)))
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate trained models and write the results file")
+    p.add_argument("--model", nargs="+", help="only these models")
+    p.add_argument("--category", nargs="+", help="only these categories")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("distill-teacher", help="distil EfficientAD's PDN teacher from the offline backbone")
+    p.add_argument("--model-size", choices=("small", "medium"), default="small")
+    p.add_argument("--steps", type=int, help="optimisation steps (default: GPU 60000, CPU a short schedule)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--out", help="where to write the teacher weights (default: assets/)")
+    p.set_defaults(func=cmd_distill_teacher)
+
+    p = sub.add_parser("index", help="index a category's images in Qdrant for similar-defect search")
+    p.add_argument("--model", nargs="+", help="only these models (default: every trained one)")
+    p.add_argument("--category", nargs="+", help="only these categories")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("eval-similar", help="measure similar-defect retrieval (precision@5)")
+    p.add_argument("--model", nargs="+")
+    p.add_argument("--category", nargs="+")
+    p.add_argument("--k", type=int, default=5)
+    p.set_defaults(func=cmd_eval_similar)
+
+    p = sub.add_parser(
+        "setup", help=f"prepare the embedded default: demo data ({', '.join(DEMO_CATEGORIES)}), models, results, index"
+    )
+    p.add_argument("--skip-index", action="store_true")
+    p.set_defaults(func=cmd_setup)
+
+    _users_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        args.func(args)
+    except InspectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,1 @@
+"""Images and datasets in: MVTec-layout checks, the one image loader, demo data."""

@@ -1,0 +1,1 @@
+"""Run a trained model on images: the detector, its device, heatmap overlays."""

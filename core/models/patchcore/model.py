@@ -1,0 +1,104 @@
+"""PatchCore, anomalib's, with an offline backbone and a fast coreset.
+
+Inspect only changes what cannot work offline or is too slow on a 2-core CPU, and says so where it
+does: the pre-processor normalises with the backbone's own statistics and resizes the whole image
+(:func:`core.models.common.make_pre_processor`); the backbone is created with
+``pre_trained=False`` and loaded from a local file (:mod:`core.models.backbones`); the coreset
+selection is anomalib's greedy k-center algorithm, vectorised (:mod:`core.models.patchcore.coreset`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from anomalib.models import Patchcore
+
+from core.errors import ConfigError
+from core.models.backbones import DEFAULT_BACKBONE, load_pretrained_weights, resolve_backbone
+from core.models.common import check_image_size, make_pre_processor
+
+MIN_PATCHCORE_SIZE = 64  # 4x4 positions at stride 16
+
+
+@dataclass
+class PatchcoreConfig:
+    """Everything that defines a PatchCore model; stored in the model's metadata."""
+
+    backbone: str = DEFAULT_BACKBONE
+    layers: list[str] = field(default_factory=list)  # empty: the backbone's default mid-level pair
+    coreset_ratio: float = 0.1  # anomalib's default
+    num_neighbors: int = 9
+    image_size: int = 256
+    backbone_weights: str | None = None  # a local weights file for non-offline backbones
+
+    def __post_init__(self) -> None:
+        # checked here, before any image is read, rather than after minutes of feature extraction
+        if not 0 < self.coreset_ratio <= 1:
+            raise ConfigError(f"--coreset-ratio must be in (0, 1] (got {self.coreset_ratio}); anomalib's default is 0.1")
+        check_image_size(self.image_size, MIN_PATCHCORE_SIZE, "PatchCore's stride-16 layer needs at least 4x4 positions")
+        if self.num_neighbors < 1:
+            raise ConfigError(f"num_neighbors must be at least 1 (got {self.num_neighbors})")
+
+    def resolved_layers(self) -> list[str]:
+        if self.layers:
+            return list(self.layers)
+        spec = resolve_backbone(self.backbone)
+        if not spec.default_layers:
+            raise ConfigError(f"say which layers of '{self.backbone}' to use with --layers")
+        return list(spec.default_layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["layers"] = self.resolved_layers()
+        return data
+
+
+class OfflinePatchcore(Patchcore):
+    """anomalib's Patchcore whose coreset step uses the fast selection in :mod:`core.models.patchcore.coreset`."""
+
+    def fit(self) -> None:  # anomalib: self.model.subsample_embedding(ratio) with KCenterGreedy
+        from core.models.patchcore.coreset import subsample_memory_bank
+
+        subsample_memory_bank(self.model, self.coreset_sampling_ratio)
+
+
+def build_patchcore(config: PatchcoreConfig, *, load_weights: bool = True) -> OfflinePatchcore:
+    """A PatchCore ready to train (``load_weights``) or to receive a saved state dict."""
+    spec = resolve_backbone(config.backbone)
+    layers = config.resolved_layers()
+    model = OfflinePatchcore(
+        backbone=spec.timm_name,
+        layers=list(layers),  # a copy: anomalib drops unknown names from the list it is given
+        pre_trained=False,
+        coreset_sampling_ratio=config.coreset_ratio,
+        num_neighbors=config.num_neighbors,
+        pre_processor=make_pre_processor(spec, config.image_size),
+        evaluator=False,  # core.evaluation.evaluate computes the metrics itself, on the test set only
+        visualizer=False,
+    )
+    _check_layers(model, layers, spec.timm_name)
+    if load_weights:
+        load_pretrained_weights(model.model.feature_extractor.feature_extractor, config.backbone, config.backbone_weights)
+    return model
+
+
+def _check_layers(model: OfflinePatchcore, requested: list[str], timm_name: str) -> None:
+    """anomalib logs a warning for a layer the backbone lacks and fails later with a KeyError."""
+    kept = list(model.model.feature_extractor.layers)
+    missing = [layer for layer in requested if layer not in kept]
+    if missing:
+        import timm
+
+        probe = timm.create_model(timm_name, pretrained=False, features_only=True)
+        available = ", ".join(info["module"] for info in probe.feature_info.info)
+        raise ConfigError(f"--layers {' '.join(missing)}: no such layer in {timm_name} (available: {available})")
+
+
+def patchcore_patch_features(module: Patchcore, processed: torch.Tensor) -> torch.Tensor:
+    """B x D x h x w: the locally aware, multi-layer embedding that the memory bank holds."""
+    inner = module.model
+    features = inner.feature_extractor(processed)
+    features = {layer: inner.feature_pooler(f) for layer, f in features.items()}
+    return inner.generate_embedding(features)
