@@ -29,18 +29,18 @@ from typing import Any
 import numpy as np
 
 from core import registry
+from core.data.image_io import SUPPORTED_EXTENSIONS
 from core.data.layout import list_categories, resolve_data_root
+from core.evaluation.results import split_key
+from core.history import FEEDBACK_LABELS
+from core.inference.verdict import CALIBRATED_THRESHOLD
 from core.models import MODEL_NAMES, get_spec, model_label
 from core.settings import get_settings
 
-#: The calibrated threshold on the normalised scale (same value as core.inference.detector's, without torch).
-CALIBRATED = 0.5
-IMAGE_TYPES: tuple[str, ...] = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
-FEEDBACK_LABELS: dict[str, str] = {
-    "correct": "Correct",
-    "false_alarm": "False alarm",
-    "missed_defect": "Missed defect",
-}
+#: The calibrated threshold on the normalised scale (0.5: see core.inference.verdict).
+CALIBRATED = CALIBRATED_THRESHOLD
+#: File types the upload widget offers: exactly those the loader reads.
+IMAGE_TYPES: tuple[str, ...] = tuple(ext.lstrip(".") for ext in SUPPORTED_EXTENSIONS)
 
 #: Model runs per (model, category) in this process: the test hook that proves a threshold change
 #: re-judges a stored Prediction instead of running the model again.
@@ -318,7 +318,7 @@ def results_table(results: dict[str, Any]):
 
     rows = []
     for key, entry in sorted(results.get("models", {}).items()):
-        model, _, category = key.partition("/")
+        model, category = split_key(key)
         model = entry.get("model", model)
         category = entry.get("category", category)
         training = entry.get("training") or {}
@@ -347,7 +347,7 @@ def per_defect_table(results: dict[str, Any]):
 
     rows = []
     for key, entry in sorted(results.get("models", {}).items()):
-        model, _, category = key.partition("/")
+        model, category = split_key(key)
         for dtype, stats in sorted((entry.get("per_defect_type") or {}).items()):
             rows.append(
                 {
@@ -368,7 +368,7 @@ def retrieval_table(results: dict[str, Any]):
 
     rows = []
     for key, entry in sorted((results.get("retrieval") or {}).items()):
-        model, _, category = key.partition("/")
+        model, category = split_key(key)
         flat = pd.json_normalize(entry, sep=" / ").to_dict(orient="records")[0] if isinstance(entry, dict) else {}
         rows.append({"model": model_label(model), "category": category, **flat})
     return pd.DataFrame(rows)
@@ -464,7 +464,7 @@ def roc_figure(results: dict[str, Any], category: str):
 
     fig = go.Figure()
     for key, entry in sorted(results.get("models", {}).items()):
-        model, _, cat = key.partition("/")
+        model, cat = split_key(key)
         if entry.get("category", cat) != category:
             continue
         roc = entry.get("roc") or {}
@@ -497,7 +497,7 @@ def roc_figure(results: dict[str, Any], category: str):
 def evaluated_categories(results: dict[str, Any]) -> list[str]:
     cats = set()
     for key, entry in results.get("models", {}).items():
-        cats.add(entry.get("category", key.partition("/")[2]))
+        cats.add(entry.get("category", split_key(key)[1]))
     return sorted(cats)
 
 

@@ -33,11 +33,13 @@ import numpy as np
 
 from core.csv_safety import csv_text
 from core.errors import StoreError
+from core.inference.verdict import VERDICTS
 from core.settings import get_settings
 
-VERDICTS: tuple[str, ...] = ("GOOD", "DEFECT")
 #: Feedback an inspector can give; ``None`` means "not reviewed yet".
-FEEDBACK_VALUES: tuple[str, ...] = ("false_alarm", "missed_defect", "correct")
+#: Feedback an inspector can give, with its label (in the order the buttons show); stored as the key.
+FEEDBACK_LABELS: dict[str, str] = {"correct": "Correct", "false_alarm": "False alarm", "missed_defect": "Missed defect"}
+FEEDBACK_VALUES: tuple[str, ...] = tuple(FEEDBACK_LABELS)
 #: Pass as ``feedback=`` to :meth:`History.list` to get only inspections without feedback.
 UNREVIEWED = "unreviewed"
 
@@ -58,7 +60,7 @@ _COLUMNS: dict[str, str] = {
     "verdict": "TEXT NOT NULL CHECK (verdict IN ('GOOD', 'DEFECT'))",
     "raw_score": "REAL",
     "thumbnail_path": "TEXT",
-    "feedback": ("TEXT CHECK (feedback IS NULL OR feedback IN ('false_alarm', 'missed_defect', 'correct'))"),
+    "feedback": f"TEXT CHECK (feedback IS NULL OR feedback IN ({', '.join(repr(v) for v in FEEDBACK_VALUES)}))",
     "comment": "TEXT",
     "defect_type": "TEXT",
     "point_id": "",

@@ -100,7 +100,7 @@ if not retrieval.empty:
     st.caption("Precision@k of the similar past cases (from `python -m core eval-similar`), next to chance.")
     st.dataframe(retrieval, hide_index=True, key="compare_retrieval")
 
-missing = sorted({(m, c) for (m, c) in trained} - {(k.partition("/")[0], k.partition("/")[2]) for k in results["models"]})
+missing = sorted({(m, c) for (m, c) in trained} - {svc.split_key(k) for k in results["models"]})
 if missing:
     st.info(
         "Trained but not evaluated yet: "

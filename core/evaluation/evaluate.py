@@ -33,7 +33,8 @@ from core import registry
 from core.data.layout import check_layout, defect_type_of, make_datamodule
 from core.errors import DatasetError, ImageError, ModelUnreadableError
 from core.evaluation.results import entry_key, write_results
-from core.inference.detector import CALIBRATED_THRESHOLD, Detector, load_detector
+from core.inference.detector import Detector, load_detector
+from core.inference.verdict import CALIBRATED_THRESHOLD
 
 LATENCY_IMAGES = 20
 ROC_POINTS = 100

@@ -164,4 +164,11 @@ def update_results(section: str, entries: dict[str, Any], path: str | Path | Non
 
 
 def entry_key(model: str, category: str) -> str:
+    """The key of a (model, category) entry: 'patchcore/tile'."""
     return f"{model}/{category}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(model, category) of an entry key; the inverse of :func:`entry_key`."""
+    model, _, category = key.partition("/")
+    return model, category

@@ -18,10 +18,8 @@ import torch
 from core import registry
 from core.errors import ConfigError
 from core.inference.device import pick_device
+from core.inference.verdict import CALIBRATED_THRESHOLD, verdict
 from core.models import build_model, get_spec
-
-#: The calibrated threshold on the normalised scale (anomalib's post-processor puts it at 0.5).
-CALIBRATED_THRESHOLD = 0.5
 
 
 @dataclass
@@ -33,12 +31,9 @@ class Prediction:
     anomaly_map: np.ndarray  # float32, model resolution, normalised to [0, 1]
     latency_ms: float
 
-    def is_defect(self, threshold: float = CALIBRATED_THRESHOLD) -> bool:
-        return self.score >= threshold
-
     def verdict(self, threshold: float = CALIBRATED_THRESHOLD) -> str:
         """Re-judged at any threshold without running the model again."""
-        return "DEFECT" if self.is_defect(threshold) else "GOOD"
+        return verdict(self.score, threshold)
 
 
 def to_tensor(image_rgb: np.ndarray) -> torch.Tensor:
