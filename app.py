@@ -23,10 +23,6 @@ from pages import _common as ui
 FAILED_LOGIN_DELAY_S = 1.0
 CREATE_USER_COMMAND = "python -m core users add NAME --role engineer"
 
-st.set_page_config(page_title="Inspect", page_icon=str(ASSETS_DIR / "icon.svg"), layout="wide")
-st.logo(str(ASSETS_DIR / "logo.svg"), size="large", icon_image=str(ASSETS_DIR / "icon.svg"))
-ui.inject_css()
-
 
 def signed_in() -> bool:
     """Set this session's user and role; False while it must still sign in.
@@ -80,33 +76,56 @@ def sign_out() -> None:
     st.session_state.clear()
 
 
-try:
-    allowed = signed_in()
-except InspectError as exc:  # e.g. a damaged users file: refuse everyone, say why
-    st.error(str(exc))
-    st.stop()
+def frame() -> None:
+    """Page setup, logo and the app's CSS: the same on every page."""
+    st.set_page_config(page_title="Inspect", page_icon=str(ASSETS_DIR / "icon.svg"), layout="wide")
+    st.logo(str(ASSETS_DIR / "logo.svg"), size="large", icon_image=str(ASSETS_DIR / "icon.svg"))
+    ui.inject_css()
 
-if not allowed:
-    # Navigation with the sign-in page only: whatever url was asked for, no page of the app runs,
-    # and st.navigation switches off Streamlit's legacy pages/ mode for this session too.
-    st.navigation([st.Page(sign_in_page, title="Sign in", icon=":material/login:")], position="hidden").run()
-    st.stop()
 
-PAGES = [
-    st.Page("pages/inspection.py", title="Inspect", icon=":material/center_focus_strong:", url_path="inspect", default=True),
-    st.Page("pages/inspection_history.py", title="History", icon=":material/history:", url_path="history"),
-    st.Page("pages/model_comparison.py", title="Compare models", icon=":material/bar_chart:", url_path="compare"),
-    st.Page("pages/similar_defects.py", title="Similar defects", icon=":material/image_search:", url_path="similar"),
-]
-page = st.navigation(PAGES)
+def admitted() -> bool:
+    """Whether this session may see the app; otherwise the sign-in page (or why nobody can) is shown."""
+    try:
+        allowed = signed_in()
+    except InspectError as exc:  # e.g. a damaged users file: refuse everyone, say why
+        st.error(str(exc))
+        return False
+    if not allowed:
+        # Navigation with the sign-in page only: whatever url was asked for, no page of the app runs,
+        # and st.navigation switches off Streamlit's legacy pages/ mode for this session too.
+        st.navigation([st.Page(sign_in_page, title="Sign in", icon=":material/login:")], position="hidden").run()
+    return allowed
 
-settings = get_settings()
-with st.sidebar:
-    st.caption(f"**Data** `{settings.data_root}`  \n**Workspace** `{settings.workspace}`  \n**Device** {ui.device_summary()}")
-    user = st.session_state.get(ui.USER_KEY)
-    if user:
-        st.caption(f"Signed in as **{user}** ({st.session_state[ui.ROLE_KEY]})")
-        st.button("Sign out", key="logout", icon=":material/logout:", on_click=sign_out)
-ui.sidebar_jobs()
 
-page.run()
+def app_pages() -> list[st.Page]:
+    """The app's pages, each at its url path (named differently from its file: see ui.ensure_app_frame)."""
+    return [
+        st.Page("pages/inspection.py", title="Inspect", icon=":material/center_focus_strong:", url_path="inspect", default=True),
+        st.Page("pages/inspection_history.py", title="History", icon=":material/history:", url_path="history"),
+        st.Page("pages/model_comparison.py", title="Compare models", icon=":material/bar_chart:", url_path="compare"),
+        st.Page("pages/similar_defects.py", title="Similar defects", icon=":material/image_search:", url_path="similar"),
+    ]
+
+
+def sidebar() -> None:
+    """Dataset, workspace and device; the signed-in user and sign-out; running background jobs."""
+    settings = get_settings()
+    with st.sidebar:
+        st.caption(f"**Data** `{settings.data_root}`  \n**Workspace** `{settings.workspace}`  \n**Device** {ui.device_summary()}")
+        user = st.session_state.get(ui.USER_KEY)
+        if user:
+            st.caption(f"Signed in as **{user}** ({st.session_state[ui.ROLE_KEY]})")
+            st.button("Sign out", key="logout", icon=":material/logout:", on_click=sign_out)
+    ui.sidebar_jobs()
+
+
+def render() -> None:
+    frame()
+    if not admitted():
+        return
+    page = st.navigation(app_pages())
+    sidebar()
+    page.run()
+
+
+render()

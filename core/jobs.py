@@ -40,7 +40,6 @@ from core.errors import InspectError
 from core.settings import REPO_ROOT, get_settings
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
-STATUSES = (RUNNING, SUCCEEDED, FAILED, CANCELLED)
 #: Job kinds the app starts, and the ``python -m core`` sub-command of each.
 KINDS = {"train": "train", "evaluate": "evaluate", "index": "index"}
 #: How much of the end of the log is read for progress and error lines.

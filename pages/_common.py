@@ -3,18 +3,35 @@
 This is the page edge: ``st.cache_resource`` / ``st.cache_data`` and widgets live here; the logic
 they call is in ``core/``. The leading underscore marks this file as a helper, not a page
 (``app.py`` lists the pages explicitly with ``st.navigation``).
+
+How pages (this file and ``app.py`` included) reach ``core/``: what they show comes from
+``core.services`` only (``from core.services import catalog, inspection, ...``), never from
+``core.registry``, ``core.history``, ``core.similarity``... directly (``TYPE_CHECKING`` imports
+for type hints aside). Four cross-cutting modules
+are imported directly, as they are the same for every caller: ``core.jobs`` (background jobs),
+``core.auth`` (who may do what), ``core.errors`` (the exceptions to catch) and ``core.settings``
+(where things are).
+
+Each page is a few functions, each drawing one part of the page, and one entry point
+``render()`` called at the bottom of the file (Streamlit runs the file).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from core import app_services as svc
 from core import jobs
 from core.errors import InspectError
+from core.services import catalog, history_view, inspection
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from core.history import History
+    from core.inference.detector import Detector
 
 JOB_REFRESH_S = 2.0
 
@@ -46,39 +63,32 @@ def ensure_app_frame() -> None:
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the model (first use in this process)…")
-def _load_detector(model: str, category: str, checkpoint: str, mtime: float):
+def _load_detector(model: str, category: str, checkpoint: str, mtime: float) -> Detector:
     # The key names the checkpoint's version folder and mtime: retraining (a new version) loads the new model.
-    from core.inference.detector import load_detector
-
-    detector = load_detector(model, category)
-    svc.warm_up(detector)  # the first call pays one-off set-up; the inspector's first verdict should not
+    detector = inspection.load_detector(model, category)
+    inspection.warm_up(detector)  # the first call pays one-off set-up; the inspector's first verdict should not
     return detector
 
 
-def get_detector(model: str, category: str):
+def get_detector(model: str, category: str) -> Detector:
     """The trained detector, loaded on first use and cached per process."""
-    return _load_detector(*svc.detector_cache_key(model, category))
+    return _load_detector(*catalog.detector_cache_key(model, category))
 
 
 @st.cache_resource(show_spinner=False)
 def device_summary() -> str:
-    return svc.device_summary()
+    return catalog.device_summary()
 
 
-def open_history():
+def open_history() -> tuple[History | None, str | None]:
     """``(history, None)``, or ``(None, why)`` when it cannot be opened (damaged, locked...).
 
     For pages that say it in their own words and place (the Inspect page, beside the verdict).
     """
-    from core.history import History
-
-    try:
-        return History(), None
-    except InspectError as exc:
-        return None, str(exc)
+    return history_view.open_history()
 
 
-def get_history():
+def get_history() -> History | None:
     """The inspection history, or None after showing why it cannot be opened."""
     history, problem = open_history()
     if problem is not None:
@@ -88,7 +98,7 @@ def get_history():
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def thumbnail_uri(path: str | None, mtime: float) -> str | None:
-    return svc.thumbnail_data_uri(path)
+    return history_view.thumbnail_data_uri(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,7 +185,7 @@ def start_job_button(
     category: str | None,
     key: str,
     help: str | None = None,
-    before: Any = None,
+    before: Callable[[], object] | None = None,
 ) -> None:
     """A button that starts ``python -m core <kind>`` in the background.
 

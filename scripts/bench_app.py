@@ -92,7 +92,7 @@ def child(args: argparse.Namespace) -> None:
 
 def pick_images(model: str, category: str, n: int) -> list[str]:
     from core import registry
-    from core.app_services import test_images
+    from core.services.catalog import test_images
 
     meta = registry.load_meta(model, category)
     items = test_images(category, meta.data_root)

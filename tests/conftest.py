@@ -122,11 +122,9 @@ def app_test(app_env: Path):
 
 @pytest.fixture(scope="session")
 def app_index(app_home: Path) -> dict:
-    """The similar-defect index of the tiny PatchCore (skips when the service is not there)."""
-    try:
-        from core.similarity.indexing import index_categories
-    except ImportError as exc:
-        pytest.skip(f"the similarity service is not available: {exc}")
+    """The similar-defect index of the tiny PatchCore."""
+    from core.similarity.indexing import index_categories
+
     old = os.environ.get("INSPECT_HOME")
     os.environ["INSPECT_HOME"] = str(app_home)
     try:

@@ -88,9 +88,9 @@ def test_empty_results_say_which_command_to_run(app_test, tmp_path, monkeypatch)
 
 
 def test_results_table_has_every_metric_and_training_facts():
-    from core import app_services as svc
+    from core.services import comparison
 
-    table = svc.results_table(RESULTS)
+    table = comparison.results_table(RESULTS)
     for col in (
         "image AUROC",
         "pixel AUROC",
@@ -108,18 +108,19 @@ def test_results_table_has_every_metric_and_training_facts():
         assert col in table.columns
     assert set(table["model"]) == {"PatchCore", "EfficientAD"}
     assert table.loc[table["model"] == "PatchCore", "steps"].iloc[0] == "one pass"
-    per_type = svc.per_defect_table(RESULTS)
+    per_type = comparison.per_defect_table(RESULTS)
     assert list(per_type.columns) == ["model", "category", "defect type", "images", "image AUROC", "detection rate"]
 
 
 def test_published_figures_only_for_bottle():
-    from core import app_services as svc
+    from core.services import comparison
+    from pages._figures import auroc_bar_figure
 
-    assert {c for _, c in svc.published_figures()} == {"bottle"}
+    assert {c for _, c in comparison.published_figures()} == {"bottle"}
     only_tile = {"models": {"patchcore/tile": RESULTS["models"]["patchcore/tile"]}}
-    fig = svc.auroc_bar_figure(only_tile)
+    fig = auroc_bar_figure(only_tile)
     assert "published figure" not in {t.name for t in fig.data}
-    fig = svc.auroc_bar_figure(RESULTS)
+    fig = auroc_bar_figure(RESULTS)
     published = [t for t in fig.data if t.name == "published figure"]
     assert published and all(set(t.x) == {"bottle"} for t in published)
     # Image AUROC: PatchCore 1.000 and EfficientAD 1.000; pixel AUROC: PatchCore 0.986 only.

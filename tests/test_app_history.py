@@ -86,3 +86,15 @@ def test_damaged_history_is_an_error_not_a_traceback(app_test, tmp_path, monkeyp
     assert not at.exception
     assert "not an SQLite database" in at.error[0].value
     assert bad.read_text() == "not a database"  # left untouched
+
+
+def test_the_page_logic_imports_no_heavy_library():
+    """``core.services`` (what the History page reads through) imports no torch, anomalib, qdrant,
+    pandas, plotly or Streamlit at import time: each is imported by the function that needs it."""
+    import subprocess
+    import sys
+
+    heavy = ["torch", "anomalib", "qdrant_client", "pandas", "plotly", "streamlit"]
+    code = f"import sys, core.services; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"

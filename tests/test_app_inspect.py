@@ -62,20 +62,33 @@ def history_count() -> int:
     return History().count()
 
 
-def test_upload_gives_a_verdict_and_one_history_record(app_test, scored_images):
-    from core import app_services as svc
+@pytest.fixture
+def model_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """A spy on ``core.services.inspection.predict``, the one place the app runs a model on an
+    inspected image: one (model, category) per call made during the test."""
+    from core.services import inspection
 
+    runs: list[tuple[str, str]] = []
+    real_predict = inspection.predict
+
+    def spy(detector, image_rgb):
+        runs.append((detector.meta.model, detector.meta.category))
+        return real_predict(detector, image_rgb)
+
+    monkeypatch.setattr(inspection, "predict", spy)
+    return runs
+
+
+def test_upload_gives_a_verdict_and_one_history_record(app_test, scored_images, model_runs):
     path = next(p for p, _ in scored_images if p.parent.name != "good")
     at = app_test()
     before = history_count()
-    calls_before = sum(svc.PREDICT_CALLS.values())
     open_upload(at).upload(path.name, path.read_bytes(), "image/png")
     at.run()
     no_exceptions(at)
     assert not at.error, [e.value for e in at.error]
     assert len(verdicts(at)) == 1
-    assert at.session_state["predict_calls"] == 1
-    assert sum(svc.PREDICT_CALLS.values()) == calls_before + 1
+    assert len(model_runs) == 1  # the model ran once, for this upload
     assert [m.label for m in at.metric][:3] == ["Anomaly score", "Threshold", "Inference"]
     assert any("Threshold calibrated on" in c.value for c in at.caption)
     assert len(at.get("image")) == 3  # the image, its heatmap and the defect region
@@ -83,13 +96,11 @@ def test_upload_gives_a_verdict_and_one_history_record(app_test, scored_images):
     # Reruns (any widget interaction) neither re-run the model nor record the image again.
     at.slider(key="inspect_opacity").set_value(0.8).run()
     at.run()
-    assert at.session_state["predict_calls"] == 1
+    assert len(model_runs) == 1
     assert history_count() == before + 1
 
 
-def test_threshold_rejudges_without_running_the_model(app_test, scored_images):
-    from core import app_services as svc
-
+def test_threshold_rejudges_without_running_the_model(app_test, scored_images, model_runs):
     # An image the model does not score as certain (score < 1), so a threshold of 1.0 clears it.
     path, score = max(((p, s) for p, s in scored_images if s < 0.99), key=lambda t: t[1])
     at = app_test()
@@ -98,8 +109,7 @@ def test_threshold_rejudges_without_running_the_model(app_test, scored_images):
     at.selectbox(key=f"inspect_test_type:{TINY_CATEGORY}").set_value(path.parent.name).run()
     at.selectbox(key=f"inspect_test_image:{TINY_CATEGORY}:{path.parent.name}").set_value(path.name).run()
     no_exceptions(at)
-    calls = at.session_state["predict_calls"]
-    model_calls = sum(svc.PREDICT_CALLS.values())
+    calls = len(model_runs)
     assert verdicts(at) == ["DEFECT" if score >= 0.5 else "GOOD"]
 
     at.slider(key="inspect_threshold").set_value(0.0).run()
@@ -111,8 +121,7 @@ def test_threshold_rejudges_without_running_the_model(app_test, scored_images):
     assert low_caption != high_caption  # the raw threshold follows the slider
 
     # Same Prediction, re-judged: no model call at all.
-    assert at.session_state["predict_calls"] == calls
-    assert sum(svc.PREDICT_CALLS.values()) == model_calls
+    assert len(model_runs) == calls
     no_exceptions(at)
 
 

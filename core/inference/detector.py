@@ -50,10 +50,6 @@ class Detector:
         self.meta = meta
         self.device = device
 
-    @property
-    def image_threshold_raw(self) -> float:
-        return self.meta.calibration.image_threshold
-
     def raw_to_normalised(self, raw_score: float) -> float:
         """The post-processor's score normalisation, for a raw score (e.g. a stored one)."""
         post = self.module.post_processor

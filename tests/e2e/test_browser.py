@@ -84,10 +84,7 @@ def e2e_home(request) -> Path:
     if prepared:
         return Path(prepared).expanduser().resolve()
     home = request.getfixturevalue("app_home")
-    try:  # the similar-defect index, when this checkout has the similarity service
-        request.getfixturevalue("app_index")
-    except pytest.skip.Exception:
-        pass
+    request.getfixturevalue("app_index")  # the similar-defect index
     return home
 
 

@@ -1,0 +1,100 @@
+"""What the History page shows: the history itself, its table rows, thumbnails and counts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import InspectError
+from core.history import FEEDBACK_LABELS, FEEDBACK_VALUES, UNREVIEWED, History, InspectionRecord
+from core.models import model_label
+
+__all__ = [
+    "FEEDBACK_LABELS",
+    "FEEDBACK_VALUES",
+    "UNREVIEWED",
+    "Counts",
+    "History",
+    "counts",
+    "file_mtime",
+    "history_rows",
+    "open_history",
+    "thumbnail_data_uri",
+]
+
+
+def open_history() -> tuple[History | None, str | None]:
+    """``(history, None)``, or ``(None, why)`` when it cannot be opened (damaged, locked...)."""
+    try:
+        return History(), None
+    except InspectError as exc:
+        return None, str(exc)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """The numbers above the history table."""
+
+    inspections: int
+    defects: int  # judged DEFECT
+    reviewed: int  # with feedback
+    false_alarms: int
+
+
+def counts(records: list[InspectionRecord]) -> Counts:
+    """How many inspections, DEFECT verdicts, reviewed ones and false alarms ``records`` hold."""
+    return Counts(
+        inspections=len(records),
+        defects=sum(r.verdict == "DEFECT" for r in records),
+        reviewed=sum(r.feedback is not None for r in records),
+        false_alarms=sum(r.feedback == "false_alarm" for r in records),
+    )
+
+
+def history_rows(records: list[InspectionRecord]) -> list[dict[str, Any]]:
+    """Table rows for the history page (newest first, as given)."""
+    rows = []
+    for rec in records:
+        rows.append(
+            {
+                "id": rec.id,
+                "time (UTC)": (rec.created_at or "")[:19].replace("T", " "),
+                "file": rec.file_name,
+                "category": rec.category,
+                "model": model_label(rec.model),
+                "verdict": rec.verdict,
+                "score": rec.score,
+                "threshold": rec.threshold,
+                "raw score": rec.raw_score,
+                "feedback": FEEDBACK_LABELS.get(rec.feedback or "", "—"),
+                "comment": rec.comment or "",
+                "thumbnail_path": rec.thumbnail_path,
+            }
+        )
+    return rows
+
+
+def file_mtime(path: str | None) -> float:
+    """A file's modification time, 0.0 when there is no such file (part of a thumbnail's cache key)."""
+    return os.path.getmtime(path) if path and os.path.isfile(path) else 0.0
+
+
+def thumbnail_data_uri(path: str | None, size: int = 96) -> str | None:
+    """A small JPEG data URI of a thumbnail file (for a table's image column), or None."""
+    if not path or not os.path.isfile(path):
+        return None
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            img.thumbnail((size, size))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=80)
+    except OSError:
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()

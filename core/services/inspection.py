@@ -1,0 +1,205 @@
+"""Inspecting one image: run the model, judge it at any threshold, record it, index a DEFECT upload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from core.data.image_io import SUPPORTED_EXTENSIONS, load_image, sha256_of
+from core.errors import InspectError
+from core.history import History, InspectionRecord
+from core.inference.verdict import CALIBRATED_THRESHOLD
+
+if TYPE_CHECKING:
+    from core.inference.detector import Detector, Prediction
+
+__all__ = [
+    "CALIBRATED",
+    "IMAGE_TYPES",
+    "Judgement",
+    "Pictures",
+    "display_copy",
+    "file_stem",
+    "index_inspection",
+    "inspection_key",
+    "judge",
+    "load_detector",
+    "load_image",
+    "overlay_png",
+    "pictures",
+    "predict",
+    "record_inspection",
+    "sha256_of",
+    "warm_up",
+]
+
+#: The calibrated threshold on the normalised scale (0.5: see core.inference.verdict).
+CALIBRATED = CALIBRATED_THRESHOLD
+#: File types the upload widget offers: exactly those the loader reads.
+IMAGE_TYPES: tuple[str, ...] = tuple(ext.lstrip(".") for ext in SUPPORTED_EXTENSIONS)
+
+
+def load_detector(model: str, category: str) -> Detector:
+    """The trained ``model`` for ``category`` on this process's device (imports torch and anomalib)."""
+    from core.inference import detector
+
+    return detector.load_detector(model, category)
+
+
+def predict(detector: Detector, image_rgb: np.ndarray) -> Prediction:
+    """Run ``detector`` on one image: the one place the app runs a model on an inspected image."""
+    return detector.predict(image_rgb)
+
+
+def warm_up(detector: Detector) -> None:
+    """Run the model once on a blank image: first calls pay one-off set-up costs."""
+    size = int((detector.meta.config or {}).get("image_size") or 256)
+    detector.predict(np.zeros((size, size, 3), dtype=np.uint8))
+
+
+def inspection_key(sha256: str, model: str, category: str, mtime: float) -> str:
+    """Identity of one inspection result: same file, same model version → same key."""
+    return f"{model}/{category}/{mtime:.0f}/{sha256}"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The verdict at one threshold, and the numbers the inspector is shown next to it."""
+
+    verdict: str
+    score: float  # normalised, 0.5 = calibrated threshold
+    raw_score: float
+    threshold: float  # normalised (the slider)
+    raw_threshold: float  # the same threshold on the model's raw score scale
+    calibrated_raw_threshold: float
+    latency_ms: float
+    calibration_source: str
+
+
+def judge(prediction: Prediction, detector: Detector, threshold: float = CALIBRATED) -> Judgement:
+    """Re-judge a stored prediction at ``threshold`` (normalised) without running the model."""
+    cal = detector.meta.calibration
+    return Judgement(
+        verdict=prediction.verdict(threshold),
+        score=float(prediction.score),
+        raw_score=float(prediction.raw_score),
+        threshold=float(threshold),
+        raw_threshold=float(detector.normalised_to_raw(threshold)),
+        calibrated_raw_threshold=float(cal.image_threshold),
+        latency_ms=float(prediction.latency_ms),
+        calibration_source=cal.source or "not recorded",
+    )
+
+
+def display_copy(image_rgb: np.ndarray, max_side: int = 1024) -> np.ndarray:
+    """A copy no larger than ``max_side`` on its long side, for drawing overlays quickly."""
+    h, w = image_rgb.shape[:2]
+    if max(h, w) <= max_side:
+        return image_rgb
+    import cv2
+
+    k = max_side / max(h, w)
+    return cv2.resize(image_rgb, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
+
+
+@dataclass(frozen=True)
+class Pictures:
+    """What the Inspect page shows of one result: the image, its heatmap, the defect region."""
+
+    shown: np.ndarray  # the display copy of the image
+    heatmap: np.ndarray
+    region: np.ndarray
+
+
+def pictures(image_rgb: np.ndarray, prediction: Prediction, opacity: float) -> Pictures:
+    """The display copy, its heatmap overlay at ``opacity`` and the calibrated defect region."""
+    from core.inference.overlay import defect_contours, heatmap_overlay
+
+    shown = display_copy(image_rgb)
+    overlay = heatmap_overlay(shown, prediction.anomaly_map, opacity=opacity)
+    region = defect_contours(shown, prediction.anomaly_map, threshold=CALIBRATED)
+    return Pictures(shown, overlay, region)
+
+
+def overlay_png(image_rgb: np.ndarray, prediction: Prediction, opacity: float) -> bytes:
+    """The heatmap overlay at full resolution, as PNG bytes (the download)."""
+    from core.inference.overlay import heatmap_overlay, to_png_bytes
+
+    return to_png_bytes(heatmap_overlay(image_rgb, prediction.anomaly_map, opacity=opacity))
+
+
+def record_inspection(
+    history: History,
+    *,
+    file_name: str,
+    sha256: str,
+    image_rgb: np.ndarray,
+    model: str,
+    category: str,
+    prediction: Prediction,
+    threshold: float = CALIBRATED,
+    defect_type: str | None = None,
+) -> int:
+    """Store one inspection (and its thumbnail) in the history; returns its id."""
+    thumb = history.save_thumbnail(image_rgb, sha256)
+    record = InspectionRecord(
+        file_name=file_name,
+        sha256=sha256,
+        category=category,
+        model=model,
+        score=float(prediction.score),
+        threshold=float(threshold),
+        verdict=prediction.verdict(threshold),
+        raw_score=float(prediction.raw_score),
+        thumbnail_path=str(thumb),
+        defect_type=defect_type,
+    )
+    return history.add(record)
+
+
+def index_inspection(
+    detector: Detector,
+    image_rgb: np.ndarray,
+    prediction: Prediction,
+    *,
+    sha256: str,
+    inspection_id: int | None,
+    history: History | None = None,
+) -> tuple[str | None, str | None]:
+    """Add an upload judged DEFECT to the similar-defect index; returns (point id, note).
+
+    The stored picture is the history's thumbnail of the upload (the original bytes are not kept),
+    so the gallery can show it later. An upload that is byte-identical to an image already indexed
+    from the dataset keeps that point (its label and defect type are ground truth). When the store
+    cannot take it now (another process holds it, it was emptied...) the upload is queued and
+    indexed automatically later; the note says so. Inspection goes on either way.
+    """
+    if history is None or not inspection_id:
+        return None, None
+    from core.similarity import indexing
+
+    try:
+        thumb = history.save_thumbnail(image_rgb, sha256)
+        outcome = indexing.index_upload(
+            detector,
+            image_rgb,
+            prediction,
+            sha256=sha256,
+            inspection_id=inspection_id,
+            file_name=str(thumb),
+            history_db=str(history.path),
+        )
+        if outcome.point_id is not None:
+            history.set_point_id(inspection_id, outcome.point_id)
+    except InspectError as exc:
+        return None, f"Not added to the similar-defect index: {exc}"
+    return outcome.point_id, outcome.note
+
+
+def file_stem(name: str) -> str:
+    """A file-system-safe stem of ``name`` (for download file names)."""
+    stem = Path(name).stem or "image"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80]
