@@ -37,7 +37,6 @@ import json
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from typing import Any
 
 from core import settings
 from core.errors import AuthError
+from core.files import write_atomically
 
 INSPECTOR = "inspector"
 ENGINEER = "engineer"
@@ -139,17 +139,7 @@ def _read(path: Path) -> dict[str, Any]:
 def _write(path: Path, data: dict[str, Any]) -> None:
     """Replace ``path`` atomically with ``data``, readable by its owner only (0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".users-", suffix=".tmp", dir=path.parent)  # created 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, json.dumps(data, indent=2, sort_keys=True).encode("utf-8"), sync=True, private=True)
 
 
 @contextmanager
@@ -227,15 +217,24 @@ def add_user(name: str, password: str, role: str, *, replace: bool = False) -> E
     return Entry(name, role, record["created"])
 
 
-def remove_user(name: str) -> None:
+def _remove(section: str, name: str, what: str) -> None:
+    """Remove entry ``name`` of ``section`` ("users", "api_keys"); AuthError when there is none."""
     with _editing() as data:
-        if data["users"].pop(name.strip(), None) is None:
-            raise AuthError(f"there is no user {name.strip()!r}")
+        if data[section].pop(name.strip(), None) is None:
+            raise AuthError(f"there is no {what} {name.strip()!r}")
+
+
+def _entries(section: str) -> list[Entry]:
+    """The entries of ``section`` ("users", "api_keys"), by name."""
+    return [Entry(n, e.get("role", "?"), e.get("created", "")) for n, e in sorted(_read(users_path())[section].items())]
+
+
+def remove_user(name: str) -> None:
+    _remove("users", name, "user")
 
 
 def list_users() -> list[Entry]:
-    users = _read(users_path())["users"]
-    return [Entry(n, u.get("role", "?"), u.get("created", "")) for n, u in sorted(users.items())]
+    return _entries("users")
 
 
 def has_users() -> bool:
@@ -285,14 +284,11 @@ def add_api_key(name: str, role: str) -> str:
 
 
 def remove_api_key(name: str) -> None:
-    with _editing() as data:
-        if data["api_keys"].pop(name.strip(), None) is None:
-            raise AuthError(f"there is no API key {name.strip()!r}")
+    _remove("api_keys", name, "API key")
 
 
 def list_api_keys() -> list[Entry]:
-    keys = _read(users_path())["api_keys"]
-    return [Entry(n, k.get("role", "?"), k.get("created", "")) for n, k in sorted(keys.items())]
+    return _entries("api_keys")
 
 
 def role_for_api_key(key: str) -> str | None:

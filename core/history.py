@@ -19,9 +19,7 @@ SQLite happily appends to a file whose middle pages are corrupt, so "damaged" is
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -33,6 +31,7 @@ import numpy as np
 
 from core.csv_safety import csv_text
 from core.errors import StoreError
+from core.files import write_atomically
 from core.inference.verdict import VERDICTS
 from core.settings import get_settings
 
@@ -187,17 +186,9 @@ class History:
             self.thumbnails_dir.mkdir(parents=True, exist_ok=True)
             src = image_rgb if hasattr(image_rgb, "mode") else np.asarray(image_rgb)
             thumb = thumbnail(src, size)
-            # Write to a temporary file and rename: two tabs saving the same image never leave a
-            # half-written thumbnail behind.
-            fd, tmp = tempfile.mkstemp(dir=self.thumbnails_dir, suffix=".jpg.tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    thumb.save(fh, format="JPEG", quality=90)
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            # Written aside and renamed: two tabs saving the same image never leave a half-written
+            # thumbnail behind.
+            write_atomically(target, lambda fh: thumb.save(fh, format="JPEG", quality=90), private=True)
         except OSError as exc:
             raise StoreError(f"cannot write the thumbnail {target}: {exc}") from None
         return target
@@ -228,9 +219,7 @@ class History:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(max(0, int(limit)))
-        with self._connect() as con:
-            rows = con.execute(sql, params).fetchall()
-        return [_record(r) for r in rows]
+        return self._records(sql, params)
 
     def list_unindexed_defects(self, model: str | None = None, category: str | None = None) -> list[InspectionRecord]:
         """DEFECT inspections without a similarity-store point, oldest first.
@@ -239,20 +228,16 @@ class History:
         was never written); ``None`` means any model / category.
         """
         where, params = _where(category, model, "DEFECT", None)
-        sql = f"SELECT * FROM inspections{where} AND point_id IS NULL ORDER BY id"
+        return self._records(f"SELECT * FROM inspections{where} AND point_id IS NULL ORDER BY id", params)
+
+    def _records(self, sql: str, params: list[Any]) -> list[InspectionRecord]:
         with self._connect() as con:
             rows = con.execute(sql, params).fetchall()
         return [_record(r) for r in rows]
 
-    def count(
-        self,
-        category: str | None = None,
-        model: str | None = None,
-        verdict: str | None = None,
-        feedback: str | None = None,
-    ) -> int:
-        """Number of inspections matching the filters (all of them by default)."""
-        where, params = _where(category, model, verdict, feedback)
+    def count(self, **filters: str | None) -> int:
+        """Number of inspections matching the filters of :meth:`list` (all of them by default)."""
+        where, params = _where(**filters)
         with self._connect() as con:
             row = con.execute(f"SELECT COUNT(*) FROM inspections{where}", params).fetchone()
         return int(row[0])
@@ -452,7 +437,9 @@ def _check_feedback(feedback: str | None) -> None:
         raise ValueError(msg)
 
 
-def _where(category: str | None, model: str | None, verdict: str | None, feedback: str | None) -> tuple[str, list[Any]]:
+def _where(
+    category: str | None = None, model: str | None = None, verdict: str | None = None, feedback: str | None = None
+) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     for column, value in (("category", category), ("model", model), ("verdict", verdict)):

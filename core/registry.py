@@ -20,7 +20,6 @@ hiding them.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -36,6 +35,7 @@ from typing import Any
 
 import torch
 
+from core.data.image_io import sha256_of
 from core.data.layout import validate_category_name
 from core.errors import ModelNotTrainedError, ModelUnreadableError
 from core.settings import get_settings
@@ -229,7 +229,7 @@ def save(module: torch.nn.Module, meta: ModelMeta, models_dir: Path | None = Non
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    meta.checkpoint = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    meta.checkpoint = {"bytes": len(data), "sha256": sha256_of(data)}
     tmp = Path(tempfile.mkdtemp(prefix=SAVING_PREFIX, dir=folder))
     try:
         _write_synced(tmp / CHECKPOINT, data)
@@ -408,7 +408,7 @@ def read_state(files: ModelFiles, model: str, category: str, meta: ModelMeta | N
     except OSError as exc:
         raise unreadable(model, category, f"{CHECKPOINT}: {_first_line(exc)}") from exc
     expected = (meta.checkpoint or {}).get("sha256") if meta else None
-    if expected and hashlib.sha256(data).hexdigest() != expected:
+    if expected and sha256_of(data) != expected:
         raise _not_the_pair(model, category, "its sha256 differs")
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

@@ -12,13 +12,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import ConfigError
+from core.errors import ConfigError, ImageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = REPO_ROOT / "assets"
 
 #: The demo categories the generator writes; modelled on MVTec AD's tile, leather and grid.
 DEMO_CATEGORIES: tuple[str, ...] = ("tile", "leather", "grid")
+
+
+#: Default pixel-count limit (width x height) of an image, read from its header; ``INSPECT_MAX_PIXELS``.
+DEFAULT_MAX_PIXELS = 150_000_000
 
 
 def _path_from_env(name: str, default: Path) -> Path:
@@ -109,3 +113,38 @@ def max_large_decodes() -> int:
 def decode_wait_s() -> float:
     """INSPECT_DECODE_WAIT_S: how long a large decode waits for a free slot before 'busy' (default 5)."""
     return float(_number_from_env("INSPECT_DECODE_WAIT_S", 5.0, 0.0, float))
+
+
+def max_pixels() -> int:
+    """INSPECT_MAX_PIXELS: the largest image accepted, in pixels (an integer, ``_`` allowed; 150 MP).
+
+    A bad value is an :class:`ImageError`: it is met while loading an image, and says so there.
+    """
+    raw = os.environ.get("INSPECT_MAX_PIXELS", "").strip().replace("_", "")
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise ImageError(f"INSPECT_MAX_PIXELS must be a whole number of pixels, e.g. 150000000, not {raw!r}") from None
+    if value <= 0:
+        raise ImageError(f"INSPECT_MAX_PIXELS must be positive, not {value}")
+    return value
+
+
+# --- Services and files outside the workspace ------------------------------------------------------
+
+
+def qdrant_url() -> str:
+    """QDRANT_URL: the Qdrant server to use; "" (unset) means the embedded store."""
+    return os.environ.get("QDRANT_URL", "").strip()
+
+
+def qdrant_api_key() -> str | None:
+    """QDRANT_API_KEY: the key the Qdrant server asks for, or None."""
+    return os.environ.get("QDRANT_API_KEY") or None
+
+
+def backbone_weights() -> str | None:
+    """INSPECT_BACKBONE_WEIGHTS: a local weights file for a backbone without packaged weights, or None."""
+    return os.environ.get("INSPECT_BACKBONE_WEIGHTS") or None

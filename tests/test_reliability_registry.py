@@ -160,9 +160,9 @@ def resave(data_hash: str) -> Path:
 
 
 def test_save_publishes_a_new_version_with_one_rename(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from core import app_services as svc
+    from core.services import catalog
 
-    before_key = svc.detector_cache_key("patchcore", TINY_CATEGORY)
+    before_key = catalog.detector_cache_key("patchcore", TINY_CATEGORY)
     renames = []
     real_rename = os.rename
     monkeypatch.setattr(os, "rename", lambda src, dst: (renames.append((Path(src), Path(dst))), real_rename(src, dst)))
@@ -170,7 +170,7 @@ def test_save_publishes_a_new_version_with_one_rename(models: Path, monkeypatch:
     assert len(renames) == 1 and renames[0][1] == folder and renames[0][0].name.startswith(registry.SAVING_PREFIX)
     assert folder.name == "v0002" and sorted(os.listdir(folder)) == ["meta.json", "model.pt"]
     assert registry.load_meta("patchcore", TINY_CATEGORY).data_hash == "new-data"
-    assert svc.detector_cache_key("patchcore", TINY_CATEGORY) != before_key  # the app loads the new model
+    assert catalog.detector_cache_key("patchcore", TINY_CATEGORY) != before_key  # the app loads the new model
 
 
 def test_a_save_that_dies_before_its_rename_leaves_the_previous_version(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:

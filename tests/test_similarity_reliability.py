@@ -108,9 +108,9 @@ def inspect_upload(history, detector, upload: Upload) -> tuple[int, str | None, 
 
     Threshold 0 makes every upload a DEFECT, whatever the tiny model scores it.
     """
-    from core import app_services as svc
+    from core import services
 
-    hid = svc.record_inspection(
+    hid = services.inspection.record_inspection(
         history,
         file_name=f"upload-{upload.sha[:8]}.png",
         sha256=upload.sha,
@@ -120,7 +120,7 @@ def inspect_upload(history, detector, upload: Upload) -> tuple[int, str | None, 
         prediction=upload.prediction,
         threshold=0.0,
     )
-    point, note = svc.index_inspection(
+    point, note = services.inspection.index_inspection(
         detector, upload.image, upload.prediction, sha256=upload.sha, inspection_id=hid, history=history
     )
     return hid, point, note
@@ -180,7 +180,7 @@ def expected_points() -> int:
 
 
 def test_two_sessions_uploading_while_a_third_searches_leave_every_defect_indexed(fresh, detector) -> None:
-    from core import app_services as svc
+    from core import services
     from core.history import History
     from core.similarity.indexing import DATASET_SPLITS, gallery, open_store
     from core.similarity.pending import pending_uploads
@@ -203,7 +203,7 @@ def test_two_sessions_uploading_while_a_third_searches_leave_every_defect_indexe
         start.wait()
         while not stop.is_set():
             try:
-                assert len(svc.similar_cases(MODEL, TINY_CATEGORY, point=query, k=5).hits) == 5
+                assert len(services.similar.similar_cases(MODEL, TINY_CATEGORY, point=query, k=5).hits) == 5
                 searches += 1
             except BaseException as exc:  # noqa: BLE001 - reported below
                 search_errors.append(exc)
@@ -232,7 +232,7 @@ def test_two_sessions_uploading_while_a_third_searches_leave_every_defect_indexe
 
 
 def test_upload_meeting_a_store_held_by_another_process_is_queued_then_indexed(fresh, detector, capsys) -> None:
-    from core import app_services as svc
+    from core import services
     from core.data.image_io import load_image, sha256_of
     from core.errors import StoreError
     from core.history import History
@@ -256,7 +256,7 @@ def test_upload_meeting_a_store_held_by_another_process_is_queued_then_indexed(f
         assert history.get(hid).point_id is None
 
     # Released: the next store use in the app adds the queued upload and links its history row.
-    assert svc.index_problem(MODEL, TINY_CATEGORY) is None
+    assert services.similar.index_problem(MODEL, TINY_CATEGORY) is None
     assert history.get(hid).point_id == point_id(first.sha, MODEL, TINY_CATEGORY)
     with open_store() as store:
         stored = store.get(MODEL, TINY_CATEGORY, [point_id(first.sha, MODEL, TINY_CATEGORY)])
@@ -270,7 +270,7 @@ def test_upload_meeting_a_store_held_by_another_process_is_queued_then_indexed(f
         assert point is None
     data = sorted((get_settings().data_root / TINY_CATEGORY / "test").glob("*/*.png"))[-1].read_bytes()
     image = load_image(data)
-    hid_row = svc.record_inspection(
+    hid_row = services.inspection.record_inspection(
         history,
         file_name="dataset.png",
         sha256=sha256_of(data),
@@ -291,12 +291,12 @@ def test_upload_meeting_a_store_held_by_another_process_is_queued_then_indexed(f
 
 
 def test_healthy_index_passes_the_check(fresh) -> None:
-    from core import app_services as svc
+    from core import services
     from core.similarity import manifest
     from core.similarity.indexing import DATASET_SPLITS, index_health, open_store
     from core.similarity.store import store_location
 
-    assert index_health(MODEL, TINY_CATEGORY) is None and svc.index_problem(MODEL, TINY_CATEGORY) is None
+    assert index_health(MODEL, TINY_CATEGORY) is None and services.similar.index_problem(MODEL, TINY_CATEGORY) is None
     record = manifest.entry(store_location(), MODEL, TINY_CATEGORY)
     with open_store() as store:
         assert record["points"] == record["expected"] == store.count(MODEL, TINY_CATEGORY, splits=DATASET_SPLITS)
@@ -305,7 +305,7 @@ def test_healthy_index_passes_the_check(fresh) -> None:
 
 @pytest.mark.parametrize("damage", ["truncated to 0 bytes", "deleted"])
 def test_emptied_store_is_reported_and_uploads_are_queued_not_written_into_it(fresh, detector, damage) -> None:
-    from core import app_services as svc
+    from core import services
     from core.history import History
     from core.similarity.indexing import index_health, open_store
     from core.similarity.pending import pending_uploads
@@ -320,7 +320,7 @@ def test_emptied_store_is_reported_and_uploads_are_queued_not_written_into_it(fr
     assert message == (
         f"the similar-defect index for {PAIR} holds 0 of {expected} expected points: it was emptied or damaged; {REINDEX}"
     )
-    assert svc.index_problem(MODEL, TINY_CATEGORY) == message  # what the Similar page warns with
+    assert services.similar.index_problem(MODEL, TINY_CATEGORY) == message  # what the Similar page warns with
 
     hid, point, note = inspect_upload(History(), detector, make_uploads(detector, 1, seed=3)[0])
     assert point is None and message in note and "queued" in note
@@ -348,10 +348,11 @@ def test_index_reports_an_emptied_store_rebuilds_it_and_adds_the_queued_upload(f
 
 
 def test_index_run_that_stopped_part_way_is_flagged(fresh, detector, monkeypatch) -> None:
+    from core.data.layout import category_images
     from core.history import History
     from core.settings import get_settings
     from core.similarity import indexing
-    from core.similarity.indexing import dataset_images, index_categories, index_health, open_store
+    from core.similarity.indexing import index_categories, index_health, open_store
 
     with open_store() as store:
         store.delete_collection(MODEL, TINY_CATEGORY)
@@ -371,7 +372,7 @@ def test_index_run_that_stopped_part_way_is_flagged(fresh, detector, monkeypatch
         index_categories([MODEL], [TINY_CATEGORY], progress=False)
     monkeypatch.setattr(indexing, "describe", real_describe)
 
-    total = len(dataset_images(get_settings().data_root, TINY_CATEGORY))
+    total = len(category_images(get_settings().data_root, TINY_CATEGORY))
     message = f"the last index run for {PAIR} did not finish (8 of {total} points): {REINDEX}"
     assert index_health(MODEL, TINY_CATEGORY) == message
     _, point, note = inspect_upload(History(), detector, make_uploads(detector, 1, seed=5)[0])

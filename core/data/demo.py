@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ import numpy as np
 from PIL import Image
 
 from core.errors import DatasetError
+from core.files import write_atomically
 from core.settings import DEMO_CATEGORIES
 
 __all__ = [
@@ -380,6 +380,39 @@ _TEXTURES: dict[str, Callable[[np.random.Generator, int], _Scene]] = {
 Painter = Callable[[np.random.Generator, _Scene], tuple[Array, Array]]
 
 
+#: (low, high) of a uniform draw, e.g. a size in px at 256 px.
+Span = tuple[float, float]
+#: A blob's coverage, its centre and its radius.
+Blob = tuple[Array, tuple[float, float], float]
+
+
+def _random_stroke(
+    rng: np.random.Generator,
+    sc: _Scene,
+    length: Span,
+    steps: int,
+    turn_sd: float,
+    curvature_sd: float,
+    *,
+    centred: bool,
+) -> Array:
+    """A random-walk polyline of ``steps`` steps and a total length drawn from ``length`` (px at
+    256, scaled), heading anywhere from a point 30% inside the image; ``centred``: on that point."""
+    start = _centre(rng, sc.size, 0.3)
+    total = rng.uniform(*length) * sc.scale
+    path = _walk(rng, start, rng.uniform(0, 2 * np.pi), steps, total / steps, turn_sd, curvature_sd)
+    return path - (path[-1] - path[0]) / 2.0 if centred else path
+
+
+def _random_blob(rng: np.random.Generator, sc: _Scene, radius: Span, aspect: Span, *, irregular: float, soft: float) -> Blob:
+    """A soft blob of a radius drawn from ``radius`` (px at 256, scaled), squashed by a factor from
+    ``aspect`` at a random angle; returns the blob, its centre and its radius."""
+    r = rng.uniform(*radius) * sc.scale
+    centre = _centre(rng, sc.size)
+    blob = _blob(rng, sc.size, centre, (r, r * rng.uniform(*aspect)), rng.uniform(0, np.pi), irregular=irregular, soft=soft)
+    return blob, centre, r
+
+
 def _tile_crack(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     s, n = sc.scale, sc.size
     start = _centre(rng, n, 0.25)
@@ -400,13 +433,7 @@ def _tile_crack(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
 
 def _tile_glue_strip(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     s, n = sc.scale, sc.size
-    start = _centre(rng, n, 0.3)
-    length = rng.uniform(60, 130) * s
-    steps = 12
-    path = _walk(rng, start, rng.uniform(0, 2 * np.pi), steps, length / steps, 0.02, 0.015)
-    path = path - (path[-1] - path[0]) / 2.0  # centre the strip on the start point
-    width = rng.uniform(7, 13) * s
-    band = _polyline(n, [path], width)
+    band = _polyline(n, [_random_stroke(rng, sc, (60, 130), 12, 0.02, 0.015, centred=True)], rng.uniform(7, 13) * s)
     streak = _smooth_noise(rng, (n, n), 1.5 * s)
     edge = np.clip(band - cv2.erode(band, np.ones((3, 3), np.uint8)), 0, 1)
     alpha = band * (0.38 + 0.07 * streak) + 0.25 * edge
@@ -417,12 +444,7 @@ def _tile_glue_strip(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array
 
 def _tile_gray_stroke(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     s, n = sc.scale, sc.size
-    start = _centre(rng, n, 0.3)
-    length = rng.uniform(35, 90) * s
-    steps = 10
-    path = _walk(rng, start, rng.uniform(0, 2 * np.pi), steps, length / steps, 0.05, 0.04)
-    width = rng.uniform(5, 11) * s
-    stroke = _polyline(n, [path], width)
+    stroke = _polyline(n, [_random_stroke(rng, sc, (35, 90), 10, 0.05, 0.04, centred=False)], rng.uniform(5, 11) * s)
     bristle = _smooth_noise(rng, (n, n), 0.8 * s)
     alpha = stroke * np.clip(0.7 + 0.2 * bristle, 0.3, 1.0)
     tone = np.float32(rng.uniform(0.42, 0.58))
@@ -431,9 +453,7 @@ def _tile_gray_stroke(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Arra
 
 
 def _tile_oil(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
-    s, n = sc.scale, sc.size
-    r = rng.uniform(11, 22) * s
-    blob = _blob(rng, n, _centre(rng, n), (r, r * rng.uniform(0.6, 1.0)), rng.uniform(0, np.pi), irregular=0.2, soft=0.45)
+    blob, _, _ = _random_blob(rng, sc, (11, 22), (0.6, 1.0), irregular=0.2, soft=0.45)
     dark = sc.image * np.array([0.5, 0.47, 0.42], np.float32)
     out = _blend(sc.image, dark, blob * 0.85)
     return out, blob > 0.04
@@ -441,8 +461,7 @@ def _tile_oil(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
 
 def _tile_rough(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     s, n = sc.scale, sc.size
-    r = rng.uniform(12, 24) * s
-    blob = _blob(rng, n, _centre(rng, n), (r, r * rng.uniform(0.5, 0.9)), rng.uniform(0, np.pi), irregular=0.35, soft=0.35)
+    blob, _, _ = _random_blob(rng, sc, (12, 24), (0.5, 0.9), irregular=0.35, soft=0.35)
     pits = _smooth_noise(rng, (n, n), 0.7 * s)
     rough = sc.image * (0.9 + 0.2 * np.clip(pits, -2.5, 2.5))[..., None]
     out = _blend(sc.image, np.clip(rough, 0, 1), blob)
@@ -450,9 +469,7 @@ def _tile_rough(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
 
 
 def _leather_color(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
-    s, n = sc.scale, sc.size
-    r = rng.uniform(12, 24) * s
-    blob = _blob(rng, n, _centre(rng, n), (r, r * rng.uniform(0.5, 1.0)), rng.uniform(0, np.pi), irregular=0.25, soft=0.3)
+    blob, _, _ = _random_blob(rng, sc, (12, 24), (0.5, 1.0), irregular=0.25, soft=0.3)
     tints = (
         np.array([0.5, 0.45, 0.42], np.float32),  # dark stain
         np.array([1.4, 1.2, 1.0], np.float32),  # bleached patch
@@ -488,11 +505,7 @@ def _leather_cut(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
 
 def _leather_fold(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     s, n = sc.scale, sc.size
-    start = _centre(rng, n, 0.3)
-    length = rng.uniform(45, 100) * s
-    steps = 12
-    path = _walk(rng, start, rng.uniform(0, 2 * np.pi), steps, length / steps, 0.03, 0.03)
-    path = path - (path[-1] - path[0]) / 2.0
+    path = _random_stroke(rng, sc, (45, 100), 12, 0.03, 0.03, centred=True)
     w = rng.uniform(3.0, 5.0) * s
     line = _polyline(n, [path], 1)
     dist = cv2.distanceTransform(np.where(line > 0.3, 0, 255).astype(np.uint8), cv2.DIST_L2, 5)
@@ -506,9 +519,7 @@ def _leather_fold(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
 
 def _leather_glue(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     s, n = sc.scale, sc.size
-    r = rng.uniform(8, 17) * s
-    c = _centre(rng, n)
-    blob = _blob(rng, n, c, (r, r * rng.uniform(0.55, 1.0)), rng.uniform(0, np.pi), irregular=0.3, soft=0.25)
+    blob, c, r = _random_blob(rng, sc, (8, 17), (0.55, 1.0), irregular=0.3, soft=0.25)
     filled = cv2.GaussianBlur(sc.image, (0, 0), 1.8 * max(s, 0.6))  # glue fills the grain
     glue = 0.6 * filled + 0.4 * np.array([0.78, 0.62, 0.42], np.float32)
     xs, ys = _coords(n)
@@ -584,9 +595,7 @@ def _grid_broken(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
 
 def _grid_glue(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     s, n = sc.scale, sc.size
-    r = rng.uniform(10, 20) * s
-    c = _centre(rng, n)
-    blob = _blob(rng, n, c, (r, r * rng.uniform(0.55, 1.0)), rng.uniform(0, np.pi), irregular=0.22, soft=0.25)
+    blob, c, r = _random_blob(rng, sc, (10, 20), (0.55, 1.0), irregular=0.22, soft=0.25)
     filled = cv2.GaussianBlur(sc.image, (0, 0), 2.5 * max(s, 0.6))
     glue = 0.45 * filled + 0.55 * rng.uniform(0.6, 0.75)
     xs, ys = _coords(n)
@@ -619,11 +628,7 @@ def _grid_metal(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
 
 def _grid_thread(rng: np.random.Generator, sc: _Scene) -> tuple[Array, Array]:
     s, n = sc.scale, sc.size
-    start = _centre(rng, n, 0.3)
-    length = rng.uniform(70, 150) * s
-    steps = 30
-    path = _walk(rng, start, rng.uniform(0, 2 * np.pi), steps, length / steps, 0.04, 0.025)
-    path = path - (path[-1] - path[0]) / 2.0
+    path = _random_stroke(rng, sc, (70, 150), 30, 0.04, 0.025, centred=True)
     fibre = _polyline(n, [path], 1.4 * s if s >= 1 else 1)
     shadow = _polyline(n, [path + 1.5 * max(s, 0.7)], 1.4 * s if s >= 1 else 1)
     shadow = cv2.GaussianBlur(shadow, (0, 0), 0.8) * 0.6
@@ -755,9 +760,7 @@ def _read_marker(root: Path) -> dict:
 
 
 def _write_marker(root: Path, marker: dict) -> None:
-    tmp = root / (MARKER_NAME + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, root / MARKER_NAME)
+    write_atomically(root / MARKER_NAME, (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def _is_complete(cat_dir: Path, counts: dict[str, int]) -> bool:

@@ -26,6 +26,13 @@ from core.errors import DatasetError, InspectError
 from core.settings import get_settings
 
 IMAGE_SUFFIX = ".png"
+#: The dataset's splits, in the order :func:`category_images` lists them.
+DATASET_SPLITS: tuple[str, ...] = ("train", "test")
+#: The defect type (folder name) of normal images.
+GOOD = "good"
+#: The label of an image of any other defect type; an image's label is GOOD or ANOMALOUS.
+ANOMALOUS = "anomalous"
+LABELS: tuple[str, ...] = (GOOD, ANOMALOUS)
 #: Fraction of train/good held out for calibration (never used to build the model).
 CALIBRATION_FRACTION = 0.2
 CALIBRATION_SEED = 42
@@ -62,7 +69,7 @@ def list_categories(root: str | Path | None = None) -> list[str]:
     base = resolve_data_root(root)
     if not base.is_dir():
         return []
-    return sorted(p.name for p in base.iterdir() if (p / "train" / "good").is_dir())
+    return sorted(p.name for p in base.iterdir() if (p / "train" / GOOD).is_dir())
 
 
 @dataclass
@@ -105,6 +112,64 @@ def _check_image(path: Path, report: LayoutReport) -> tuple[int, int]:
     return size
 
 
+def is_dataset_image(path: Path, suffixes: tuple[str, ...] = (IMAGE_SUFFIX,)) -> bool:
+    """The suffix rule of the layout: a PNG (any case) is an image of the dataset."""
+    return path.suffix.lower() in suffixes
+
+
+def _entries(folder: Path) -> list[Path]:
+    """A folder's entries, hidden ones left out, by name."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _leaf_folders(category_dir: Path, split: str) -> list[tuple[str, Path]]:
+    """(defect type, folder) of one split: ``train/good``; ``test/good`` then ``test/<type>`` A-Z."""
+    if split == "train":
+        folder = category_dir / "train" / GOOD
+        return [(GOOD, folder)] if folder.is_dir() else []
+    split_dir = category_dir / split
+    if not split_dir.is_dir():
+        return []
+    folders = sorted((p for p in split_dir.iterdir() if p.is_dir()), key=lambda p: (p.name != GOOD, p.name))
+    return [(p.name, p) for p in folders]
+
+
+@dataclass(frozen=True)
+class CategoryImage:
+    """One image of a category: its file, its split (train/test) and its defect type ('good')."""
+
+    path: Path
+    split: str
+    defect_type: str
+
+    @property
+    def label(self) -> str:
+        """'good' or 'anomalous', as the similarity store and the metrics call it."""
+        return GOOD if self.defect_type == GOOD else ANOMALOUS
+
+
+def category_images(
+    root: str | Path | None,
+    category: str,
+    splits: tuple[str, ...] = DATASET_SPLITS,
+    *,
+    suffixes: tuple[str, ...] = (IMAGE_SUFFIX,),
+) -> list[CategoryImage]:
+    """The category's images, split by split: ``train/good``, then ``test/good`` and the defect
+    types A-Z, each folder by file name; hidden files, sub-folders and other suffixes left out.
+
+    A lenient listing (what is there); :func:`check_layout` is the strict check of the same tree.
+    """
+    category_dir = resolve_data_root(root) / category
+    return [
+        CategoryImage(path, split, defect_type)
+        for split in splits
+        for defect_type, folder in _leaf_folders(category_dir, split)
+        for path in _entries(folder)
+        if path.is_file() and is_dataset_image(path, suffixes)
+    ]
+
+
 def _image_files(folder: Path) -> list[Path]:
     """The images of one leaf folder (``train/good``, ``test/<type>``), or a one-line error.
 
@@ -112,7 +177,7 @@ def _image_files(folder: Path) -> list[Path]:
     inside a dataloader; here every entry must be a readable PNG file.
     """
     files = []
-    for entry in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+    for entry in _entries(folder):
         if entry.is_symlink() and not entry.exists():
             raise DatasetError(f"{entry} is a broken link (its target {os.readlink(entry)} does not exist)")
         if entry.is_dir():
@@ -120,7 +185,7 @@ def _image_files(folder: Path) -> list[Path]:
         if not entry.is_file():
             raise DatasetError(f"{entry} is not a regular file")
         files.append(entry)
-    others = [p for p in files if p.suffix.lower() != IMAGE_SUFFIX]
+    others = [p for p in files if not is_dataset_image(p)]
     if others:
         raise DatasetError(f"{others[0]} is not a PNG: the MVTec AD layout is PNG only ({len(others)} such file(s) in {folder})")
     return files
@@ -150,7 +215,7 @@ def check_layout(root: str | Path | None, category: str, *, verify_images: bool 
         found = ", ".join(list_categories(base)) or "none"
         raise DatasetError(f"category '{category}' not found in {base} (categories found: {found})")
     report = LayoutReport(root=base, category=category)
-    train_good = cat / "train" / "good"
+    train_good = cat / "train" / GOOD
     if not train_good.is_dir():
         raise DatasetError(f"{train_good} is missing: training needs the good images there")
     train_files = _image_files(train_good)
@@ -162,16 +227,16 @@ def check_layout(root: str | Path | None, category: str, *, verify_images: bool 
         raise DatasetError(f"{test_dir} is missing: evaluation needs test/good and test/<defect> folders")
     test_files: list[Path] = []
     masks: dict[Path, Path] = {}
-    for sub in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+    for defect_type, sub in _leaf_folders(cat, "test"):
         files = _image_files(sub)
         if not files:
             raise DatasetError(f"{sub} is an empty folder")
-        report.counts[f"test/{sub.name}"] = len(files)
+        report.counts[f"test/{defect_type}"] = len(files)
         test_files += files
-        if sub.name == "good":
+        if defect_type == GOOD:
             continue
-        report.defect_types.append(sub.name)
-        masks.update({image: _mask_of(image, cat / "ground_truth" / sub.name) for image in files})
+        report.defect_types.append(defect_type)
+        masks.update({image: _mask_of(image, cat / "ground_truth" / defect_type) for image in files})
     if not test_files:
         raise DatasetError(f"{test_dir} holds no image folders")
     if verify_images:

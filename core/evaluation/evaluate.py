@@ -30,9 +30,9 @@ from anomalib.metrics import AUPRO, AUROC, F1Score
 from torchmetrics.classification import BinaryROC
 
 from core import registry
-from core.data.layout import check_layout, defect_type_of, make_datamodule
+from core.data.layout import GOOD, check_layout, defect_type_of, make_datamodule
 from core.errors import DatasetError, ImageError, ModelUnreadableError
-from core.evaluation.results import entry_key, write_results
+from core.evaluation.results import ModelResult, TrainingInfo, entry_key, write_results
 from core.inference.detector import Detector, load_detector
 from core.inference.verdict import CALIBRATED_THRESHOLD
 
@@ -142,9 +142,9 @@ def metrics_from(out: SplitOutputs) -> dict[str, Any]:
         "false_alarm_rate": float((scores[labels == 0] >= CALIBRATED_THRESHOLD).float().mean()) if (labels == 0).any() else None,
         "roc": roc_points(rank_scores, labels),
     }
-    good = torch.from_numpy(types == "good")
+    good = torch.from_numpy(types == GOOD)
     per_type = {}
-    for defect in sorted(set(out.defect_types) - {"good"}):
+    for defect in sorted(set(out.defect_types) - {GOOD}):
         sel = torch.from_numpy(types == defect)
         subset = good | sel
         per_type[defect] = {
@@ -184,8 +184,8 @@ def evaluate_one(model: str, category: str, *, device: str | None = None, progre
     started = time.perf_counter()
     out = collect(detector, datamodule, progress=progress)
     eval_time = time.perf_counter() - started
-    entry = metrics_from(out)
-    entry.update(
+    result = ModelResult(
+        **metrics_from(out),
         model=model,
         category=category,
         latency_ms=measure_latency(detector, out.paths),
@@ -193,19 +193,19 @@ def evaluate_one(model: str, category: str, *, device: str | None = None, progre
         peak_memory_mb=round(peak_memory_mb(detector), 1),
         eval_device=str(detector.device),
         threshold_source=meta.calibration.source,
-        training={
-            "backbone": meta.config.get("backbone"),
-            "device": meta.device,
-            "steps": meta.steps,
-            "train_time_s": meta.train_time_s,
-            "n_train_images": meta.n_train_images,
-            "config": meta.config,
-            "data_root": meta.data_root,
-            "data_hash": meta.data_hash,
-            "created_at": meta.created_at,
-        },
+        training=TrainingInfo(
+            backbone=meta.config.get("backbone"),
+            device=meta.device,
+            steps=meta.steps,
+            train_time_s=meta.train_time_s,
+            n_train_images=meta.n_train_images,
+            config=meta.config,
+            data_root=meta.data_root,
+            data_hash=meta.data_hash,
+            created_at=meta.created_at,
+        ),
     )
-    return entry
+    return result.to_dict()
 
 
 @dataclass

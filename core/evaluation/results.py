@@ -6,6 +6,8 @@ Layout::
      "models": {"patchcore/tile": {...metrics, training info...}, ...},
      "retrieval": {"patchcore/tile": {...precision@5 per descriptor...}, ...}}
 
+A 'models' entry is a :class:`ModelResult` written with :meth:`ModelResult.to_dict`.
+
 Commands update their own entries and keep everyone else's; the file is replaced atomically so
 the app never reads half of it.
 
@@ -19,13 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from core.errors import ResultsFileError
+from core.files import write_atomically
 from core.settings import get_settings
 
 VERSION = 1
@@ -34,6 +36,83 @@ SECTIONS = ("models", "retrieval")
 ENTRY_OBJECTS = ("roc", "per_defect_type", "training")
 
 log = logging.getLogger(__name__)
+
+
+def _known_and_extra(cls: type, data: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``data`` split into the fields of dataclass ``cls`` and the rest (kept as ``extra``)."""
+    names = {f.name for f in fields(cls)} - {"extra"}
+    data = data if isinstance(data, dict) else {}
+    return {k: v for k, v in data.items() if k in names}, {k: v for k, v in data.items() if k not in names}
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    """The fields of a dataclass with an ``extra`` dict, in their order, then ``extra``."""
+    known = {f.name: getattr(obj, f.name) for f in fields(obj) if f.name != "extra"}
+    return {**known, **{k: v for k, v in obj.extra.items() if k not in known}}
+
+
+@dataclass
+class TrainingInfo:
+    """How the evaluated model was trained (from its metadata), as a 'models' entry records it."""
+
+    backbone: str | None = None
+    device: str | None = None
+    steps: int | None = None
+    train_time_s: float | None = None
+    n_train_images: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    data_root: str | None = None
+    data_hash: str | None = None
+    created_at: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _as_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> TrainingInfo:
+        known, extra = _known_and_extra(cls, data)
+        return cls(**known, extra=extra)
+
+
+@dataclass
+class ModelResult:
+    """One 'models' entry: the test-set metrics of a (model, category) and how it was trained.
+
+    ``per_defect_type`` maps a defect type to ``{"n", "image_auroc", "detection_rate"}``; ``roc``
+    is ``{"fpr": [...], "tpr": [...]}``. Entries written by older versions may lack fields:
+    :meth:`from_dict` gives them their defaults, and keeps fields it does not know in ``extra``.
+    """
+
+    n_test: int = 0
+    n_test_anomalous: int = 0
+    image_auroc: float | None = None
+    image_f1: float | None = None
+    pixel_auroc: float | None = None
+    pixel_f1: float | None = None
+    aupro: float | None = None
+    false_alarm_rate: float | None = None
+    roc: dict[str, list[float]] = field(default_factory=dict)
+    per_defect_type: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: str = ""
+    category: str = ""
+    latency_ms: float | None = None
+    eval_time_s: float | None = None
+    peak_memory_mb: float | None = None
+    eval_device: str | None = None
+    threshold_source: str | None = None
+    training: TrainingInfo = field(default_factory=TrainingInfo)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as the results file stores it."""
+        return {**_as_dict(self), "training": self.training.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ModelResult:
+        known, extra = _known_and_extra(cls, data)
+        known["training"] = TrainingInfo.from_dict(known.get("training"))
+        return cls(**known, extra=extra)
 
 
 @dataclass
@@ -149,9 +228,7 @@ def write_results(section: str, entries: dict[str, Any], path: str | Path | None
     data = status.data
     data.setdefault(section, {}).update(entries)
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(file.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, file)
+    write_atomically(file, json.dumps(data, indent=2, sort_keys=True).encode("utf-8"))
     return ResultsWrite(file, notice)
 
 

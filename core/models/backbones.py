@@ -17,7 +17,6 @@ Both anomalib models need a pretrained CNN, and anomalib normally asks timm to d
 from __future__ import annotations
 
 import importlib
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core import settings
 from core.errors import WeightsMissingError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -134,7 +134,7 @@ def full_model_state_dict(name: str, weights_path: str | Path | None = None) -> 
 
     spec = resolve_backbone(name)
     skeleton = timm.create_model(spec.timm_name, pretrained=False)
-    weights_path = weights_path or os.environ.get("INSPECT_BACKBONE_WEIGHTS") or None
+    weights_path = weights_path or settings.backbone_weights()
     if weights_path is not None:
         path = Path(weights_path).expanduser()
         if not path.is_file():

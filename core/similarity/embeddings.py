@@ -24,8 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DESCRIPTORS = ("global", "defect")
-
 
 def descriptors(patch_features: torch.Tensor, anomaly_map: np.ndarray) -> dict[str, np.ndarray]:
     """``patch_features``: D x h x w; ``anomaly_map``: H x W normalised map of the same image."""

@@ -46,15 +46,17 @@ import numpy as np
 
 from core import registry
 from core.data.image_io import load_image, sha256_of
-from core.data.layout import check_layout, defect_type_of
+from core.data.layout import ANOMALOUS, DATASET_SPLITS, CategoryImage, category_images, check_layout
 from core.errors import StoreError
 from core.evaluation.results import entry_key, load_results_checked, update_results
 from core.inference.detector import Detector, Prediction, load_detector
 from core.similarity import manifest, pending
-from core.similarity.embeddings import DESCRIPTORS, descriptors
+from core.similarity.embeddings import descriptors
+from core.similarity.payload import DESCRIPTORS, INSPECTED, INSPECTION_SPLIT, CasePayload
 from core.similarity.retrieval_eval import EvalItem, evaluate_retrieval, neighbours_from_store
 from core.similarity.store import (
     Hit,
+    Record,
     SimilarityStore,
     StoreLockedError,
     make_record,
@@ -68,7 +70,6 @@ UPSERT_BATCH = 64
 #: How long a thread waits for another thread of this process to finish with the store. Calls
 #: hold it for milliseconds to a second; only an in-process index run holds it longer.
 STORE_WAIT_S = 120.0
-DATASET_SPLITS = ("train", "test")
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,14 +164,6 @@ def describe(
     return descriptors(detector.patch_features(image_rgb), prediction.anomaly_map), prediction
 
 
-def dataset_images(root: Path, category: str) -> list[tuple[Path, str]]:
-    """(path, split) of every train and test image of a category."""
-    cat = root / category
-    train = [(p, "train") for p in sorted((cat / "train" / "good").glob("*.png"))]
-    test = [(p, "test") for p in sorted((cat / "test").glob("*/*.png"))]
-    return train + test
-
-
 def index_category(store: SimilarityStore, detector: Detector, *, progress: bool = True) -> int:
     """Index the detector's category (train and test images); returns the points written."""
     from tqdm import tqdm
@@ -180,29 +173,59 @@ def index_category(store: SimilarityStore, detector: Detector, *, progress: bool
     check_layout(root, meta.category, verify_images=False)
     batch = []
     written = 0
-    images = dataset_images(root, meta.category)
-    for path, split in tqdm(images, desc=f"Indexing {meta.model}/{meta.category}", unit="img", disable=not progress):
-        data = path.read_bytes()
-        vectors, prediction = describe(detector, load_image(data, path.name))
-        defect_type = defect_type_of(path)
-        batch.append(
-            make_record(
-                sha256=sha256_of(data),
-                model=meta.model,
-                category=meta.category,
-                vectors=vectors,
-                image_path=str(path),
-                split=split,
-                label="good" if defect_type == "good" else "anomalous",
-                defect_type=defect_type,
-                score=prediction.score,
-            )
-        )
+    images = category_images(root, meta.category)
+    for image in tqdm(images, desc=f"Indexing {meta.model}/{meta.category}", unit="img", disable=not progress):
+        batch.append(_dataset_record(detector, image))
         if len(batch) >= UPSERT_BATCH:
             written += store.upsert(meta.model, meta.category, batch)
             batch = []
     written += store.upsert(meta.model, meta.category, batch)
     return written
+
+
+def _dataset_record(detector: Detector, image: CategoryImage) -> Record:
+    """The record of one dataset image: its descriptors and its ground-truth label and type."""
+    data = image.path.read_bytes()
+    vectors, prediction = describe(detector, load_image(data, image.path.name))
+    return make_record(
+        sha256=sha256_of(data),
+        model=detector.meta.model,
+        category=detector.meta.category,
+        vectors=vectors,
+        image_path=str(image.path),
+        split=image.split,
+        label=image.label,
+        defect_type=image.defect_type,
+        score=prediction.score,
+    )
+
+
+def _upload_record(
+    model: str,
+    category: str,
+    vectors: Mapping[str, np.ndarray],
+    *,
+    sha256: str,
+    file_name: str,
+    inspection_id: int | str,
+    score: float | None,
+    defect_type: str = INSPECTED,
+    time: str | None = None,
+) -> Record:
+    """The record of an upload judged DEFECT (split "inspection", label "anomalous")."""
+    return make_record(
+        sha256=sha256,
+        model=model,
+        category=category,
+        vectors=vectors,
+        image_path=file_name,
+        split=INSPECTION_SPLIT,
+        label=ANOMALOUS,
+        defect_type=defect_type,
+        score=score,
+        inspection_id=str(inspection_id),
+        time=time,
+    )
 
 
 Report = Callable[[str], None]
@@ -261,7 +284,7 @@ def _index_recorded(store: SimilarityStore, detector: Detector, *, progress: boo
     problem = manifest.check_index(store, meta.model, meta.category, hint=False)
     if problem:
         report(f"found: {problem}; re-indexing it now")
-    expected = len(dataset_images(root, meta.category))
+    expected = len(category_images(root, meta.category))
     manifest.run_started(store.location, meta.model, meta.category, expected)
     try:
         index_category(store, detector, progress=progress)
@@ -292,13 +315,13 @@ class UploadOutcome:
     queued: bool = False
 
 
-def _add_or_link(store: SimilarityStore, model: str, category: str, record: Any) -> str | None:
+def _add_or_link(store: SimilarityStore, model: str, category: str, record: Record) -> str | None:
     """Store ``record`` unless its image is already a dataset point (whose labels are ground
     truth); returns the point id, or None when no collection was ever built for the pair."""
     if store.dims(model, category) is None:
         return None
     existing = store.get(model, category, [record.id])
-    if not (existing and existing[0].payload.get("split") in DATASET_SPLITS):
+    if not (existing and existing[0].case.is_dataset):
         store.upsert(model, category, [record])
     return record.id
 
@@ -323,17 +346,8 @@ def index_upload(
     model, category = detector.meta.model, detector.meta.category
     vectors, _ = describe(detector, image_rgb, prediction)  # before taking the store: hold it briefly
     try:
-        record = make_record(
-            sha256=sha256,
-            model=model,
-            category=category,
-            vectors=vectors,
-            image_path=file_name,
-            split="inspection",
-            label="anomalous",
-            defect_type="inspected",
-            score=prediction.score,
-            inspection_id=str(inspection_id),
+        record = _upload_record(
+            model, category, vectors, sha256=sha256, file_name=file_name, inspection_id=inspection_id, score=prediction.score
         )
         with open_store() as store:
             problem = manifest.check_index(store, model, category)
@@ -380,7 +394,7 @@ def _link_history(history_db: str | None, inspection_id: int, pid: str) -> None:
         History(history_db).set_point_id(inspection_id, pid)
 
 
-def _pending_record(item: pending.PendingUpload, detector: Detector | None) -> Any:
+def _pending_record(item: pending.PendingUpload, detector: Detector | None) -> Record | None:
     """The record of a queued upload: descriptors recomputed by ``detector`` (an index run, which
     may follow a retrain), else those saved at upload time; None when neither is available."""
     vectors, score = None, item.score
@@ -393,17 +407,14 @@ def _pending_record(item: pending.PendingUpload, detector: Detector | None) -> A
         vectors = pending.load_vectors(item)
     if vectors is None:
         return None
-    return make_record(
+    return _upload_record(
+        item.model,
+        item.category,
+        vectors,
         sha256=item.sha256,
-        model=item.model,
-        category=item.category,
-        vectors=vectors,
-        image_path=item.file_name,
-        split="inspection",
-        label="anomalous",
-        defect_type="inspected",
+        file_name=item.file_name,
+        inspection_id=item.inspection_id,
         score=score,
-        inspection_id=str(item.inspection_id),
         time=item.queued_at,
     )
 
@@ -494,21 +505,19 @@ def add_inspection(
     file_name: str,
     inspection_id: int | str,
     prediction: Prediction,
-    defect_type: str = "inspected",
+    defect_type: str = INSPECTED,
 ) -> str:
     """Add an inspected upload judged DEFECT to the store; returns its point id."""
     vectors, _ = describe(detector, image_rgb, prediction)
-    record = make_record(
+    record = _upload_record(
+        detector.meta.model,
+        detector.meta.category,
+        vectors,
         sha256=sha256,
-        model=detector.meta.model,
-        category=detector.meta.category,
-        vectors=vectors,
-        image_path=file_name,
-        split="inspection",
-        label="anomalous",
-        defect_type=defect_type,
+        file_name=file_name,
+        inspection_id=inspection_id,
         score=prediction.score,
-        inspection_id=str(inspection_id),
+        defect_type=defect_type,
     )
     with open_store() as store:
         store.upsert(detector.meta.model, detector.meta.category, [record])
@@ -564,12 +573,10 @@ def gallery(model: str, category: str, *, defect_type: str | None = None) -> lis
     """Past defects (anomalous test images and inspected uploads), each payload with its ``id``."""
     with open_store() as store:
         points = all_points(store, model, category)
-    items = [
-        {"id": pid, **payload}
-        for pid, payload in points
-        if payload.get("label") == "anomalous" and (defect_type is None or payload.get("defect_type") == defect_type)
-    ]
-    return sorted(items, key=lambda p: (p.get("split") != "inspection", p.get("defect_type", ""), p.get("image_path", "")))
+    cases = [(pid, payload, CasePayload.from_dict(payload)) for pid, payload in points]
+    defects = [c for c in cases if c[2].is_anomalous and (defect_type is None or c[2].defect_type == defect_type)]
+    defects.sort(key=lambda c: (c[2].split != INSPECTION_SPLIT, c[2].defect_type, c[2].image_path))
+    return [{"id": pid, **payload} for pid, payload, _ in defects]
 
 
 def eval_similar(
@@ -583,11 +590,8 @@ def eval_similar(
     entries = {}
     with open_store() as store:
         for meta in _selected(models, categories, report):
-            items = [
-                EvalItem.from_payload(pid, payload)
-                for pid, payload in all_points(store, meta.model, meta.category)
-                if payload.get("split") in ("train", "test")
-            ]
+            cases = [(pid, CasePayload.from_dict(payload)) for pid, payload in all_points(store, meta.model, meta.category)]
+            items = [EvalItem.from_payload(pid, case) for pid, case in cases if case.is_dataset]
             if not items:
                 continue
             entries[entry_key(meta.model, meta.category)] = evaluate_retrieval(
@@ -603,7 +607,7 @@ def _dataset_neighbours(neighbours: Callable[..., list[Hit]]) -> Callable[..., l
 
     def dataset_only(item: EvalItem, descriptor: str, n: int) -> list[Hit]:
         hits = neighbours(item, descriptor, n + 10)
-        return [h for h in hits if h.payload.get("split") in ("train", "test")][:n]
+        return [h for h in hits if h.case.is_dataset][:n]
 
     return dataset_only
 

@@ -23,13 +23,14 @@ import contextlib
 import json
 import os
 import socket
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.data.layout import DATASET_SPLITS
 from core.errors import StoreError
+from core.files import write_atomically
 from core.settings import get_settings
 
 #: The command every message points to.
@@ -86,27 +87,13 @@ def _locked(path: Path) -> Iterator[None]:
         lock.release()
 
 
-def _write_atomically(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _update(location: str, model: str, category: str, values: dict[str, Any]) -> None:
     path = manifest_path()
     try:
         with _locked(path):
             data = load_manifest(path)
             data["stores"].setdefault(location, {})[_pair(model, category)] = values
-            _write_atomically(path, data)
+            write_atomically(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"), sync=True, private=True)
     except OSError as exc:
         raise StoreError(f"cannot write the index manifest {path}: {exc}") from None
 
@@ -191,4 +178,4 @@ def check_index(store: Any, model: str, category: str, *, hint: bool = True) -> 
     record = entry(store.location, model, category)
     if record is None:
         return None
-    return problem(record, store.count(model, category, splits=("train", "test")), model, category, hint=hint)
+    return problem(record, store.count(model, category, splits=DATASET_SPLITS), model, category, hint=hint)

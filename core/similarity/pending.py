@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from core.errors import StoreError
+from core.files import write_atomically
 from core.settings import get_settings
 
 _PREFIX = "insp-"
@@ -72,19 +70,6 @@ def queue_dir() -> Path:
     return get_settings().similarity_queue
 
 
-def _atomic_write(target: Path, write: Any, suffix: str) -> None:
-    """``write(handle)`` into a temporary file beside ``target``, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def queue_upload(
     image_rgb: np.ndarray,
     vectors: Mapping[str, np.ndarray],
@@ -115,10 +100,10 @@ def queue_upload(
     try:
         item.stem.parent.mkdir(parents=True, exist_ok=True)
         pixels = np.ascontiguousarray(np.asarray(image_rgb, dtype=np.uint8))
-        _atomic_write(item.png, lambda h: Image.fromarray(pixels).save(h, format="PNG"), ".tmp")
+        write_atomically(item.png, lambda h: Image.fromarray(pixels).save(h, format="PNG"), private=True)
         arrays = {k: np.asarray(v, dtype=np.float32) for k, v in vectors.items()}
-        _atomic_write(item.npz, lambda h: np.savez(h, **arrays), ".tmp")
-        _atomic_write(item.json, lambda h: h.write(json.dumps(asdict(item)).encode()), ".tmp")
+        write_atomically(item.npz, lambda h: np.savez(h, **arrays), private=True)
+        write_atomically(item.json, json.dumps(asdict(item)).encode(), private=True)
     except OSError as exc:
         raise StoreError(f"cannot keep the upload for later indexing in {queue_dir()}: {exc}") from None
     return item

@@ -26,8 +26,8 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-ANOMALOUS = "anomalous"
-DESCRIPTORS: tuple[str, ...] = ("global", "defect")
+from core.data.layout import ANOMALOUS
+from core.similarity.payload import DESCRIPTORS, CasePayload
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,9 @@ class EvalItem:
     category: str = ""
 
     @classmethod
-    def from_payload(cls, id: str, payload: Mapping[str, Any]) -> EvalItem:
-        return cls(
-            id=str(id),
-            label=str(payload["label"]),
-            defect_type=str(payload.get("defect_type") or ""),
-            category=str(payload.get("category") or ""),
-        )
+    def from_payload(cls, id: str, payload: Mapping[str, Any] | CasePayload) -> EvalItem:
+        case = payload if isinstance(payload, CasePayload) else CasePayload.from_dict(payload)
+        return cls(id=str(id), label=case.label, defect_type=case.defect_type, category=case.category)
 
 
 #: (query item, descriptor name, k) -> neighbours, best first. A neighbour is an

@@ -68,7 +68,6 @@ An embedded store is not read by a server: re-run the index command after switch
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -82,12 +81,12 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from core import settings
+from core.data.layout import LABELS
 from core.errors import StoreError
 from core.settings import get_settings
+from core.similarity.payload import CasePayload
 
-#: The named vectors of every collection.
-VECTOR_NAMES: tuple[str, ...] = ("global", "defect")
-LABELS: tuple[str, ...] = ("good", "anomalous")
 #: Payload fields that queries filter on; keyword-indexed on a server.
 INDEXED_FIELDS: tuple[str, ...] = ("label", "defect_type", "sha256")
 #: What the messages tell the user to run to rebuild the store.
@@ -116,9 +115,9 @@ def open_client(path: Path | None = None, *, timeout: int = 10) -> QdrantClient:
     message when the embedded folder is locked by another process, cannot be read (corrupt; nothing
     is deleted), or when the server cannot be reached or refuses the API key.
     """
-    url = os.environ.get("QDRANT_URL", "").strip()
+    url = settings.qdrant_url()
     if url:
-        return _open_remote(url, os.environ.get("QDRANT_API_KEY") or None, timeout)
+        return _open_remote(url, settings.qdrant_api_key(), timeout)
     return _open_embedded(Path(path) if path is not None else get_settings().qdrant_path)
 
 
@@ -220,7 +219,7 @@ def store_location(path: Path | None = None) -> str:
     Used as a key, by the in-process lock (one per folder) and by the index manifest (what was
     indexed *into which store*: switching to a server must not look like an emptied store).
     """
-    url = os.environ.get("QDRANT_URL", "").strip()
+    url = settings.qdrant_url()
     if url:
         return url.rstrip("/")
     return str(Path(path if path is not None else get_settings().qdrant_path).expanduser().resolve())
@@ -251,17 +250,6 @@ def collection_name(model: str, category: str, prefix: str = COLLECTION_PREFIX) 
     return "__".join(cleaned) + f"__{digest}"
 
 
-def sha256_of(data: bytes | Path) -> str:
-    """Hex SHA-256 of image bytes, or of a file's bytes."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return hashlib.sha256(data).hexdigest()
-    digest = hashlib.sha256()
-    with open(data, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def point_id(image_bytes_sha256: str, model: str, category: str) -> str:
     """Deterministic point id: the same image under the same model and category, the same id."""
     sha = image_bytes_sha256.strip().lower()
@@ -272,11 +260,16 @@ def point_id(image_bytes_sha256: str, model: str, category: str) -> str:
 
 @dataclass
 class Record:
-    """One image to index: its point id, named vectors and payload."""
+    """One image to index: its point id, named vectors and payload (the stored JSON object)."""
 
     id: str
     vectors: dict[str, np.ndarray]
     payload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def case(self) -> CasePayload:
+        """The payload, typed."""
+        return CasePayload.from_dict(self.payload)
 
 
 def make_record(
@@ -296,19 +289,19 @@ def make_record(
     """Build a :class:`Record` with the id and payload fields the store expects."""
     if label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, got {label!r}")
-    payload: dict[str, Any] = {
-        "image_path": str(image_path),
-        "category": category,
-        "split": split,
-        "label": label,
-        "defect_type": defect_type,
-        "score": None if score is None else float(score),
-        "model": model,
-        "time": time or datetime.now(UTC).isoformat(timespec="seconds"),
-        "inspection_id": inspection_id,
-        "sha256": sha256.strip().lower(),
-    }
-    return Record(id=point_id(sha256, model, category), vectors=dict(vectors), payload=payload)
+    payload = CasePayload(
+        image_path=str(image_path),
+        category=category,
+        split=split,
+        label=label,
+        defect_type=defect_type,
+        score=None if score is None else float(score),
+        model=model,
+        time=time or datetime.now(UTC).isoformat(timespec="seconds"),
+        inspection_id=inspection_id,
+        sha256=sha256.strip().lower(),
+    )
+    return Record(id=point_id(sha256, model, category), vectors=dict(vectors), payload=payload.to_dict())
 
 
 @dataclass(frozen=True)
@@ -318,6 +311,11 @@ class Hit:
     id: str
     score: float
     payload: dict[str, Any]
+
+    @property
+    def case(self) -> CasePayload:
+        """The payload, typed."""
+        return CasePayload.from_dict(self.payload)
 
 
 def _jsonable(value: Any) -> Any:
@@ -564,12 +562,7 @@ class SimilarityStore:
         excluded, as are ``exclude_ids``. ``label`` and ``defect_type`` restrict the candidates.
         Returns an empty list when nothing is indexed for (model, category).
         """
-        if (vector is None) == (point_id is None):
-            raise ValueError("give exactly one of vector= or point_id=")
-        if k < 1:
-            raise ValueError("k must be at least 1")
-        if label is not None and label not in LABELS:
-            raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+        _check_query(vector, point_id, k, label)
         dims = self.dims(model, category)
         name = self.name(model, category)
         if dims is None:
@@ -578,34 +571,27 @@ class SimilarityStore:
             return []
         if using not in dims:
             raise ValueError(f"unknown vector {using!r}; {name} has {sorted(dims)}")
-
         excluded_ids = [str(i) for i in exclude_ids]
         excluded_sha = {exclude_sha256.strip().lower()} if exclude_sha256 else set()
         if point_id is not None:
-            with self._errors():
-                found = self.client.retrieve(name, ids=[point_id], with_payload=["sha256"], with_vectors=[using])
-            if not found:
-                raise LookupError(f"point {point_id} is not in {name}")
-            stored = found[0]
-            query = np.asarray(stored.vector[using], dtype=np.float32)  # type: ignore[index]
+            query, stored_sha = self._stored_vector(name, point_id, using)
             excluded_ids.append(str(point_id))
-            if stored.payload and stored.payload.get("sha256"):
-                excluded_sha.add(str(stored.payload["sha256"]))
+            excluded_sha.update([stored_sha] if stored_sha else [])
         else:
             query = _as_vector(vector, using, dims[using])
+        return self._query(name, query, using, k, _search_filter(label, defect_type, excluded_ids, excluded_sha))
 
-        must: list[models.Condition] = []
-        if label is not None:
-            must.append(models.FieldCondition(key="label", match=models.MatchValue(value=label)))
-        if defect_type is not None:
-            must.append(models.FieldCondition(key="defect_type", match=models.MatchValue(value=defect_type)))
-        must_not: list[models.Condition] = []
-        if excluded_ids:
-            must_not.append(models.HasIdCondition(has_id=excluded_ids))
-        for sha in sorted(excluded_sha):
-            must_not.append(models.FieldCondition(key="sha256", match=models.MatchValue(value=sha)))
-        query_filter = models.Filter(must=must or None, must_not=must_not or None) if (must or must_not) else None
+    def _stored_vector(self, name: str, point_id: str, using: str) -> tuple[np.ndarray, str | None]:
+        """The ``using`` vector of a stored point and its payload ``sha256``; LookupError if absent."""
+        with self._errors():
+            found = self.client.retrieve(name, ids=[point_id], with_payload=["sha256"], with_vectors=[using])
+        if not found:
+            raise LookupError(f"point {point_id} is not in {name}")
+        stored = found[0]
+        sha = stored.payload.get("sha256") if stored.payload else None
+        return np.asarray(stored.vector[using], dtype=np.float32), (str(sha) if sha else None)  # type: ignore[index]
 
+    def _query(self, name: str, query: np.ndarray, using: str, k: int, query_filter: models.Filter | None) -> list[Hit]:
         with self._errors():
             response = self.client.query_points(
                 name,
@@ -617,3 +603,31 @@ class SimilarityStore:
                 with_vectors=False,
             )
         return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points]
+
+
+def _check_query(vector: np.ndarray | None, point_id: str | None, k: int, label: str | None) -> None:
+    """The argument errors of :meth:`SimilarityStore.similar`, before the store is asked anything."""
+    if (vector is None) == (point_id is None):
+        raise ValueError("give exactly one of vector= or point_id=")
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    if label is not None and label not in LABELS:
+        raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+
+
+def _field_is(key: str, value: str) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _search_filter(
+    label: str | None, defect_type: str | None, exclude_ids: Sequence[str], exclude_sha256: set[str]
+) -> models.Filter | None:
+    """Candidates with that label and defect type (None: any), without the excluded ids and hashes."""
+    must: list[models.Condition] = [
+        _field_is(key, value) for key, value in (("label", label), ("defect_type", defect_type)) if value is not None
+    ]
+    must_not: list[models.Condition] = [models.HasIdCondition(has_id=list(exclude_ids))] if exclude_ids else []
+    must_not += [_field_is("sha256", sha) for sha in sorted(exclude_sha256)]
+    if not (must or must_not):
+        return None
+    return models.Filter(must=must or None, must_not=must_not or None)
