@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import inspect_home_at
 
+from core.data.image_io import sha256_of
 from core.errors import ConfigError, WeightsMissingError
 from core.models.efficientad.model import (
     CPU_DEFAULT_STEPS,
@@ -24,7 +25,7 @@ from core.models.efficientad.model import (
     prepare_training,
     teacher_patch_features,
 )
-from core.models.efficientad.teacher import file_sha256, teacher_weights_path
+from core.models.efficientad.teacher import teacher_weights_path
 
 CATEGORY = "tile"
 SIZE = 256  # EfficientAD's smallest size: its autoencoder ends with an 8x8 kernel at stride 32
@@ -115,13 +116,13 @@ def test_prepare_training_counts_steps() -> None:
     expected = CPU_DEFAULT_STEPS if not torch.cuda.is_available() else 70_000
     assert (batch_size, steps) == (1, expected)
     assert kwargs["max_steps"] == steps and kwargs["max_epochs"] == -1 and kwargs["val_check_interval"] == steps
-    assert config["steps"] == steps and config["teacher_sha256"] == file_sha256(teacher_weights_path("small"))
+    assert config["steps"] == steps and config["teacher_sha256"] == sha256_of(teacher_weights_path("small"))
 
 
 def test_training_offline_records_steps_and_teacher(trained, ead_home: Path) -> None:
     assert trained.model == "efficientad" and trained.steps == STEPS
     assert trained.config["steps"] == STEPS
-    assert trained.config["teacher_sha256"] == file_sha256(teacher_weights_path("small"))
+    assert trained.config["teacher_sha256"] == sha256_of(teacher_weights_path("small"))
     cal = trained.calibration
     assert all(np.isfinite([cal.image_threshold, cal.pixel_threshold, cal.image_min, cal.image_max]))
     # the penalty images came from the local folder, and nothing was downloaded next to it

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.data.image_io import sha256_of
 from core.errors import WeightsMissingError
 from core.models.efficientad.teacher import (
     PDN_RECEPTIVE_FIELD,
@@ -19,7 +20,6 @@ from core.models.efficientad.teacher import (
     DistillationTarget,
     build_pdn,
     distill_teacher,
-    file_sha256,
     load_teacher,
     read_provenance,
     teacher_weights_path,
@@ -78,7 +78,7 @@ def test_short_distillation_writes_a_loadable_teacher(tmp_path: Path) -> None:
     )  # fmt: skip
     assert path == out / "pdn_small.pth" and path.stat().st_size < MAX_TEACHER_BYTES
     entry = read_provenance(path)
-    assert entry["sha256"] == file_sha256(path)
+    assert entry["sha256"] == sha256_of(path)
     assert entry["schedule"]["steps"] == 2 and math.isfinite(entry["final_loss"])
     assert entry["images"]["folders"][0]["count"] == 3
     assert all(v.dtype == torch.float16 for v in torch.load(path, weights_only=True).values())
@@ -105,7 +105,7 @@ def committed() -> tuple[Path, dict]:
 
 def test_committed_teacher_matches_its_provenance(committed: tuple[Path, dict]) -> None:
     path, entry = committed
-    assert file_sha256(path) == entry["sha256"]
+    assert sha256_of(path) == entry["sha256"]
     assert path.stat().st_size == entry["bytes"] < MAX_TEACHER_BYTES
     for key in ("command", "date", "device", "schedule", "final_loss", "target", "projection", "images"):
         assert key in entry, key

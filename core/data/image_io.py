@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import threading
 import warnings
@@ -65,8 +64,6 @@ SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF")
 MIN_SIDE = 16
 #: Default long-side cap after loading (the models run at 256 px; 2048 leaves room for display).
 DEFAULT_MAX_SIDE = 2048
-#: Default pixel-count limit (width x height) read from the header; env ``INSPECT_MAX_PIXELS``.
-DEFAULT_MAX_PIXELS = 150_000_000
 
 # File signatures: a file that starts like one of our formats but cannot be opened is damaged,
 # not "not an image", and the message should say so.
@@ -122,23 +119,19 @@ def large_decode_slot(pixels: int) -> Iterator[None]:
         slots.release()
 
 
-def sha256_of(data: bytes) -> str:
-    """Hex SHA-256 of ``data``: the identity of an uploaded file in the history."""
-    return hashlib.sha256(data).hexdigest()
+def sha256_of(data: bytes | bytearray | memoryview | str | Path) -> str:
+    """Hex SHA-256 of bytes, or of a file's bytes (read in 1 MiB chunks).
 
-
-def max_pixels_from_env() -> int:
-    """The pixel-count limit: ``INSPECT_MAX_PIXELS`` (an integer, ``_`` allowed) or 150 MP."""
-    raw = os.environ.get("INSPECT_MAX_PIXELS", "").strip().replace("_", "")
-    if not raw:
-        return DEFAULT_MAX_PIXELS
-    try:
-        value = int(float(raw))
-    except ValueError:
-        raise ImageError(f"INSPECT_MAX_PIXELS must be a whole number of pixels, e.g. 150000000, not {raw!r}") from None
-    if value <= 0:
-        raise ImageError(f"INSPECT_MAX_PIXELS must be positive, not {value}")
-    return value
+    The one hash of Inspect's files: an upload's identity in the history and the similarity store,
+    a checkpoint's and a teacher weights file's checksum.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    with open(data, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_image(
@@ -155,6 +148,18 @@ def load_image(
     ``INSPECT_MAX_PIXELS``. Raises :class:`ImageError` for anything that is not a complete,
     sensible PNG/JPEG/BMP/TIFF image; see the module docstring for every rule.
     """
+    fp, head, name = _open_source(source, name)
+    limit = max_pixels if max_pixels is not None else settings.max_pixels()
+    looks_like_image = head.startswith(_SIGNATURES)
+    try:
+        return _open_and_decode(fp, name, limit, max_side, looks_like_image)
+    except Image.DecompressionBombError as exc:
+        _refuse_over_limit(exc, name, limit)
+    return _decode_above_pil_limit(fp, name, limit, max_side, looks_like_image)
+
+
+def _open_source(source: bytes | bytearray | memoryview | Path | str, name: str) -> tuple[Path | io.BytesIO, bytes, str]:
+    """(what PIL opens, the first 16 bytes, the name for messages); a missing, unreadable or empty source is refused."""
     if isinstance(source, str):
         source = Path(source)
     if isinstance(source, Path):
@@ -166,32 +171,36 @@ def load_image(
                 head = fh.read(16)
         except OSError as exc:
             raise ImageError(f"{name} could not be read: {exc.strerror or exc}") from None
-        fp: Path | io.BytesIO = source
-    else:
-        data = bytes(source)
-        name = name or "The uploaded file"
-        if not data:
-            raise ImageError(f"{name} is empty (0 bytes)")
-        head = data[:16]
-        fp = io.BytesIO(data)
+        return source, head, name
+    data = bytes(source)
+    name = name or "The uploaded file"
+    if not data:
+        raise ImageError(f"{name} is empty (0 bytes)")
+    return io.BytesIO(data), data[:16], name
 
-    limit = max_pixels if max_pixels is not None else max_pixels_from_env()
-    looks_like_image = head.startswith(_SIGNATURES)
 
-    try:
-        return _open_and_decode(fp, name, limit, max_side, looks_like_image)
-    except Image.DecompressionBombError as exc:
-        # PIL refuses images above 2 x Image.MAX_IMAGE_PIXELS (~179 MP), in open() or, for TIFF
-        # strips, in load(). If the size it reports is within *our* limit, decode again with PIL's
-        # module-global limit lifted to ours: briefly, under a lock, and restored afterwards. This
-        # path only exists when INSPECT_MAX_PIXELS is set above ~179 MP. LOAD_TRUNCATED_IMAGES is
-        # never touched.
-        pixels = _pixels_in(str(exc))
-        if pixels is not None and pixels > limit:
-            raise ImageError(
-                f"{name} is {pixels / 1e6:.1f} megapixels, larger than the limit of "
-                f"{limit / 1e6:g} megapixels (set INSPECT_MAX_PIXELS to raise it)"
-            ) from None
+def _refuse_over_limit(exc: Image.DecompressionBombError, name: str, limit: int) -> None:
+    """Raise :class:`ImageError` if PIL's decompression-bomb error reports more pixels than ``limit``.
+
+    PIL refuses images above 2 x Image.MAX_IMAGE_PIXELS (~179 MP), in open() or, for TIFF strips,
+    in load(). Only an image within *our* limit goes on to :func:`_decode_above_pil_limit`.
+    """
+    pixels = _pixels_in(str(exc))
+    if pixels is not None and pixels > limit:
+        raise ImageError(
+            f"{name} is {pixels / 1e6:.1f} megapixels, larger than the limit of "
+            f"{limit / 1e6:g} megapixels (set INSPECT_MAX_PIXELS to raise it)"
+        ) from None
+
+
+def _decode_above_pil_limit(
+    fp: Path | io.BytesIO, name: str, limit: int, max_side: int | None, looks_like_image: bool
+) -> np.ndarray:
+    """Decode again with PIL's module-global pixel limit lifted to ``limit``: briefly, under a lock, then restored.
+
+    This path only exists when INSPECT_MAX_PIXELS is set above ~179 MP. LOAD_TRUNCATED_IMAGES is
+    never touched.
+    """
     if isinstance(fp, io.BytesIO):
         fp.seek(0)
     with _PIL_LIMIT_LOCK:
@@ -214,6 +223,7 @@ def _pixels_in(message: str) -> int | None:
 
 
 def _open_and_decode(fp: Path | io.BytesIO, name: str, limit: int, max_side: int | None, looks_like_image: bool) -> np.ndarray:
+    """Open with PIL (a damaged file and a non-image told apart), then decode holding a large-decode slot."""
     try:
         with warnings.catch_warnings():
             # We enforce our own limit right after opening; PIL's warning is noise here.
@@ -235,6 +245,20 @@ def _open_and_decode(fp: Path | io.BytesIO, name: str, limit: int, max_side: int
 
 
 def _decode(img: Image.Image, name: str, limit: int, max_side: int | None) -> np.ndarray:
+    """Size checks, the full decode, EXIF orientation, then 8 bits, the ``max_side`` cap and RGB."""
+    _check_size(img, name, limit)
+    _load_pixels(img, name, max_side)
+    img = _upright(img)
+    img = _to_8bit(img, name)
+    if max_side is not None and max(img.size) > max_side:
+        # thumbnail() reduces by whole factors first (reducing_gap) and then resamples: fast and
+        # antialiased. It keeps the aspect ratio and never enlarges.
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return _to_rgb(img, name)
+
+
+def _check_size(img: Image.Image, name: str, limit: int) -> None:
+    """Refuse, from the header alone, an image under :data:`MIN_SIDE` px on a side or over ``limit`` pixels."""
     width, height = img.size
     if width < MIN_SIDE or height < MIN_SIDE:
         raise ImageError(f"{name} is {width}x{height} px; Inspect needs at least {MIN_SIDE} px on each side")
@@ -244,11 +268,14 @@ def _decode(img: Image.Image, name: str, limit: int, max_side: int | None) -> np
             f"the limit of {limit / 1e6:g} megapixels (set INSPECT_MAX_PIXELS to raise it)"
         )
 
+
+def _load_pixels(img: Image.Image, name: str, max_side: int | None) -> None:
+    """Decode every pixel now (a JPEG at reduced scale if it is large), so a damaged file fails here."""
+    width, height = img.size
     if max_side is not None and max(width, height) > max_side and img.format in ("JPEG", "MPO"):
         # Decode the JPEG at 1/2, 1/4 or 1/8 scale straight away (never below max_side).
         k = max_side / max(width, height)
         img.draft(None, (max(1, int(width * k)), max(1, int(height * k))))
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -258,17 +285,13 @@ def _decode(img: Image.Image, name: str, limit: int, max_side: int | None) -> np
     except MemoryError:
         raise ImageError(f"{name} ({width}x{height} px) is too large to decode with the memory available") from None
 
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not make a good image unreadable
-        pass
 
-    img = _to_8bit(img, name)
-    if max_side is not None and max(img.size) > max_side:
-        # thumbnail() reduces by whole factors first (reducing_gap) and then resamples: fast and
-        # antialiased. It keeps the aspect ratio and never enlarges.
-        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return _to_rgb(img, name)
+def _upright(img: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; unchanged if that block is missing or broken."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make a good image unreadable
+        return img
 
 
 def _to_8bit(img: Image.Image, name: str) -> Image.Image:
@@ -319,6 +342,7 @@ def _scale_high_depth(arr: np.ndarray, mode: str) -> np.ndarray:
 
 
 def _to_rgb(img: Image.Image, name: str) -> np.ndarray:
+    """The contiguous ``(H, W, 3)`` uint8 array, any transparency composited onto black."""
     if img.mode in ("RGBA", "LA"):
         rgba = img.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))

@@ -41,7 +41,6 @@ saved in float16 to ``assets/teacher/pdn_<size>.pth`` with a ``PROVENANCE.json``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -58,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.data.image_io import sha256_of
 from core.errors import WeightsMissingError
 from core.settings import ASSETS_DIR, get_settings
 
@@ -99,14 +99,6 @@ def build_pdn(model_size: str = "small", out_channels: int = TEACHER_OUT_CHANNEL
     if model_size == "medium":
         return MediumPatchDescriptionNetwork(out_channels=out_channels, padding=padding)
     raise ValueError(f"unknown EfficientAD model size '{model_size}': small or medium")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_teacher_state(path: str | Path, model_size: str = "small") -> dict[str, torch.Tensor]:
@@ -319,6 +311,241 @@ def _heldout_mse(pdn: nn.Module, heldout: list[tuple[torch.Tensor, torch.Tensor]
     return float(np.mean(losses))
 
 
+def _resolve_schedule(
+    dev: torch.device, steps: int | None, batch_size: int | None, crop: int | None, lr: float | None
+) -> Schedule:
+    """The run's schedule: the given values, the rest from the device's default; the crop validated."""
+    default = GPU_SCHEDULE if dev.type == "cuda" else CPU_SCHEDULE
+    schedule = Schedule(
+        steps=steps if steps is not None else default.steps,
+        batch_size=batch_size or default.batch_size,
+        crop=crop or default.crop,
+        lr=lr or default.lr,
+    )
+    if schedule.crop < 64 or schedule.crop % 4:
+        raise ValueError("crop must be a multiple of 4 and at least 64 px")
+    return schedule
+
+
+def _weights_path(out: str | Path | None, model_size: str) -> Path:
+    """Where the weights go (``out`` is a folder or a ``.pth`` file); creates its folder."""
+    out_path = Path(out) if out is not None else TEACHER_DIR
+    weights_file = out_path if out_path.suffix == ".pth" else out_path / f"pdn_{model_size}.pth"
+    weights_file.parent.mkdir(parents=True, exist_ok=True)
+    return weights_file
+
+
+def _training_images(
+    use_natural: bool, use_demo_textures: bool, image_dirs: list[str | Path] | None
+) -> tuple[list[list[np.ndarray]], dict[str, Any]]:
+    """The image groups the crops are drawn from, and their description for the provenance."""
+    from core.models.efficientad.penalty_images import natural_images
+
+    groups: list[list[np.ndarray]] = []
+    sources: dict[str, Any] = {}
+    if use_natural:
+        natural = natural_images()
+        groups.append([img for _, img in natural])
+        sources["natural"] = [name for name, _ in natural]
+    if use_demo_textures:
+        textures = demo_textures()
+        groups.append(textures)
+        sources["demo_textures"] = {"count": len(textures), "seed": TEXTURE_SEED, "generator": "core.data.demo"}
+    for folder in image_dirs or []:
+        images = _read_folder_images(Path(folder))
+        groups.append(images)
+        sources.setdefault("folders", []).append({"path": str(folder), "count": len(images)})
+    return groups, sources
+
+
+def _fitted_target(sampler: CropSampler, batch_size: int, stat_crops: int, dev: torch.device) -> tuple[DistillationTarget, int]:
+    """The target network with its normalisation fitted on fresh crops, and how many batches that took."""
+    target_net = DistillationTarget().to(dev)
+    n_stat_batches = max(1, stat_crops // batch_size)
+    stat_batches = [sampler.sample(batch_size)[0].to(dev) for _ in range(n_stat_batches)]
+    target_net.fit_stats(stat_batches)
+    return target_net, n_stat_batches
+
+
+def _pdn_output_size(pdn: nn.Module, crop: int, dev: torch.device) -> tuple[int, int]:
+    """The PDN's output grid for a ``crop`` x ``crop`` input (where the targets are sampled)."""
+    with torch.no_grad():
+        return tuple(pdn(torch.zeros(1, 3, crop, crop, device=dev)).shape[-2:])  # type: ignore[return-value]
+
+
+def _heldout_batches(
+    groups: list[list[np.ndarray]],
+    schedule: Schedule,
+    seed: int,
+    target_net: DistillationTarget,
+    out_hw: tuple[int, int],
+    dev: torch.device,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """4 fixed (PDN input, target) batches from their own sampler (seed + 1), never trained on."""
+    heldout_sampler = CropSampler(groups, schedule.crop, seed=seed + 1)
+    heldout = []
+    for _ in range(4):
+        hi, lo = heldout_sampler.sample(schedule.batch_size)
+        heldout.append((lo.to(dev), target_net(hi.to(dev), out_hw)))
+    return heldout
+
+
+def _train_step(
+    pdn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sampler: CropSampler,
+    target_net: DistillationTarget,
+    out_hw: tuple[int, int],
+    batch_size: int,
+    dev: torch.device,
+) -> float:
+    """One optimisation step on a fresh batch of crops; returns its loss."""
+    hi, lo = sampler.sample(batch_size)
+    hi, lo = hi.to(dev, non_blocking=True), lo.to(dev, non_blocking=True)
+    target = target_net(hi, out_hw)
+    loss = F.mse_loss(pdn(lo), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def _train(
+    pdn: nn.Module,
+    sampler: CropSampler,
+    target_net: DistillationTarget,
+    out_hw: tuple[int, int],
+    schedule: Schedule,
+    dev: torch.device,
+    bar_desc: str,
+    progress: bool,
+) -> list[float]:
+    """Regress the PDN onto the targets for ``schedule.steps`` steps; returns every step's loss.
+
+    Raises :class:`RuntimeError` as soon as the loss is not finite (a diverged run is useless).
+    """
+    from tqdm import tqdm
+
+    optimizer = torch.optim.Adam(pdn.parameters(), lr=schedule.lr, weight_decay=1e-5)
+    losses: list[float] = []
+    bar = tqdm(range(schedule.steps), desc=bar_desc, unit="step", disable=not progress)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, schedule.steps, schedule.lr)
+        losses.append(_train_step(pdn, optimizer, sampler, target_net, out_hw, schedule.batch_size, dev))
+        if not math.isfinite(losses[-1]):
+            raise RuntimeError(f"distillation diverged at step {step} (loss {losses[-1]}); try a lower --lr")
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    bar.close()
+    return losses
+
+
+def _save_weights(pdn: nn.Module, weights_file: Path) -> None:
+    """Write the PDN's weights in float16, atomically (a temporary file, then a rename)."""
+    state = {k: v.detach().to("cpu", torch.float16) for k, v in pdn.state_dict().items()}
+    tmp = weights_file.with_name(weights_file.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, weights_file)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one distillation run measured, for its provenance entry."""
+
+    wall_time_s: float
+    losses: list[float]
+    mse_before: float
+    mse_after: float
+
+
+def _loss_record(outcome: _Outcome, batch_size: int, seed: int) -> dict[str, Any]:
+    """The provenance fields on training and held-out loss."""
+    losses = outcome.losses
+    tail = max(1, min(20, len(losses) // 10)) if losses else 0
+    return {
+        "first_loss": round(losses[0], 5) if losses else None,
+        "final_loss": round(float(np.mean(losses[-tail:])), 5) if losses else None,
+        "final_loss_definition": f"mean training loss of the last {tail} steps",
+        "heldout_mse_before": round(outcome.mse_before, 5),
+        "heldout_mse_after": round(outcome.mse_after, 5),
+        "heldout_definition": f"4 fixed batches of {batch_size} augmented crops (sampler seed {seed + 1}), "
+        "not used for training; the target has unit variance per channel, so 1 - MSE is the share of variance explained",
+    }
+
+
+def _target_record(stat_crops: int, in_channels: int) -> dict[str, Any]:
+    """The provenance fields that describe the distillation target and its projection."""
+    return {
+        "target": {
+            "backbone": f"{TARGET_BACKBONE} (timm tf_efficientnet_lite0, offline ImageNet weights, input mean=std=0.5)",
+            "layers": "blocks.2 (stride 8, 40 ch) + blocks.4 (stride 16, 112 ch, bilinearly upsampled to stride 8)",
+            "aggregation": "3x3 average pooling (PatchCore's local neighbourhood)",
+            "backbone_resolution": "2x the PDN input (crop at 2*crop px; the PDN gets its 2x2 average)",
+            "alignment": "bilinear grid_sample at the centres of the PDN's 33x33 receptive fields (PDN input pixel 4i+16)",
+            "normalisation": "152 channels standardised, then each of the 384 projected channels standardised "
+            "(mean/std over the embeddings of the first sampled batches)",
+            "stat_crops": stat_crops,
+        },
+        "projection": {
+            "type": "fixed Gaussian, N(0, 1/152)",
+            "shape": [TEACHER_OUT_CHANNELS, in_channels],
+            "seed": PROJECTION_SEED,
+        },
+    }
+
+
+def _provenance_entry(
+    weights_file: Path,
+    pdn: nn.Module,
+    schedule: Schedule,
+    outcome: _Outcome,
+    *,
+    command: str | None,
+    device: str,
+    seed: int,
+    target: dict[str, Any],
+    sources: dict[str, Any],
+) -> dict[str, Any]:
+    """The PROVENANCE.json entry of a freshly written teacher: file, run, losses and method."""
+    return {
+        "file": weights_file.name,
+        "sha256": sha256_of(weights_file),
+        "bytes": weights_file.stat().st_size,
+        "dtype": "float16",
+        "architecture": f"anomalib {type(pdn).__name__} (out_channels={TEACHER_OUT_CHANNELS}, padding=False)",
+        "command": command or "core.models.efficientad.teacher.distill_teacher(...)",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": device,
+        "wall_time_s": round(outcome.wall_time_s, 1),
+        "schedule": asdict(schedule),
+        "optimizer": "Adam (weight_decay 1e-5), linear warm-up 5% then cosine decay to 5% of lr",
+        "loss": "MSE between PDN output and target, over channels and positions",
+        **_loss_record(outcome, schedule.batch_size, seed),
+        "teacher_input": "RGB in [0, 1]; the PDN applies ImageNet mean/std inside forward (anomalib imagenet_norm_batch)",
+        **target,
+        "channel_mean_std": "not stored: anomalib's EfficientAd computes the teacher's channel mean/std on each "
+        "category's training images at the start of fit",
+        "images": sources,
+        "augmentation": "square regions with side log-uniform in [64 px, short side], sampled at 2*crop px, any rotation, mirror flip, "
+        "reflection padding, brightness/contrast x U(0.6, 1.4), saturation x U(0.5, 1.5), 15% grey-scale",
+        "seed": seed,
+        "versions": {"torch": torch.__version__},
+    }
+
+
+def _write_provenance(weights_file: Path, entry: dict[str, Any]) -> None:
+    """Record ``entry`` under the file's name in its folder's PROVENANCE.json, keeping other entries."""
+    provenance_file = weights_file.parent / PROVENANCE_FILE
+    provenance: dict[str, Any] = {}
+    if provenance_file.is_file():
+        try:
+            provenance = json.loads(provenance_file.read_text())
+        except json.JSONDecodeError:
+            provenance = {}
+    provenance.setdefault("files", {})[weights_file.name] = entry
+    provenance_file.write_text(json.dumps(provenance, indent=2) + "\n")
+
+
 def distill_teacher(
     model_size: str = "small",
     steps: int | None = None,
@@ -343,139 +570,35 @@ def distill_teacher(
     Unset schedule values come from :data:`GPU_SCHEDULE` or :data:`CPU_SCHEDULE`. ``stat_crops``:
     how many crops estimate the target's normalisation statistics.
     """
-    from tqdm import tqdm
-
     from core.inference.device import device_label, pick_device
-    from core.models.efficientad.penalty_images import natural_images
 
     dev = pick_device(device)
-    default = GPU_SCHEDULE if dev.type == "cuda" else CPU_SCHEDULE
-    schedule = Schedule(
-        steps=steps if steps is not None else default.steps,
-        batch_size=batch_size or default.batch_size,
-        crop=crop or default.crop,
-        lr=lr or default.lr,
-    )
-    if schedule.crop < 64 or schedule.crop % 4:
-        raise ValueError("crop must be a multiple of 4 and at least 64 px")
-    out_path = Path(out) if out is not None else TEACHER_DIR
-    weights_file = out_path if out_path.suffix == ".pth" else out_path / f"pdn_{model_size}.pth"
-    weights_file.parent.mkdir(parents=True, exist_ok=True)
+    schedule = _resolve_schedule(dev, steps, batch_size, crop, lr)
+    weights_file = _weights_path(out, model_size)
 
+    # The order below is the order of draws from torch's global generator (the target backbone's
+    # and the PDN's initialisation): keep it, or the same seed gives another teacher.
     torch.manual_seed(seed)
-    groups: list[list[np.ndarray]] = []
-    sources: dict[str, Any] = {}
-    if use_natural:
-        natural = natural_images()
-        groups.append([img for _, img in natural])
-        sources["natural"] = [name for name, _ in natural]
-    if use_demo_textures:
-        textures = demo_textures()
-        groups.append(textures)
-        sources["demo_textures"] = {"count": len(textures), "seed": TEXTURE_SEED, "generator": "core.data.demo"}
-    for folder in image_dirs or []:
-        images = _read_folder_images(Path(folder))
-        groups.append(images)
-        sources.setdefault("folders", []).append({"path": str(folder), "count": len(images)})
+    groups, sources = _training_images(use_natural, use_demo_textures, image_dirs)
     sampler = CropSampler(groups, schedule.crop, seed=seed)
-
-    target_net = DistillationTarget().to(dev)
-    n_stat_batches = max(1, stat_crops // schedule.batch_size)
-    stat_batches = [sampler.sample(schedule.batch_size)[0].to(dev) for _ in range(n_stat_batches)]
-    target_net.fit_stats(stat_batches)
-    del stat_batches
-
+    target_net, n_stat_batches = _fitted_target(sampler, schedule.batch_size, stat_crops, dev)
     pdn = build_pdn(model_size).to(dev).train()
-    with torch.no_grad():
-        out_hw = tuple(pdn(torch.zeros(1, 3, schedule.crop, schedule.crop, device=dev)).shape[-2:])
-    heldout_sampler = CropSampler(groups, schedule.crop, seed=seed + 1)
-    heldout = []
-    for _ in range(4):
-        hi, lo = heldout_sampler.sample(schedule.batch_size)
-        heldout.append((lo.to(dev), target_net(hi.to(dev), out_hw)))
+    out_hw = _pdn_output_size(pdn, schedule.crop, dev)
+    heldout = _heldout_batches(groups, schedule, seed, target_net, out_hw, dev)
     mse_before = _heldout_mse(pdn, heldout)
 
-    optimizer = torch.optim.Adam(pdn.parameters(), lr=schedule.lr, weight_decay=1e-5)
-    losses: list[float] = []
     started = time.perf_counter()
-    bar = tqdm(range(schedule.steps), desc=f"Distilling PDN-{model_size[0].upper()} teacher", unit="step", disable=not progress)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, schedule.steps, schedule.lr)
-        hi, lo = sampler.sample(schedule.batch_size)
-        hi, lo = hi.to(dev, non_blocking=True), lo.to(dev, non_blocking=True)
-        target = target_net(hi, out_hw)
-        loss = F.mse_loss(pdn(lo), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise RuntimeError(f"distillation diverged at step {step} (loss {losses[-1]}); try a lower --lr")
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-    bar.close()
-    wall = time.perf_counter() - started
-    mse_after = _heldout_mse(pdn, heldout)
+    desc = f"Distilling PDN-{model_size[0].upper()} teacher"
+    losses = _train(pdn, sampler, target_net, out_hw, schedule, dev, desc, progress)
+    outcome = _Outcome(time.perf_counter() - started, losses, mse_before, _heldout_mse(pdn, heldout))
 
-    state = {k: v.detach().to("cpu", torch.float16) for k, v in pdn.state_dict().items()}
-    tmp = weights_file.with_name(weights_file.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, weights_file)
-
-    tail = max(1, min(20, len(losses) // 10)) if losses else 0
-    entry = {
-        "file": weights_file.name,
-        "sha256": file_sha256(weights_file),
-        "bytes": weights_file.stat().st_size,
-        "dtype": "float16",
-        "architecture": f"anomalib {type(pdn).__name__} (out_channels={TEACHER_OUT_CHANNELS}, padding=False)",
-        "command": command or "core.models.efficientad.teacher.distill_teacher(...)",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": device_label(dev),
-        "wall_time_s": round(wall, 1),
-        "schedule": asdict(schedule),
-        "optimizer": "Adam (weight_decay 1e-5), linear warm-up 5% then cosine decay to 5% of lr",
-        "loss": "MSE between PDN output and target, over channels and positions",
-        "first_loss": round(losses[0], 5) if losses else None,
-        "final_loss": round(float(np.mean(losses[-tail:])), 5) if losses else None,
-        "final_loss_definition": f"mean training loss of the last {tail} steps",
-        "heldout_mse_before": round(mse_before, 5),
-        "heldout_mse_after": round(mse_after, 5),
-        "heldout_definition": f"4 fixed batches of {schedule.batch_size} augmented crops (sampler seed {seed + 1}), "
-        "not used for training; the target has unit variance per channel, so 1 - MSE is the share of variance explained",
-        "teacher_input": "RGB in [0, 1]; the PDN applies ImageNet mean/std inside forward (anomalib imagenet_norm_batch)",
-        "target": {
-            "backbone": f"{TARGET_BACKBONE} (timm tf_efficientnet_lite0, offline ImageNet weights, input mean=std=0.5)",
-            "layers": "blocks.2 (stride 8, 40 ch) + blocks.4 (stride 16, 112 ch, bilinearly upsampled to stride 8)",
-            "aggregation": "3x3 average pooling (PatchCore's local neighbourhood)",
-            "backbone_resolution": "2x the PDN input (crop at 2*crop px; the PDN gets its 2x2 average)",
-            "alignment": "bilinear grid_sample at the centres of the PDN's 33x33 receptive fields (PDN input pixel 4i+16)",
-            "normalisation": "152 channels standardised, then each of the 384 projected channels standardised "
-            "(mean/std over the embeddings of the first sampled batches)",
-            "stat_crops": n_stat_batches * schedule.batch_size,
-        },
-        "projection": {
-            "type": "fixed Gaussian, N(0, 1/152)",
-            "shape": [TEACHER_OUT_CHANNELS, target_net.in_channels],
-            "seed": PROJECTION_SEED,
-        },
-        "channel_mean_std": "not stored: anomalib's EfficientAd computes the teacher's channel mean/std on each "
-        "category's training images at the start of fit",
-        "images": sources,
-        "augmentation": "square regions with side log-uniform in [64 px, short side], sampled at 2*crop px, any rotation, mirror flip, "
-        "reflection padding, brightness/contrast x U(0.6, 1.4), saturation x U(0.5, 1.5), 15% grey-scale",
-        "seed": seed,
-        "versions": {"torch": torch.__version__},
-    }
-    provenance_file = weights_file.parent / PROVENANCE_FILE
-    provenance: dict[str, Any] = {}
-    if provenance_file.is_file():
-        try:
-            provenance = json.loads(provenance_file.read_text())
-        except json.JSONDecodeError:
-            provenance = {}
-    provenance.setdefault("files", {})[weights_file.name] = entry
-    provenance_file.write_text(json.dumps(provenance, indent=2) + "\n")
+    _save_weights(pdn, weights_file)
+    target = _target_record(n_stat_batches * schedule.batch_size, target_net.in_channels)
+    entry = _provenance_entry(
+        weights_file, pdn, schedule, outcome,
+        command=command, device=device_label(dev), seed=seed, target=target, sources=sources,
+    )  # fmt: skip
+    _write_provenance(weights_file, entry)
     return weights_file
 
 

@@ -53,11 +53,11 @@ __all__ = ["coreset_size", "greedy_coreset_indices", "subsample_memory_bank"]
 # Rows per block when preparing matrices and when updating flagged points: bounds the temporaries
 # (16,384 x 303 float32 = 20 MB) without adding noticeable per-block overhead.
 _BLOCK_ROWS = 16_384
-# Screens per pass over the N x D matrix (see _select). On 2 busy cores at N = 214,016 x 152, one
+# Screens per pass over the N x D matrix (see _Greedy._screen_pass). On 2 busy cores at N = 214,016 x 152, one
 # pass cost ~25 ms for 1 screen, ~80 ms for 32 and ~125 ms for 64, and nearly all of a batch became
 # centres (random data: ~31 of 32, ~62 of 64), giving 35, 200 and 255 iterations/s.
 _SCREEN_BATCH = 64
-# Exact updates of at least this many points run on all threads (see _select).
+# Exact updates of at least this many points run on all threads (see _Threads).
 _HEAVY_ROWS = 4_096
 # Safety factor on the rounding-error estimate in _Space.tol (see there).
 _TOL_FACTOR = 2.0
@@ -125,17 +125,17 @@ class _Space:
         # All float32, contiguous, on the working device.
         self.features = features
         self.gram: torch.Tensor | None = None
-        n_rows, n_features = rows.shape
+        if projection is not None and projection.shape[0] > rows.shape[1]:
+            # Departure (rounding only): screen in the narrower input space with G = R^T R.
+            # Centring X centres F too (the mean commutes with the linear map).
+            self.gram = (projection.T @ projection).contiguous()
         mean = _mean(rows)
-        max_raw_sq = _max_sq_norm(rows)
-        max_row_sq = _max_sq_norm(rows, mean)
-        proj_norm = 1.0
-        if projection is not None:
-            proj_norm = float(torch.linalg.matrix_norm(projection.double(), ord=2))
-            if projection.shape[0] > n_features:
-                # Departure (rounding only): screen in the narrower input space with G = R^T R.
-                # Centring X centres F too (the mean commutes with the linear map).
-                self.gram = (projection.T @ projection).contiguous()
+        self._fill_matrix(rows, mean, projection)
+        self.tol = self._tolerance(rows, mean, projection)
+
+    def _fill_matrix(self, rows: torch.Tensor, mean: torch.Tensor, projection: torch.Tensor | None) -> None:
+        """Write the augmented screen matrix, row i ``[m_i, ||f_i||^2, 1]``, block by block."""
+        n_rows, n_features = rows.shape
         project_rows = projection is not None and self.gram is None
         self.width = projection.shape[0] if project_rows else n_features  # type: ignore[union-attr]
         self.matrix = torch.empty((n_rows, self.width + 2), dtype=torch.float32, device=rows.device)
@@ -157,20 +157,27 @@ class _Space:
             block[:, self.width] = projected.pow(2).sum(dim=1)
             block[:, self.width + 1] = 1.0
 
-        # Bound on the rounding error of a squared distance, the screen's or anomalib's, against
-        # float64. The screen's terms (||f_i||^2, ||c||^2 and 2 m_i . q with
-        # |m_i| |q| <= ||R||^2 max|x - mean|^2) are float32 sums of ~w terms. anomalib projects
-        # *uncentred* rows, so its features carry an error ~ eps32 ||R|| |x|, which moves d^2 by
-        # ~ 2 d times that. Measured against float64 (30 centres x 20,000 rows; Gaussian, ReLU,
-        # clustered, low-rank, offset and integer data; w = 64..512) both errors stayed below
-        # 0.26 sqrt(w) eps32 times these terms (at most 0.16 tol with _TOL_FACTOR = 2: 6x margin;
-        # 30x for projected features).
+    def _tolerance(self, rows: torch.Tensor, mean: torch.Tensor, projection: torch.Tensor | None) -> float:
+        """Bound on the rounding error of a squared distance, the screen's or anomalib's, against float64.
+
+        The screen's terms (||f_i||^2, ||c||^2 and 2 m_i . q with |m_i| |q| <= ||R||^2 max|x - mean|^2)
+        are float32 sums of ~w terms. anomalib projects *uncentred* rows, so its features carry an
+        error ~ eps32 ||R|| |x|, which moves d^2 by ~ 2 d times that. Measured against float64 (30
+        centres x 20,000 rows; Gaussian, ReLU, clustered, low-rank, offset and integer data; w =
+        64..512) both errors stayed below 0.26 sqrt(w) eps32 times these terms (at most 0.16 tol
+        with _TOL_FACTOR = 2: 6x margin; 30x for projected features).
+        """
+        max_raw_sq = _max_sq_norm(rows)
+        max_row_sq = _max_sq_norm(rows, mean)
+        proj_norm = 1.0
+        if projection is not None:
+            proj_norm = float(torch.linalg.matrix_norm(projection.double(), ord=2))
         max_sq = float(self.matrix[:, self.width].max())
         scale = max_sq + proj_norm**2 * max_row_sq
         if projection is not None:
             scale += proj_norm * math.sqrt(max_sq * max_raw_sq)
-        width = max(n_features, features.shape[1])
-        self.tol = _TOL_FACTOR * torch.finfo(torch.float32).eps * math.sqrt(width) * scale
+        width = max(rows.shape[1], self.features.shape[1])
+        return _TOL_FACTOR * torch.finfo(torch.float32).eps * math.sqrt(width) * scale
 
     def screen_queries(self, index: torch.Tensor, rows: torch.Tensor, queries: torch.Tensor) -> None:
         """Fill ``queries`` (B x (w + 2)) for the centres ``index`` (B,), using ``rows`` as scratch.
@@ -264,124 +271,174 @@ def _prepare(
     return _Space(features, rows, projection), first.to(work_device)
 
 
+class _Threads:
+    """One torch thread for the loop's light ops, the caller's count for its heavy ones (CPU only).
+
+    On CPU, every op over N points is an OpenMP region ending in a barrier; on a 2-core machine
+    shared with other processes, a barrier waits for a descheduled thread and the loop's small ops
+    became 10-100x slower with 2 threads than with 1 (measured with one screen per pass: 9 vs 50
+    iterations/s). So the light ops run on one thread and only the heavy ones (the N x D product,
+    large exact updates) use the caller's thread count, which :meth:`restore` puts back.
+    (torch's thread count is process-wide: torch work on other threads meanwhile gets one thread.)
+    """
+
+    def __init__(self, dev: torch.device) -> None:
+        self.threads = torch.get_num_threads()
+        self.switch = dev.type == "cpu" and self.threads > 1
+
+    def heavy(self) -> None:
+        """All of the caller's threads, for an N x D product or a large exact update."""
+        if self.switch:
+            torch.set_num_threads(self.threads)
+
+    def light(self) -> None:
+        """One thread, for the many small ops (each a barrier with more threads)."""
+        if self.switch:
+            torch.set_num_threads(1)
+
+    def restore(self) -> None:
+        """The caller's thread count, unconditionally (on exit, also after an error)."""
+        torch.set_num_threads(self.threads)
+
+
+class _Greedy:
+    """The greedy loop's state: anomalib's running minimum, the screen cache and fixed buffers.
+
+    Every buffer is allocated here, once; the loop only writes into them. ``min_dist`` holds
+    anomalib's running minimum (its float32 norms, bit for bit) and ``threshold`` the screen's
+    bound ``min_dist^2 + slack``: a point whose screened squared distance is not below it cannot get
+    closer to the new centre than to an earlier one.
+    """
+
+    def __init__(self, space: _Space, first: torch.Tensor, size: int) -> None:
+        self.space = space
+        dev = space.matrix.device
+        n_rows = space.matrix.shape[0]
+        self.slack = 2.0 * space.tol  # screen error + anomalib's error, each within tol of float64
+        self.selected = torch.empty(size, dtype=torch.long, device=dev)
+        self.selected[0] = first[0]
+        self.min_dist = torch.full((n_rows,), math.inf, dtype=torch.float32, device=dev)
+        self.threshold = torch.full((n_rows,), math.inf, dtype=torch.float32, device=dev)
+        self.best_value = torch.empty((), dtype=torch.float32, device=dev)
+        self.threads = _Threads(dev)
+        self.exact_updates = 0
+        self.passes = 0
+        self._screen_buffers(min(_SCREEN_BATCH, n_rows))
+        self._update_buffers(min(_BLOCK_ROWS, n_rows))
+
+    def _screen_buffers(self, batch: int) -> None:
+        """A cache of ``batch`` screens (one per likely next centre) and the flagged-point buffers."""
+        dev = self.space.matrix.device
+        n_rows, width = self.space.matrix.shape
+        self.batch = batch
+        self.cached: dict[int, int] = {}  # point index -> row of `screens`
+        self.candidates = torch.empty(batch, dtype=torch.long, device=dev)
+        self.candidate_vals = torch.empty(batch, dtype=torch.float32, device=dev)
+        self.query_rows = torch.empty((batch, width), dtype=torch.float32, device=dev)
+        self.queries = torch.empty((batch, width), dtype=torch.float32, device=dev)
+        self.screens = torch.empty((batch, n_rows), dtype=torch.float32, device=dev)
+        self.flagged = torch.empty(n_rows, dtype=torch.bool, device=dev)
+        self.flagged_idx = torch.empty((n_rows, 1), dtype=torch.long, device=dev)  # capacity N; resized within it
+
+    def _update_buffers(self, block: int) -> None:
+        """Buffers for the exact updates, ``block`` flagged points at a time."""
+        dev = self.space.matrix.device
+        n_features = self.space.features.shape[1]
+        self.block = block
+        self.centre_features = torch.empty((1, n_features), dtype=torch.float32, device=dev)
+        self.rows_buf = torch.empty((block, n_features), dtype=torch.float32, device=dev)
+        self.exact = torch.empty(block, dtype=torch.float32, device=dev)
+        self.current = torch.empty(block, dtype=torch.float32, device=dev)
+
+    def step(self, i: int) -> None:
+        """Fold centre ``i - 1`` into the running minimum, then choose centre ``i`` as anomalib does."""
+        self.exact_updates += self._add_centre(self.selected[i - 1 : i])
+        # 3. anomalib's get_new_idx: torch.max over the running minimum (same values, same ties).
+        torch.max(self.min_dist, dim=0, out=(self.best_value, self.selected[i]))
+
+    def _add_centre(self, c: torch.Tensor) -> int:
+        """Screen, then update exactly the flagged points for centre ``c`` (a 1-element view); returns their count."""
+        # 1. Screen all points (from the cache, or with a new pass that fills it).
+        key = int(c)  # host sync
+        if key not in self.cached:
+            self._screen_pass(key)
+        screen = self.screens[self.cached.pop(key)]
+        torch.lt(screen, self.threshold, out=self.flagged)
+        self.flagged_idx.resize_(0, 1)
+        torch.nonzero(self.flagged, out=self.flagged_idx)  # host sync (the number of flagged points)
+        # 2. Exact update of the flagged points, as anomalib's update_distances would do it.
+        n_flagged = self._update_flagged(c)
+        # anomalib zeroes each new centre's minimum (its own distance is 0 already).
+        self.min_dist.index_fill_(0, c, 0.0)
+        return n_flagged
+
+    def _screen_pass(self, key: int) -> None:
+        """One pass over the N x D data: screens for centre ``key`` and the likeliest next centres.
+
+        The batch - 1 others are the points with the next-largest running minima (the farthest
+        points move little from one iteration to the next). Cached screens stay valid: they are
+        plain distances, independent of the running minimum.
+        """
+        torch.topk(self.min_dist, self.batch, out=(self.candidate_vals, self.candidates))
+        cand = self.candidates.tolist()
+        if key not in cand:  # key is the argmax, so only a tie at the top can leave it out
+            cand[-1] = key
+            self.candidates[-1] = key
+        self.space.screen_queries(self.candidates, self.query_rows, self.queries)
+        self.threads.heavy()
+        torch.mm(self.queries, self.space.matrix.T, out=self.screens)
+        self.threads.light()
+        self.passes += 1
+        self.cached.clear()
+        self.cached.update((p, b) for b, p in enumerate(cand))
+
+    def _update_flagged(self, c: torch.Tensor) -> int:
+        """Fold the exact distances of the flagged points to centre ``c`` into the running minimum."""
+        torch.index_select(self.space.features, 0, c, out=self.centre_features)
+        n_flagged = self.flagged_idx.shape[0]
+        if n_flagged >= _HEAVY_ROWS:
+            self.threads.heavy()
+        for start in range(0, n_flagged, self.block):
+            self._update_block(self.flagged_idx[start : start + self.block, 0])
+        self.threads.light()
+        return n_flagged
+
+    def _update_block(self, idx: torch.Tensor) -> None:
+        """``min_dist = min(min_dist, exact distance)`` and its screen threshold, for the points ``idx``."""
+        m = idx.shape[0]
+        current, exact = self.current[:m], self.exact[:m]
+        self.space.exact_distances(idx, self.centre_features, self.rows_buf, self.exact)
+        torch.index_select(self.min_dist, 0, idx, out=current)
+        torch.minimum(current, exact, out=current)
+        self.min_dist.index_copy_(0, idx, current)
+        torch.mul(current, current, out=exact)
+        exact.add_(self.slack)
+        self.threshold.index_copy_(0, idx, exact)
+
+
 def _select(
     space: _Space, first: torch.Tensor, size: int, *, progress: bool, stats: dict[str, int] | None = None
 ) -> torch.Tensor:
-    """The greedy loop. Buffers are allocated once, before it; the loop only writes into them.
+    """The greedy loop: ``size`` centres in selection order, starting from ``first``.
 
     ``stats``, if given, receives ``exact_updates``: how many point distances were computed exactly
     (anomalib computes ``(size - 1) * N``), and ``passes``: how many passes over the N x D matrix.
     """
-    matrix, features = space.matrix, space.features
-    dev = matrix.device
-    n_rows, width = matrix.shape
-    slack = 2.0 * space.tol  # screen error + anomalib's error, each within tol of float64
-    block = min(_BLOCK_ROWS, n_rows)
-
-    selected = torch.empty(size, dtype=torch.long, device=dev)
-    selected[0] = first[0]
-    # Screen buffers: a cache of `batch` screens (one per likely next centre) from one product.
-    batch = min(_SCREEN_BATCH, n_rows)
-    cached: dict[int, int] = {}  # point index -> row of `screens`
-    candidates = torch.empty(batch, dtype=torch.long, device=dev)
-    candidate_vals = torch.empty(batch, dtype=torch.float32, device=dev)
-    query_rows = torch.empty((batch, width), dtype=torch.float32, device=dev)
-    queries = torch.empty((batch, width), dtype=torch.float32, device=dev)
-    screens = torch.empty((batch, n_rows), dtype=torch.float32, device=dev)
-    flagged = torch.empty(n_rows, dtype=torch.bool, device=dev)
-    flagged_idx = torch.empty((n_rows, 1), dtype=torch.long, device=dev)  # capacity N; resized within it
-    # anomalib's running minimum (its float32 norms, bit for bit) and the screen's threshold,
-    # ``min_dist^2 + slack``: a point whose screened squared distance is not below it cannot get closer.
-    min_dist = torch.full((n_rows,), math.inf, dtype=torch.float32, device=dev)
-    threshold = torch.full((n_rows,), math.inf, dtype=torch.float32, device=dev)
-    # Exact-update buffers, one block at a time.
-    centre_features = torch.empty((1, features.shape[1]), dtype=torch.float32, device=dev)
-    rows_buf = torch.empty((block, features.shape[1]), dtype=torch.float32, device=dev)
-    exact = torch.empty(block, dtype=torch.float32, device=dev)
-    current = torch.empty(block, dtype=torch.float32, device=dev)
-    best_value = torch.empty((), dtype=torch.float32, device=dev)
-    exact_updates = 0
-    passes = 0
-
-    # On CPU, every op over N points is an OpenMP region ending in a barrier; on a 2-core machine
-    # shared with other processes, a barrier waits for a descheduled thread and the loop's small
-    # ops became 10-100x slower with 2 threads than with 1 (measured with one screen per pass: 9 vs
-    # 50 iterations/s). So the light ops run on one thread and only the heavy ones (the N x D
-    # product, large exact updates) use the caller's thread count, which is restored on exit.
-    # (torch's thread count is process-wide: torch work on other threads meanwhile gets one thread.)
-    threads = torch.get_num_threads()
-    switch_threads = dev.type == "cpu" and threads > 1
-
-    def heavy() -> None:
-        if switch_threads:
-            torch.set_num_threads(threads)
-
-    def light() -> None:
-        if switch_threads:
-            torch.set_num_threads(1)
-
-    def add_centre(c: torch.Tensor) -> int:
-        # c: a 1-element view into `selected`.
-        nonlocal passes
-        # 1. Screen all points (from the cache, or with a new pass that fills it).
-        key = int(c)  # host sync
-        if key not in cached:
-            # One pass over the N x D data screens this centre and the batch - 1 points with the
-            # next-largest running minima: the likeliest next centres (the farthest points move
-            # little from one iteration to the next). Cached screens stay valid: they are plain
-            # distances, independent of the running minimum.
-            torch.topk(min_dist, batch, out=(candidate_vals, candidates))
-            cand = candidates.tolist()
-            if key not in cand:  # c is the argmax, so only a tie at the top can leave it out
-                cand[-1] = key
-                candidates[-1] = key
-            space.screen_queries(candidates, query_rows, queries)
-            heavy()
-            torch.mm(queries, matrix.T, out=screens)
-            light()
-            passes += 1
-            cached.clear()
-            cached.update((p, b) for b, p in enumerate(cand))
-        screen = screens[cached.pop(key)]
-        torch.lt(screen, threshold, out=flagged)
-        flagged_idx.resize_(0, 1)
-        torch.nonzero(flagged, out=flagged_idx)  # host sync (the number of flagged points)
-        # 2. Exact update of the flagged points, as anomalib's update_distances would do it.
-        torch.index_select(features, 0, c, out=centre_features)
-        n_flagged = flagged_idx.shape[0]
-        if n_flagged >= _HEAVY_ROWS:
-            heavy()
-        for start in range(0, n_flagged, block):
-            idx = flagged_idx[start : start + block, 0]
-            m = idx.shape[0]
-            space.exact_distances(idx, centre_features, rows_buf, exact)
-            torch.index_select(min_dist, 0, idx, out=current[:m])
-            torch.minimum(current[:m], exact[:m], out=current[:m])
-            min_dist.index_copy_(0, idx, current[:m])
-            torch.mul(current[:m], current[:m], out=exact[:m])
-            exact[:m].add_(slack)
-            threshold.index_copy_(0, idx, exact[:m])
-        light()
-        # anomalib zeroes each new centre's minimum (its own distance is 0 already).
-        min_dist.index_fill_(0, c, 0.0)
-        return n_flagged
-
+    loop = _Greedy(space, first, size)
     bar = tqdm(total=size, desc="Selecting coreset", unit="pt", disable=not progress, mininterval=0.5)
     bar.update(1)
-    light()
+    loop.threads.light()
     try:
         for i in range(1, size):
-            exact_updates += add_centre(selected[i - 1 : i])
-            # 3. anomalib's get_new_idx: torch.max over the running minimum (same values, same ties).
-            torch.max(min_dist, dim=0, out=(best_value, selected[i]))
+            loop.step(i)
             bar.update(1)
     finally:
-        torch.set_num_threads(threads)
+        loop.threads.restore()
         bar.close()
     if stats is not None:
-        stats["exact_updates"] = exact_updates
-        stats["passes"] = passes
-    return selected
+        stats["exact_updates"] = loop.exact_updates
+        stats["passes"] = loop.passes
+    return loop.selected
 
 
 def subsample_memory_bank(model: torch.nn.Module, sampling_ratio: float, **kw: object) -> None:
