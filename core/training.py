@@ -150,10 +150,8 @@ def train(
     config = dict(config or {})
     spec = get_spec(model_name)
     module = spec.build_from(config, load_weights=True)
-    steps = None
-    engine_kwargs: dict[str, Any] = {}
-    if spec.prepare_training is not None:
-        batch_size, steps, engine_kwargs = spec.prepare_training(module, config)
+    model_batch_size, steps, engine_kwargs = spec.prepare_training(module, config)
+    batch_size = model_batch_size or batch_size
     datamodule = make_datamodule(root, category, train_batch_size=batch_size, num_workers=num_workers)
     engine = make_engine(dev, progress=progress, **engine_kwargs)
     started = time.perf_counter()

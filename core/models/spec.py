@@ -3,44 +3,60 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
-#: (module, config) -> (batch size, steps or None, extra Engine/Trainer arguments)
-PrepareTraining = Callable[[Any, dict[str, Any]], tuple[int, int | None, dict[str, Any]]]
+#: The one ``train`` flag every model reads (``--image-size``).
+SHARED_CLI_KEY = "image_size"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything model-specific, behind one name (anomalib's ``get_model`` idea, for Inspect).
 
-    The callables import anomalib only when called, so listing models, building the command line
-    or drawing a page never pays for it.
+    The model's code lives in ``module`` (e.g. ``core.models.patchcore.model``), which defines, by
+    convention:
+
+    * ``Config`` -- the config dataclass (validates in ``__post_init__``; ``to_dict()`` is what
+      the metadata stores and what rebuilds the module);
+    * ``build(config, *, load_weights)`` -- an anomalib module, ready to train or to receive a
+      state dict;
+    * ``patch_features(module, processed)`` -- B x D x h x w descriptors for similarity search;
+    * optionally ``training_note(category)`` (what training costs here, shown before a page offers
+      to train) and ``prepare_training(module, config)`` -> (batch size, steps, Engine arguments).
+
+    ``module`` is imported on first use, so listing models, building the command line or drawing a
+    page never imports anomalib or torch.
     """
 
     name: str
     label: str
-    #: ``**config`` -> the model's config dataclass (validates; ``.to_dict()`` is what meta stores)
-    make_config: Callable[..., Any]
-    #: (config dataclass, load_weights) -> an anomalib module ready to train or to load a state dict
-    build: Callable[[Any, bool], Any]
-    #: (module, pre-processed batch) -> B x D x h x w patch descriptors (similarity search)
-    patch_features: Callable[[Any, Any], Any]
-    #: adds this model's flags to ``train`` (an argument group named after the model)
-    add_cli_args: Callable[[argparse._ArgumentGroup], None]
-    #: ``argparse`` attribute names copied into the config when given (``image_size`` is shared)
-    cli_keys: tuple[str, ...]
-    #: what training costs here, shown before a page offers to train (None: nothing to say)
-    training_note: Callable[[str], str | None] = lambda _category: None
-    #: set-up before ``Engine.fit`` (None: one pass, batch 8, no step count)
-    prepare_training: PrepareTraining | None = None
+    module: str
+    #: this model's flags of ``train``: (flag, ``add_argument`` keywords); each sets the config
+    #: field of the same name (``--coreset-ratio`` -> ``coreset_ratio``)
+    cli_flags: tuple[tuple[str, Mapping[str, Any]], ...] = ()
     #: published reference figures per category, shown as labelled markers on the Compare page
     published: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
+    def code(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    def add_cli_args(self, group: argparse._ArgumentGroup) -> None:
+        """Add this model's flags to ``train`` (an argument group named after the model)."""
+        for flag, options in self.cli_flags:
+            group.add_argument(flag, **options)
+
     def config_from_args(self, args: argparse.Namespace) -> dict[str, Any]:
-        """The flags of ``train`` that this model reads and the user gave."""
-        return {key: getattr(args, key) for key in self.cli_keys if getattr(args, key, None) is not None}
+        """The flags of ``train`` that this model reads and the user gave (``--image-size`` is shared)."""
+        keys = [SHARED_CLI_KEY, *(flag.lstrip("-").replace("-", "_") for flag, _ in self.cli_flags)]
+        return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
+
+    def make_config(self, **config: Any) -> Any:
+        """The validated config dataclass (a one-line ConfigError when a value is out of range)."""
+        return self.code().Config(**config)
 
     def full_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """``config`` validated, with every default filled in: what rebuilds the module later."""
@@ -48,4 +64,16 @@ class ModelSpec:
 
     def build_from(self, config: Mapping[str, Any], *, load_weights: bool) -> Any:
         """Build the module from a stored or user config (``load_weights=False`` when a checkpoint follows)."""
-        return self.build(self.make_config(**config), load_weights)
+        return self.code().build(self.make_config(**config), load_weights=load_weights)
+
+    def patch_features(self, module: Any, processed: Any) -> Any:
+        return self.code().patch_features(module, processed)
+
+    def training_note(self, category: str) -> str | None:
+        note = getattr(self.code(), "training_note", None)
+        return note(category) if note is not None else None
+
+    def prepare_training(self, module: Any, config: dict[str, Any]) -> tuple[int | None, int | None, dict[str, Any]]:
+        """(batch size or None for the caller's, steps or None for one pass, extra Engine arguments)."""
+        prepare = getattr(self.code(), "prepare_training", None)
+        return prepare(module, config) if prepare is not None else (None, None, {})

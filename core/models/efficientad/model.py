@@ -32,8 +32,9 @@ import torch
 from anomalib.models import EfficientAd
 from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
 
+from core.data.image_io import sha256_of
 from core.errors import ConfigError
-from core.models.efficientad.teacher import file_sha256, read_teacher_state, teacher_weights_path
+from core.models.efficientad.teacher import read_teacher_state, teacher_weights_path
 from core.models.patchcore.model import check_image_size
 from core.settings import get_settings
 
@@ -100,7 +101,7 @@ class OfflineEfficientAd(EfficientAd):
         state = read_teacher_state(path, self.inspect_config.model_size)
         self.model.teacher.load_state_dict(state, strict=True)
         self.model.teacher.eval()
-        self.teacher_sha256 = file_sha256(path)
+        self.teacher_sha256 = sha256_of(path)
 
     def prepare_pretrained_model(self) -> None:
         # Departure from anomalib: anomalib downloads efficientad_pretrained_weights.zip (its PDN
@@ -246,3 +247,10 @@ def teacher_patch_features(module: EfficientAd, processed: torch.Tensor) -> torc
     """B x 384 x h x w: the teacher's output, channel-normalised with the category's statistics."""
     inner = module.model
     return inner._normalize_teacher(inner.teacher(processed))  # noqa: SLF001 - anomalib's own normalisation
+
+
+# The names core.models.spec.ModelSpec looks up in a model's module.
+Config = EfficientAdConfig
+build = build_efficientad
+patch_features = teacher_patch_features
+training_note = training_plan_note

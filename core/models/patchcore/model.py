@@ -102,3 +102,9 @@ def patchcore_patch_features(module: Patchcore, processed: torch.Tensor) -> torc
     features = inner.feature_extractor(processed)
     features = {layer: inner.feature_pooler(f) for layer, f in features.items()}
     return inner.generate_embedding(features)
+
+
+# The names core.models.spec.ModelSpec looks up in a model's module.
+Config = PatchcoreConfig
+build = build_patchcore
+patch_features = patchcore_patch_features
