@@ -423,13 +423,14 @@ def load_state(model: str, category: str, models_dir: Path | None = None) -> dic
     return read_state(current_files(model, category, models_dir), model, category)
 
 
-def load_pair(model: str, category: str, models_dir: Path | None = None) -> tuple[ModelMeta, dict[str, torch.Tensor]]:
-    """Metadata and state dict of the *same* version (a save in between cannot mix two versions)."""
+def load_pair(model: str, category: str, models_dir: Path | None = None) -> tuple[ModelMeta, dict[str, torch.Tensor], str]:
+    """Metadata, state dict and version name ('v0003') of the *same* version (a save in between
+    cannot mix two versions)."""
     for attempt in range(2):
         files = current_files(model, category, models_dir)
         try:
             meta = read_meta(files, model, category)
-            return meta, read_state(files, model, category, meta)
+            return meta, read_state(files, model, category, meta), files.version
         except ModelUnreadableError:
             if attempt == 0 and not _is_complete(files.folder):
                 continue  # pruned by a concurrent save between finding and reading: take the new one

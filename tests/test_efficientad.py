@@ -155,7 +155,7 @@ def test_inference_maps_and_scores(trained, ead_data: Path) -> None:
         assert np.isfinite(prediction.anomaly_map).all()
         assert prediction.anomaly_map.min() >= 0.0 and prediction.anomaly_map.max() <= 1.0
         assert np.isfinite(prediction.raw_score) and 0.0 <= prediction.score <= 1.0
-    features = detector.patch_features(load_image(path))
+    features = detector.predict(load_image(path), with_features=True).patch_features
     assert features.shape == (384, 56, 56) and torch.isfinite(features).all()
     # the same numbers as the module-level helper used by the similarity search
     processed = detector.module.pre_processor(torch.rand(1, 3, SIZE, SIZE))

@@ -48,7 +48,7 @@ def read_image(path: str | Path, as_tensor: bool = False) -> torch.Tensor | np.n
     if as_tensor:
         from torchvision.tv_tensors import Image as TvImage
 
-        return TvImage(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0))
+        return TvImage(torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0))
     return rgb / 255.0
 
 

@@ -80,7 +80,7 @@ def collect(detector: Detector, datamodule: Any, *, progress: bool = True) -> Sp
 
     out = SplitOutputs()
     for batch in tqdm(datamodule.test_dataloader(), desc="Evaluating", unit="batch", disable=not progress):
-        raw, normalised = detector.run_batch(batch.image)
+        raw, normalised, _ = detector.run_batch(batch.image)
         amap = normalised.anomaly_map.float().cpu()
         amap = amap if amap.dim() == 3 else amap.squeeze(1)
         raw_map = raw.anomaly_map.float().cpu()

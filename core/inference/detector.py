@@ -30,6 +30,8 @@ class Prediction:
     raw_score: float
     anomaly_map: np.ndarray  # float32, model resolution, normalised to [0, 1]
     latency_ms: float
+    #: D x h x w patch descriptors from the same forward pass (similarity search), when asked for
+    patch_features: torch.Tensor | None = None
 
     def verdict(self, threshold: float = CALIBRATED_THRESHOLD) -> str:
         """Re-judged at any threshold without running the model again."""
@@ -45,10 +47,12 @@ def to_tensor(image_rgb: np.ndarray) -> torch.Tensor:
 class Detector:
     """A trained model on its device, with its metadata."""
 
-    def __init__(self, module: torch.nn.Module, meta: registry.ModelMeta, device: torch.device) -> None:
+    def __init__(self, module: torch.nn.Module, meta: registry.ModelMeta, device: torch.device, version: str = "") -> None:
         self.module = module.to(device).eval()
         self.meta = meta
         self.device = device
+        self.version = version  # the registry version folder it was loaded from ('v0003')
+        self._spec = get_spec(meta.model)
 
     def raw_to_normalised(self, raw_score: float) -> float:
         """The post-processor's score normalisation, for a raw score (e.g. a stored one)."""
@@ -62,32 +66,56 @@ class Detector:
         return (score - 0.5) * (cal.image_max - cal.image_min) + cal.image_threshold
 
     @torch.inference_mode()
-    def run_batch(self, images: torch.Tensor):
-        """Raw and normalised outputs for a batch of [0, 1] images (any size; resized inside)."""
-        images = images.to(self.device)
-        processed = self.module.pre_processor(images)
-        raw = self.module.model(processed)
-        normalised = self.module.post_processor(raw)
-        return raw, normalised
+    def run_batch(self, images: torch.Tensor | list[torch.Tensor], *, with_features: bool = False):
+        """Raw and normalised outputs (and patch features) for [0, 1] images, in ONE forward pass.
 
-    @torch.inference_mode()
-    def patch_features(self, image_rgb: np.ndarray) -> torch.Tensor:
-        """D x h x w patch descriptors of one image from the model's own feature extractor."""
-        processed = self.module.pre_processor(to_tensor(image_rgb).to(self.device))
-        return get_spec(self.meta.model).patch_features(self.module, processed)[0].float().cpu()
+        ``images``: a 1x3xHxW / Bx3xHxW tensor, or a list of 1x3xHxW tensors of any sizes (each is
+        pre-processed, i.e. resized, on its own and the batch is stacked after). With
+        ``with_features`` the model's own patch descriptors are captured by a forward hook on the
+        part of the network that computes them (PatchCore's backbone, EfficientAD's teacher), so
+        similarity search never runs the backbone a second time.
+        """
+        processed = self._pre_process(images)
+        if not with_features:
+            raw = self.module.model(processed)
+            return raw, self.module.post_processor(raw), None
+        captured: list = []
+        hook = self._spec.capture_target(self.module).register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            raw = self.module.model(processed)
+        finally:
+            hook.remove()
+        return raw, self.module.post_processor(raw), self._spec.features_from_capture(self.module, captured[0])
 
-    def predict(self, image_rgb: np.ndarray) -> Prediction:
+    def _pre_process(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            return self.module.pre_processor(images.to(self.device))
+        return torch.cat([self.module.pre_processor(image.to(self.device)) for image in images])
+
+    def predict(self, image_rgb: np.ndarray, *, with_features: bool = False) -> Prediction:
+        """One image's prediction (and, on request, its patch features from the same pass)."""
+        return self.predict_batch([image_rgb], with_features=with_features)[0]
+
+    def predict_batch(self, images_rgb: list[np.ndarray], *, with_features: bool = False) -> list[Prediction]:
+        """Predictions for several images of any sizes in one batch; ``latency_ms`` is per image."""
         started = time.perf_counter()
-        raw, normalised = self.run_batch(to_tensor(image_rgb))
+        raw, normalised, features = self.run_batch([to_tensor(image) for image in images_rgb], with_features=with_features)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        latency = (time.perf_counter() - started) * 1000
-        return Prediction(
-            score=float(normalised.pred_score.reshape(-1)[0]),
-            raw_score=float(raw.pred_score.reshape(-1)[0]),
-            anomaly_map=normalised.anomaly_map[0].squeeze().float().cpu().numpy(),
-            latency_ms=latency,
-        )
+        latency = (time.perf_counter() - started) * 1000 / max(1, len(images_rgb))
+        scores = normalised.pred_score.reshape(-1).float().cpu()
+        raw_scores = raw.pred_score.reshape(-1).float().cpu()
+        maps = normalised.anomaly_map.float().cpu()
+        return [
+            Prediction(
+                score=float(scores[i]),
+                raw_score=float(raw_scores[i]),
+                anomaly_map=maps[i].squeeze().numpy(),
+                latency_ms=latency,
+                patch_features=features[i].float().cpu() if features is not None else None,
+            )
+            for i in range(len(images_rgb))
+        ]
 
 
 def load_detector(model: str, category: str, *, device: str | None = None, models_dir: Path | None = None) -> Detector:
@@ -96,14 +124,14 @@ def load_detector(model: str, category: str, *, device: str | None = None, model
     Metadata that does not build a module, or a checkpoint that does not fit it, raises
     :class:`~core.errors.ModelUnreadableError` (one line, with the retrain command).
     """
-    meta, state = registry.load_pair(model, category, models_dir)
+    meta, state, version = registry.load_pair(model, category, models_dir)
     try:
         module = build_model(model, meta.config, load_weights=False)
     except (ConfigError, TypeError, ValueError) as exc:  # e.g. an unknown or out-of-range setting
         raise registry.unreadable(model, category, f"{registry.METADATA} config: {exc}") from exc
     registry.apply_state(module, state, model, category)
     _check_memory_bank(module, model, category)
-    return Detector(module, meta, pick_device(device))
+    return Detector(module, meta, pick_device(device), version=version)
 
 
 def _check_memory_bank(module: torch.nn.Module, model: str, category: str) -> None:

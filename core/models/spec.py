@@ -24,7 +24,9 @@ class ModelSpec:
       the metadata stores and what rebuilds the module);
     * ``build(config, *, load_weights)`` -- an anomalib module, ready to train or to receive a
       state dict;
-    * ``patch_features(module, processed)`` -- B x D x h x w descriptors for similarity search;
+    * ``patch_features(module, processed)`` -- B x D x h x w descriptors for similarity search,
+      and the same from the prediction's own forward pass: ``capture_target(module)`` (the
+      sub-network to hook) and ``features_from_capture(module, its_output)``;
     * optionally ``training_note(category)`` (what training costs here, shown before a page offers
       to train) and ``prepare_training(module, config)`` -> (batch size, steps, Engine arguments).
 
@@ -67,7 +69,16 @@ class ModelSpec:
         return self.code().build(self.make_config(**config), load_weights=load_weights)
 
     def patch_features(self, module: Any, processed: Any) -> Any:
+        """B x D x h x w descriptors of a pre-processed batch (a forward pass of their own)."""
         return self.code().patch_features(module, processed)
+
+    def capture_target(self, module: Any) -> Any:
+        """The sub-network whose output the descriptors come from (hooked during inference)."""
+        return self.code().capture_target(module)
+
+    def features_from_capture(self, module: Any, captured: Any) -> Any:
+        """B x D x h x w descriptors from what :meth:`capture_target` output in the same pass."""
+        return self.code().features_from_capture(module, captured)
 
     def training_note(self, category: str) -> str | None:
         note = getattr(self.code(), "training_note", None)

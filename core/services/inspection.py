@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 __all__ = [
     "CALIBRATED",
     "IMAGE_TYPES",
+    "Inspected",
+    "defect_area",
+    "inspect_bytes",
+    "inspect_images",
     "Judgement",
     "Pictures",
     "display_copy",
@@ -50,8 +54,9 @@ def load_detector(model: str, category: str) -> Detector:
 
 
 def predict(detector: Detector, image_rgb: np.ndarray) -> Prediction:
-    """Run ``detector`` on one image: the one place the app runs a model on an inspected image."""
-    return detector.predict(image_rgb)
+    """Run ``detector`` on one image, patch features included (one forward pass serves both the
+    verdict and, for a DEFECT, the similarity descriptors)."""
+    return detector.predict(image_rgb, with_features=True)
 
 
 def warm_up(detector: Detector) -> None:
@@ -203,3 +208,107 @@ def file_stem(name: str) -> str:
     """A file-system-safe stem of ``name`` (for download file names)."""
     stem = Path(name).stem or "image"
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80]
+
+
+# --------------------------------------------------------------------------------------------
+# The whole path for one or many images: what the page, the folder command and the API call
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inspected:
+    """One image through the whole path: decoded, judged, recorded, indexed (or why not)."""
+
+    file_name: str
+    sha256: str
+    image: np.ndarray
+    prediction: Prediction
+    judgement: Judgement
+    model_version: str
+    defect_area: float  # share of the map at or above the threshold
+    inspection_id: int | None = None
+    point_id: str | None = None
+    notes: list[str] = field(default_factory=list)  # why something was not recorded / indexed
+
+
+def defect_area(prediction: Prediction, threshold: float = CALIBRATED) -> float:
+    """Share of the (calibrated) anomaly map at or above ``threshold``: how much of the part is flagged."""
+    amap = prediction.anomaly_map
+    return float((amap >= threshold).mean()) if amap.size else 0.0
+
+
+def inspect_images(
+    detector: Detector,
+    images: list[tuple[str, np.ndarray, str]],
+    *,
+    threshold: float = CALIBRATED,
+    history: History | None = None,
+    record: bool = True,
+    defect_type: str | None = None,
+) -> list[Inspected]:
+    """Judge ``(file name, decoded RGB image, sha256)`` items in ONE batch; record and index them.
+
+    The model runs once for all of them (``predict_batch`` with patch features); each result is
+    judged at ``threshold``, written to ``history`` when ``record`` (a damaged or missing history
+    is a note, never a lost verdict), and a DEFECT is added to the similar-defect index from the
+    same forward pass's features (queued when the store cannot take it now).
+    """
+    predictions = detector.predict_batch([image for _, image, _ in images], with_features=True)
+    results = []
+    for (name, image, sha), prediction in zip(images, predictions, strict=True):
+        result = Inspected(
+            file_name=name,
+            sha256=sha,
+            image=image,
+            prediction=prediction,
+            judgement=judge(prediction, detector, threshold),
+            model_version=detector.version,
+            defect_area=defect_area(prediction, threshold),
+        )
+        if record:
+            _record_and_index(result, detector, history, threshold, defect_type)
+        results.append(result)
+    return results
+
+
+def _record_and_index(
+    result: Inspected, detector: Detector, history: History | None, threshold: float, defect_type: str | None
+) -> None:
+    if history is None:
+        result.notes.append("not recorded: the inspection history is unavailable")
+        return
+    try:
+        result.inspection_id = record_inspection(
+            history,
+            file_name=result.file_name,
+            sha256=result.sha256,
+            image_rgb=result.image,
+            model=detector.meta.model,
+            category=detector.meta.category,
+            prediction=result.prediction,
+            threshold=threshold,
+            defect_type=defect_type,
+        )
+    except InspectError as exc:
+        result.notes.append(f"not recorded: {exc}")
+        return
+    if result.judgement.verdict == "DEFECT":
+        result.point_id, note = index_inspection(
+            detector, result.image, result.prediction, sha256=result.sha256, inspection_id=result.inspection_id, history=history
+        )
+        if note:
+            result.notes.append(note)
+
+
+def inspect_bytes(
+    detector: Detector,
+    data: bytes,
+    file_name: str,
+    *,
+    threshold: float = CALIBRATED,
+    history: History | None = None,
+    record: bool = True,
+) -> Inspected:
+    """Decode ``data`` with the one loader and inspect it (:class:`~core.errors.ImageError` if unreadable)."""
+    image = load_image(data, file_name)
+    return inspect_images(detector, [(file_name, image, sha256_of(data))], threshold=threshold, history=history, record=record)[0]

@@ -157,11 +157,12 @@ def describe(
 ) -> tuple[dict[str, np.ndarray], Prediction]:
     """Both descriptors of one image, and its prediction (whose map weights the defect descriptor).
 
-    A caller that already has the image's ``prediction`` passes it, so the model is not run twice.
+    The descriptors come from the prediction's own forward pass (``predict(..., with_features=True)``):
+    a caller that already has such a prediction passes it, and the model does not run again.
     """
-    if prediction is None:
-        prediction = detector.predict(image_rgb)
-    return descriptors(detector.patch_features(image_rgb), prediction.anomaly_map), prediction
+    if prediction is None or prediction.patch_features is None:
+        prediction = detector.predict(image_rgb, with_features=True)
+    return descriptors(prediction.patch_features, prediction.anomaly_map), prediction
 
 
 def index_category(store: SimilarityStore, detector: Detector, *, progress: bool = True) -> int:

@@ -242,11 +242,20 @@ def prepare_training(module: OfflineEfficientAd, config: dict[str, Any]) -> tupl
     return 1, steps, engine_kwargs
 
 
+def capture_target(module: EfficientAd) -> torch.nn.Module:
+    """The PDN teacher: its output is what the descriptors are made of."""
+    return module.model.teacher
+
+
+def features_from_capture(module: EfficientAd, teacher_output: torch.Tensor) -> torch.Tensor:
+    """B x 384 x h x w: the teacher's output, channel-normalised with the category's statistics."""
+    return module.model._normalize_teacher(teacher_output)  # noqa: SLF001 - anomalib's own normalisation
+
+
 @torch.no_grad()
 def teacher_patch_features(module: EfficientAd, processed: torch.Tensor) -> torch.Tensor:
-    """B x 384 x h x w: the teacher's output, channel-normalised with the category's statistics."""
-    inner = module.model
-    return inner._normalize_teacher(inner.teacher(processed))  # noqa: SLF001 - anomalib's own normalisation
+    """The same descriptors for a pre-processed batch (a teacher pass of its own)."""
+    return features_from_capture(module, module.model.teacher(processed))
 
 
 # The names core.models.spec.ModelSpec looks up in a model's module.

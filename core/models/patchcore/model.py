@@ -96,12 +96,24 @@ def _check_layers(model: OfflinePatchcore, requested: list[str], timm_name: str)
         raise ConfigError(f"--layers {' '.join(missing)}: no such layer in {timm_name} (available: {available})")
 
 
-def patchcore_patch_features(module: Patchcore, processed: torch.Tensor) -> torch.Tensor:
-    """B x D x h x w: the locally aware, multi-layer embedding that the memory bank holds."""
+def capture_target(module: Patchcore) -> torch.nn.Module:
+    """The backbone's feature extractor: its output is where the embedding starts."""
+    return module.model.feature_extractor
+
+
+def features_from_capture(module: Patchcore, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """B x D x h x w: the locally aware, multi-layer embedding that the memory bank holds.
+
+    Computed from the backbone's output as anomalib's ``PatchcoreModel.forward`` does (pooling,
+    upsampling, concatenation: cheap next to the backbone itself).
+    """
     inner = module.model
-    features = inner.feature_extractor(processed)
-    features = {layer: inner.feature_pooler(f) for layer, f in features.items()}
-    return inner.generate_embedding(features)
+    return inner.generate_embedding({layer: inner.feature_pooler(f) for layer, f in features.items()})
+
+
+def patchcore_patch_features(module: Patchcore, processed: torch.Tensor) -> torch.Tensor:
+    """B x D x h x w embedding of a pre-processed batch (a backbone pass of its own)."""
+    return features_from_capture(module, module.model.feature_extractor(processed))
 
 
 # The names core.models.spec.ModelSpec looks up in a model's module.

@@ -1,0 +1,87 @@
+"""The one inspection path: one forward pass per batch serves verdicts and similarity descriptors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY_CATEGORY
+
+
+@pytest.fixture
+def detector(app_env: Path):
+    from core.inference.detector import load_detector
+
+    return load_detector("patchcore", TINY_CATEGORY, device="cpu")
+
+
+def _test_images(root: Path, n_defect: int = 2) -> list[Path]:
+    test_dir = root / TINY_CATEGORY / "test"
+    defects = sorted(p for p in test_dir.glob("*/*.png") if p.parent.name != "good")[:n_defect]
+    return [*sorted((test_dir / "good").glob("*.png"))[:1], *defects]
+
+
+def _backbone_calls(detector) -> list[int]:
+    calls = [0]
+    detector.module.model.feature_extractor.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_features_from_the_prediction_pass_equal_a_separate_pass(detector, tiny_data_root: Path) -> None:
+    from core.data.image_io import load_image
+    from core.inference.detector import to_tensor
+    from core.models import get_spec
+
+    image = load_image(_test_images(tiny_data_root)[1])
+    prediction = detector.predict(image, with_features=True)
+    processed = detector.module.pre_processor(to_tensor(image))
+    with torch.inference_mode():
+        separate = get_spec("patchcore").patch_features(detector.module, processed)[0]
+    assert prediction.patch_features is not None
+    torch.testing.assert_close(prediction.patch_features, separate.float())
+    assert detector.predict(image).patch_features is None  # only on request
+
+
+def test_a_batch_scores_like_images_one_at_a_time(detector, tiny_data_root: Path) -> None:
+    from core.data.image_io import load_image
+
+    images = [load_image(p) for p in _test_images(tiny_data_root, n_defect=3)]
+    batch = detector.predict_batch(images)
+    single = [detector.predict(image) for image in images]
+    assert [round(p.score, 5) for p in batch] == [round(p.score, 5) for p in single]
+    for b, s in zip(batch, single, strict=True):
+        np.testing.assert_allclose(b.anomaly_map, s.anomaly_map, atol=1e-5)
+
+
+def test_inspect_images_runs_the_backbone_once_and_indexes_defects(detector, app_index, tiny_data_root: Path) -> None:
+    """Three images, one of them good: one backbone call, three history rows, the DEFECTs indexed."""
+    from core.data.image_io import load_image, sha256_of
+    from core.history import History
+    from core.services import inspection
+
+    paths = _test_images(tiny_data_root)
+    items = [(p.name, load_image(p), sha256_of(p.read_bytes() + b"service-test")) for p in paths]
+    history = History()
+    calls = _backbone_calls(detector)
+    results = inspection.inspect_images(detector, items, history=history)
+    assert calls[0] == 1
+    assert [r.inspection_id is not None for r in results] == [True] * 3
+    assert all(r.model_version.startswith("v") for r in results)
+    for result in results:
+        record = history.get(result.inspection_id)
+        assert record.verdict == result.judgement.verdict and record.sha256 == result.sha256
+        if result.judgement.verdict == "DEFECT":
+            assert result.point_id is not None and str(record.point_id) == result.point_id, result.notes
+            assert 0.0 < result.defect_area <= 1.0
+    assert any(r.judgement.verdict == "DEFECT" for r in results)
+
+
+def test_unreadable_bytes_are_an_image_error(detector) -> None:
+    from core.errors import ImageError
+    from core.services import inspection
+
+    with pytest.raises(ImageError, match="not an image file"):
+        inspection.inspect_bytes(detector, b"hello", "note.txt", record=False)
