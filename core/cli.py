@@ -117,6 +117,65 @@ def cmd_eval_similar(args: argparse.Namespace) -> None:
     eval_similar_cli(args)
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from core.services.batch import run_command
+
+    return run_command(
+        args.paths,
+        category=args.category,
+        model=args.model,
+        threshold=args.threshold,
+        csv_path=args.csv,
+        overlays=args.overlays,
+        record=args.record,
+        batch_size=args.batch_size,
+    )
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (0.5 = calibrated), got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _inspect_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="judge images, folders (recursive) or globs with a trained model; exit 1 if any file failed",
+        description="Judge every image named (files, folders searched recursively, globs) with a trained model. "
+        "Exit status: 0 when every file was judged, 1 when any file could not be (its CSV row says why), "
+        "2 for bad usage (unknown category or model, untrained model, no images found).",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="an image, a folder or a glob (quote it: 'parts/*.png')")
+    p.add_argument("--category", required=True)
+    p.add_argument("--model", choices=MODEL_NAMES, help="default: the first model trained for the category")
+    p.add_argument(
+        "--threshold",
+        type=_unit_interval,
+        default=0.5,
+        metavar="T",
+        help="decision threshold, normalised 0..1 (0.5 = calibrated)",
+    )
+    p.add_argument("--csv", metavar="OUT.csv", help="write one row per file here (default: one line per file on stdout)")
+    p.add_argument("--overlays", metavar="DIR", help="write each image's heatmap overlay PNG into DIR")
+    p.add_argument(
+        "--record",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="record each inspection in the history and a DEFECT in the similar-defect index (default: yes)",
+    )
+    p.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="images per forward pass (default 8)")
+    p.set_defaults(func=cmd_inspect)
+
+
 def cmd_setup(args: argparse.Namespace) -> None:
     from core.setup_default import prepare_default
 
@@ -161,6 +220,21 @@ def cmd_users(args: argparse.Namespace) -> None:
                 print(f"{title}:")
                 for e in entries:
                     print(f"  {e.name:<24}{e.role:<12}{e.created}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from core.api.server import serve
+
+    serve(args.host, args.port)
+
+
+def _serve_parser(sub: Any) -> None:
+    from core.api.server import DEFAULT_HOST, DEFAULT_PORT
+
+    p = sub.add_parser("serve", help="run the REST API alone (no dashboard), for line PCs")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this computer only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    p.set_defaults(func=cmd_serve)
 
 
 def _users_parser(sub: Any) -> None:
@@ -246,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-index", action="store_true")
     p.set_defaults(func=cmd_setup)
 
+    _inspect_parser(sub)
     _users_parser(sub)
+    _serve_parser(sub)
     return parser
 
 
@@ -254,11 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
-        args.func(args)
+        status = args.func(args)  # None, or an exit status (inspect: 1 when any file failed)
     except InspectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0

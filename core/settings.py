@@ -132,6 +132,29 @@ def max_pixels() -> int:
     return value
 
 
+# --- The REST API (core/api/) ----------------------------------------------------------------------
+
+
+def api_key() -> str | None:
+    """INSPECT_API_KEY: one shared key the REST API accepts (``Authorization: Bearer``), or None.
+
+    Keys made with ``python -m core users add-key`` work beside it; with neither, the API is open
+    and may only be served on this computer (see core.api.security).
+    """
+    return os.environ.get("INSPECT_API_KEY", "").strip() or None
+
+
+def max_upload_bytes() -> int:
+    """INSPECT_MAX_UPLOAD_MB: the largest image file the API accepts, in MB (default 50), checked
+    while the request is read so an oversized upload never reaches the disk or the decoder."""
+    return int(_number_from_env("INSPECT_MAX_UPLOAD_MB", 50.0, 0.001, float) * 1_000_000)
+
+
+def api_max_batch() -> int:
+    """INSPECT_API_MAX_BATCH: the most images one ``/v1/inspect/batch`` request may hold (default 16)."""
+    return int(_number_from_env("INSPECT_API_MAX_BATCH", 16, 1))
+
+
 # --- Services and files outside the workspace ------------------------------------------------------
 
 

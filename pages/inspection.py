@@ -1,28 +1,37 @@
-"""Inspect page: one image in, a verdict, a heatmap and the defect region out.
+"""Inspect page: one image in, a verdict, a heatmap and the defect region out; several in, a table.
 
 Widgets and layout only. The model runs once per (file, model version): the Prediction is kept in
 ``st.session_state["inspections"]`` and every slider move re-judges it (``Prediction.verdict``)
 without running the model again. Each inspection is written to the history once; when the history
 cannot be written (damaged, locked) the verdict is still shown, with a warning that it was not
 recorded. File names are shown as text (``ui.plain_text``), never rendered as Markdown.
+
+Several images (uploaded together, or picked from a test folder) go through the model in batches
+(``inspection.inspect_images``, one forward pass per batch) into the same per-session cache; a
+table lists their verdicts with thumbnails and a CSV download (``core.services.batch``), and
+selecting a row opens the one-image view of that image without running the model again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
 from core.errors import BusyError, InspectError
-from core.services import catalog, history_view, inspection
+from core.services import batch, catalog, history_view, inspection
 from pages import _common as ui
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from core.inference.detector import Detector, Prediction
     from core.registry import ModelMeta
 
-MAX_KEPT = 16  # inspections kept per browser session (images included)
+MAX_KEPT = 16  # inspections kept per browser session (images included), beyond the batch on screen
+MAX_BATCH = 32  # images per batch on the page; folders of any size: `python -m core inspect`
 
 NO_DATA = (
     "No dataset or trained model found. Prepare the demo with `python -m core setup`, or point "
@@ -98,31 +107,38 @@ def _training_offer(model: str, label: str, category: str) -> None:
 # --- The image ---------------------------------------------------------------------------------
 
 
-def pick_image(category: str) -> Source | None:
-    """The image source radio and its upload or test-set pickers; None until an image is chosen."""
+def pick_images(category: str) -> list[Source]:
+    """The image source radio and its upload or test-set pickers; empty until an image is chosen."""
     source = st.radio("Image source", ["Upload", "Test set"], horizontal=True, key="inspect_source")
     if source == "Upload":
         return _uploaded()
     return _from_test_set(category)
 
 
-def _uploaded() -> Source | None:
-    upload = st.file_uploader("Upload an image (PNG, JPEG, BMP or TIFF)", type=list(inspection.IMAGE_TYPES), key="inspect_upload")
-    return Source(upload.getvalue(), upload.name) if upload is not None else None
+def _uploaded() -> list[Source]:
+    uploads = st.file_uploader(
+        "Upload images (PNG, JPEG, BMP or TIFF): one, or several for a batch",
+        type=list(inspection.IMAGE_TYPES),
+        accept_multiple_files=True,
+        key="inspect_upload",
+    )
+    return [Source(upload.getvalue(), upload.name) for upload in uploads or []]
 
 
-def _from_test_set(category: str) -> Source | None:
+def _from_test_set(category: str) -> list[Source]:
     items = catalog.test_images(category)
     if not items:
         st.info(f"The dataset has no test images for '{category}'.")
-        return None
+        return []
     types = list(dict.fromkeys(i.defect_type for i in items))
     c1, c2 = st.columns(2)
     dtype = c1.selectbox("Test folder (good or defect type)", types, key=f"inspect_test_type:{category}")
-    names = [i.path.name for i in items if i.defect_type == dtype]
-    pick = c2.selectbox("Image", names, key=f"inspect_test_image:{category}:{dtype}")
-    chosen = next(i for i in items if i.defect_type == dtype and i.path.name == pick)
-    return Source(chosen.path.read_bytes(), f"{category}/test/{chosen.label}", dtype)
+    by_name = {i.path.name: i for i in items if i.defect_type == dtype}
+    names = list(by_name)
+    picks = c2.multiselect(
+        "Images", names, default=names[:1], key=f"inspect_test_image:{category}:{dtype}", help="Several make a batch."
+    )
+    return [Source(by_name[n].path.read_bytes(), f"{category}/test/{by_name[n].label}", dtype) for n in picks]
 
 
 # --- Run the model once per (file, model version) ----------------------------------------------
@@ -314,11 +330,218 @@ def feedback_form(history_id: int) -> None:
                 st.rerun()
 
 
+# --- Several images: a batch ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One chosen image of a batch: its cache key, its inspection (or error) and its CSV row."""
+
+    key: str
+    entry: dict[str, Any]
+    row: dict[str, Any]
+
+
+def inspect_many(sources: list[Source], model: str, category: str) -> list[tuple[str, dict[str, Any], Source]]:
+    """This session's inspections of ``sources``; the new ones run in batches, each image once."""
+    mtime = catalog.checkpoint_mtime(model, category)
+    keys = [inspection.inspection_key(inspection.sha256_of(s.data), model, category, mtime) for s in sources]
+    kept: dict = st.session_state.setdefault("inspections", {})
+    pending = {k: s for k, s in zip(keys, sources, strict=True) if k not in kept}  # a repeated file runs once
+    if pending:
+        kept.update(_run_many(pending, model, category))
+        _trim(kept, keep=set(keys))
+    return [(k, kept[k], s) for k, s in zip(keys, sources, strict=True)]
+
+
+def _trim(kept: dict[str, Any], keep: set[str]) -> None:
+    """Forget the oldest inspections beyond MAX_KEPT, never those of the batch on screen."""
+    extra = len(kept) - max(MAX_KEPT, len(keep))
+    for key in [k for k in kept if k not in keep][: max(0, extra)]:
+        kept.pop(key)
+
+
+def _run_many(pending: dict[str, Source], model: str, category: str) -> dict[str, dict[str, Any]]:
+    """Decode, then judge, record and index the readable ones through ``inspection.inspect_images``."""
+    decoded = {k: batch.decode(s.data, s.name) for k, s in pending.items()}
+    entries = {k: {"error": d.error, "name": d.name, "sha": d.sha256, "retry": d.retry} for k, d in decoded.items() if d.error}
+    readable = [k for k, d in decoded.items() if d.error is None]
+    if not readable:
+        return entries
+    try:
+        detector = ui.get_detector(model, category)
+    except InspectError as exc:  # said again below the table by ready_detector; not kept, so a rerun retries
+        return entries | {k: {"error": str(exc), "name": pending[k].name, "retry": True} for k in readable}
+    threshold_now = float(st.session_state.get("inspect_threshold", inspection.CALIBRATED))
+    history, not_recorded = ui.open_history()
+    bar = st.progress(0.0, text=f"Inspecting {len(readable)} images…")
+    for done, group in _groups(readable, pending):
+        items = [(pending[k].name, decoded[k].image, decoded[k].sha256) for k in group]
+        results = inspection.inspect_images(
+            detector,
+            items,
+            threshold=threshold_now,
+            history=history,
+            record=history is not None,
+            defect_type=pending[group[0]].known_type,
+        )
+        for key, result in zip(group, results, strict=True):
+            entries[key] = _batch_entry(result, pending[key], model, category, not_recorded)
+        bar.progress(done / len(readable), text=f"Inspected {done} of {len(readable)} images…")
+    bar.empty()
+    return entries
+
+
+def _groups(keys: list[str], pending: dict[str, Source]) -> Iterator[tuple[int, list[str]]]:
+    """Batches of at most ``batch.DEFAULT_BATCH_SIZE`` keys of one test folder (or of uploads), with a running count."""
+    by_type: dict[str | None, list[str]] = {}
+    for key in keys:
+        by_type.setdefault(pending[key].known_type, []).append(key)
+    done = 0
+    for group in by_type.values():
+        for start in range(0, len(group), batch.DEFAULT_BATCH_SIZE):
+            chunk = group[start : start + batch.DEFAULT_BATCH_SIZE]
+            done += len(chunk)
+            yield done, chunk
+
+
+def _batch_entry(
+    result: inspection.Inspected, source: Source, model: str, category: str, not_recorded: str | None
+) -> dict[str, Any]:
+    """The cache entry of one batch result: what the one-image view needs, and a thumbnail."""
+    return {
+        "image": result.image,
+        # The descriptors went to the index in the same pass; the session does not keep them.
+        "prediction": replace(result.prediction, patch_features=None),
+        "name": source.name,
+        "sha": result.sha256,
+        "model": model,
+        "category": category,
+        "defect_type": source.known_type,
+        "history_id": result.inspection_id,
+        "point_id": result.point_id,
+        "notes": list(result.notes),
+        "not_recorded": not_recorded,
+        "model_version": result.model_version,
+        "thumb": batch.thumbnail_uri(result.image),
+    }
+
+
+def batch_items(inspected: list[tuple[str, dict[str, Any], Source]], detector: Detector, threshold: float) -> list[BatchItem]:
+    """Each image's CSV row at ``threshold``, most suspicious first, unreadable files last."""
+    items = [BatchItem(key, entry, _row(entry, source, detector, threshold)) for key, entry, source in inspected]
+    return sorted(items, key=lambda i: (i.row["score"] is None, -(i.row["score"] or 0.0)))
+
+
+def _row(entry: dict[str, Any], source: Source, detector: Detector, threshold: float) -> dict[str, Any]:
+    meta = detector.meta
+    if "error" in entry:
+        failed = batch.Decoded(source.name, error=entry["error"], sha256=entry.get("sha"))
+        return batch.failed_row(failed, category=meta.category, model=meta.model, model_version=detector.version)
+    prediction = entry["prediction"]
+    return batch.verdict_row(
+        file=source.name,
+        sha256=entry["sha"],
+        category=meta.category,
+        model=meta.model,
+        model_version=entry.get("model_version", detector.version),
+        judgement=inspection.judge(prediction, detector, threshold),
+        defect_area=inspection.defect_area(prediction, threshold),
+        inspection_id=entry["history_id"],
+    )
+
+
+def batch_summary(items: list[BatchItem]) -> None:
+    """How many images, how many judged DEFECT, how many could not be read."""
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Images", len(items))
+    m2.metric("DEFECT", sum(i.row["verdict"] == "DEFECT" for i in items), help="At the threshold on the right.")
+    m3.metric("Failed", sum(i.row["error"] is not None for i in items), help="Files that could not be read.")
+    problem = next((i.entry["not_recorded"] for i in items if i.entry.get("not_recorded")), None)
+    if problem:
+        st.warning(f"These inspections were not recorded in the history: {problem}", icon=":material/warning:")
+
+
+def batch_table(items: list[BatchItem]) -> BatchItem | None:
+    """The verdicts with thumbnails (sortable by any column); returns the selected row's item."""
+    rows = [
+        {
+            "image": i.entry.get("thumb"),
+            "file": i.row["file"],
+            "verdict": i.row["verdict"] or "FAILED",
+            "score": i.row["score"],
+            "defect area": i.row["defect area share"],
+            "inference ms": i.row["inference ms"],
+            "inspection": i.row["inspection id"],
+            "error": i.row["error"] or "",
+        }
+        for i in items
+    ]
+    # A new set of images is a new table: a selection never carries over to another image.
+    digest = hashlib.sha1("|".join(sorted(i.key for i in items)).encode()).hexdigest()[:12]
+    event = st.dataframe(
+        rows,
+        hide_index=True,
+        column_config={
+            "image": st.column_config.ImageColumn("image", width="small"),
+            "score": st.column_config.NumberColumn("score", format="%.3f", help="Normalised: 0.5 = calibrated threshold"),
+            "defect area": st.column_config.NumberColumn(
+                "defect area", format="percent", help="Share of the map at or above the threshold"
+            ),
+            "inference ms": st.column_config.NumberColumn("inference ms", format="%.0f"),
+            "inspection": st.column_config.NumberColumn("inspection", format="%d", help="Its id in the history"),
+        },
+        row_height=56,
+        on_select="rerun",
+        selection_mode="single-row",
+        key=f"inspect_batch:{digest}",
+    )
+    picked = event.selection.rows
+    return items[picked[0]] if picked and picked[0] < len(items) else None
+
+
+def show_batch(sources: list[Source], model: str, category: str) -> None:
+    """The batch view: summary, threshold, the table and its CSV; the selected row's one-image view below."""
+    inspected = inspect_many(sources, model, category)
+    for key, entry, _ in inspected:  # "busy" passes in moments: shown now, not kept, so a rerun tries again
+        if entry.get("retry"):
+            st.session_state["inspections"].pop(key, None)
+    detector = ready_detector(model, category)
+    if detector is None:
+        return
+    left, right = st.columns([1, 1], gap="large")
+    with right:
+        controls = threshold_controls()
+    items = batch_items(inspected, detector, controls[0])
+    with left:
+        batch_summary(items)
+    for item in items:
+        if item.row["error"]:
+            st.error(ui.plain_names(item.row["error"], item.row["file"]))
+    picked = batch_table(items)
+    st.download_button(
+        "Download the table (CSV)",
+        data=batch.csv_of(i.row for i in items),
+        file_name="inspect_batch.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        key="inspect_batch_csv",
+    )
+    if picked is None:
+        st.caption("Select a row to see its heatmap, defect region and feedback.")
+        return
+    st.subheader(ui.plain_text(picked.row["file"]), divider="gray")
+    if "error" in picked.entry:
+        st.error(ui.plain_names(picked.row["error"], picked.row["file"]))
+    else:
+        show_result(picked.entry, detector, controls)
+
+
 # --- The page ----------------------------------------------------------------------------------
 
 
-def choose() -> tuple[str, str, Source] | None:
-    """Category, model and image; None (after saying what is missing) until all three are there."""
+def choose() -> tuple[str, str, list[Source]] | None:
+    """Category, model and images; None (after saying what is missing) until all three are there."""
     categories = catalog.available_categories()
     if not categories:
         st.info(NO_DATA)
@@ -329,20 +552,32 @@ def choose() -> tuple[str, str, Source] | None:
     offer_training(category, trained, unreadable)
     if model is None:
         return None
-    source = pick_image(category)
-    if source is None:
+    sources = pick_images(category)
+    if not sources:
         st.caption("Upload an image or pick one from the test set to inspect it.")
         return None
-    return category, model, source
+    if len(sources) > MAX_BATCH:
+        st.warning(
+            f"{len(sources)} images chosen: the first {MAX_BATCH} are inspected here. For whole folders use "
+            "`python -m core inspect FOLDER --category ...` (any number of images, CSV and overlays)."
+        )
+    return category, model, sources[:MAX_BATCH]
 
 
-def show_result(entry: dict[str, Any], detector: Detector) -> None:
-    """Verdict, controls, pictures, actions and feedback of one inspection."""
+def show_result(entry: dict[str, Any], detector: Detector, controls: tuple[float, float] | None = None) -> None:
+    """Verdict, controls, pictures, actions and feedback of one inspection.
+
+    ``controls``: the (threshold, opacity) of sliders already drawn (the batch view draws them
+    above its table, so that one slider judges the table and the selected image alike).
+    """
     for note in entry["notes"]:
         st.caption(note)
     left, right = st.columns([1, 1], gap="large")
-    with right:
-        threshold, opacity = threshold_controls()
+    if controls is None:
+        with right:
+            threshold, opacity = threshold_controls()
+    else:
+        threshold, opacity = controls
     judgement = inspection.judge(entry["prediction"], detector, threshold)
     with left:
         show_verdict(judgement, entry, detector)
@@ -355,19 +590,27 @@ def show_result(entry: dict[str, Any], detector: Detector) -> None:
             feedback_form(entry["history_id"])
 
 
-def render() -> None:
-    ui.ensure_app_frame()
-    st.title("Inspect a part")
-    chosen = choose()
-    if chosen is None:
-        return
-    category, model, source = chosen
+def show_one(source: Source, model: str, category: str) -> None:
+    """The one-image view: run (once), then verdict, heatmap, controls and feedback."""
     key, entry = inspect_once(source, model, category)
     if shown_error(key, entry):
         return
     detector = ready_detector(model, category)
     if detector is not None:
         show_result(entry, detector)
+
+
+def render() -> None:
+    ui.ensure_app_frame()
+    st.title("Inspect a part")
+    chosen = choose()
+    if chosen is None:
+        return
+    category, model, sources = chosen
+    if len(sources) == 1:
+        show_one(sources[0], model, category)
+    else:
+        show_batch(sources, model, category)
 
 
 render()

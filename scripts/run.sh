@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # One command: install into .venv, prepare the embedded default (demo data, trained PatchCore
-# models, results, similarity index; reused when already built) and start the app.
-# The app listens on 127.0.0.1 only (.streamlit/config.toml). Extra arguments go to Streamlit, e.g.
-# `bash scripts/run.sh --server.address 0.0.0.0` serves the network, with a login required
-# (create users first: `python -m core users add NAME --role engineer`).
+# models, results, similarity index; reused when already built) and start ONE server that serves
+# the dashboard and the REST API under /api (server.py: pages and API share the loaded models and
+# the embedded Qdrant store). It listens on 127.0.0.1 only (.streamlit/config.toml). Extra
+# arguments go to Streamlit, e.g. `bash scripts/run.sh --server.address 0.0.0.0` serves the
+# network, with a login required for the dashboard (create users first: `python -m core users add
+# NAME --role engineer`) and an API key for the API (`python -m core users add-key NAME --role
+# inspector`, or INSPECT_API_KEY). The dashboard alone: `streamlit run app.py`; the API alone:
+# `python -m core serve`.
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 .venv/bin/python -m core setup
-exec .venv/bin/python -m streamlit run app.py "$@"
+exec .venv/bin/python -m streamlit run server.py "$@"

@@ -85,3 +85,28 @@ def test_unreadable_bytes_are_an_image_error(detector) -> None:
 
     with pytest.raises(ImageError, match="not an image file"):
         inspection.inspect_bytes(detector, b"hello", "note.txt", record=False)
+
+
+def test_threads_sharing_one_detector_each_get_their_own_features(detector, tiny_data_root: Path) -> None:
+    """Pages and API requests share a loaded model: a call's hook must never capture another's pass."""
+    import threading
+
+    from core.data.image_io import load_image
+
+    images = [load_image(p) for p in _test_images(tiny_data_root, n_defect=3)]
+    expected = [detector.predict(image, with_features=True).patch_features for image in images]
+    got: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(images))}
+
+    def work(i: int) -> None:
+        for _ in range(3):
+            got[i].append(detector.predict(images[i], with_features=True).patch_features)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, features in got.items():
+        assert len(features) == 3
+        for f in features:
+            torch.testing.assert_close(f, expected[i])

@@ -8,6 +8,7 @@ The raw model outputs are kept too, for the record.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,10 @@ class Detector:
         self.device = device
         self.version = version  # the registry version folder it was loaded from ('v0003')
         self._spec = get_spec(meta.model)
+        # One call at a time: a call with features hooks the module for its duration, so two
+        # threads (two browser sessions, API requests) must not interleave on one module. It costs
+        # little: torch already spreads one call over the cores.
+        self._run_lock = threading.Lock()
 
     def raw_to_normalised(self, raw_score: float) -> float:
         """The post-processor's score normalisation, for a raw score (e.g. a stored one)."""
@@ -76,16 +81,17 @@ class Detector:
         similarity search never runs the backbone a second time.
         """
         processed = self._pre_process(images)
-        if not with_features:
-            raw = self.module.model(processed)
-            return raw, self.module.post_processor(raw), None
-        captured: list = []
-        hook = self._spec.capture_target(self.module).register_forward_hook(lambda _m, _i, out: captured.append(out))
-        try:
-            raw = self.module.model(processed)
-        finally:
-            hook.remove()
-        return raw, self.module.post_processor(raw), self._spec.features_from_capture(self.module, captured[0])
+        with self._run_lock:
+            if not with_features:
+                raw = self.module.model(processed)
+                return raw, self.module.post_processor(raw), None
+            captured: list = []
+            hook = self._spec.capture_target(self.module).register_forward_hook(lambda _m, _i, out: captured.append(out))
+            try:
+                raw = self.module.model(processed)
+            finally:
+                hook.remove()
+            return raw, self.module.post_processor(raw), self._spec.features_from_capture(self.module, captured[0])
 
     def _pre_process(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         if isinstance(images, torch.Tensor):

@@ -36,6 +36,7 @@ __all__ = [
     "pictures",
     "predict",
     "record_inspection",
+    "record_results",
     "sha256_of",
     "warm_up",
 ]
@@ -312,3 +313,16 @@ def inspect_bytes(
     """Decode ``data`` with the one loader and inspect it (:class:`~core.errors.ImageError` if unreadable)."""
     image = load_image(data, file_name)
     return inspect_images(detector, [(file_name, image, sha256_of(data))], threshold=threshold, history=history, record=record)[0]
+
+
+def record_results(
+    results: list[Inspected], detector: Detector, *, history: History | None, threshold: float = CALIBRATED
+) -> None:
+    """Record and index results of ``inspect_images(..., record=False)``.
+
+    For a caller that runs the model under its own lock (the REST API runs one call per model at a
+    time) and writes the history and the index after releasing it, so the next request's model
+    call does not wait for SQLite or Qdrant.
+    """
+    for result in results:
+        _record_and_index(result, detector, history, threshold, None)

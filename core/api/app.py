@@ -1,0 +1,43 @@
+"""The FastAPI app factory: :func:`create_api`.
+
+A factory, not a module-level app, so that each server (``python -m core serve``, the
+one-process ``server.py``, a test) builds one with the settings and the model cache it needs.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from core import auth
+from core.api.detectors import DetectorCache, Loader
+from core.api.errors import install_error_handlers
+from core.api.middleware import ApiKeyMiddleware, UploadLimitMiddleware
+from core.api.routes import body_limits, health_router, v1_router
+from core.settings import api_max_batch, max_upload_bytes
+
+DESCRIPTION = """\
+Inspect for line-side clients: post an image, get GOOD/DEFECT with the scores, the anomaly map's
+statistics and the ids of its history row and similar-defect point.
+
+Scores and thresholds are normalised: **0.5 is the model's calibrated threshold**. Every error is
+`{"error": "<one line>"}` with a 4xx (your request) or 503 (try again later) status. With an API key
+configured, send `Authorization: Bearer <key>` on every call but `/healthz` and `/readyz`.
+"""
+
+
+def create_api(*, host: str = "127.0.0.1", load: Loader | None = None) -> FastAPI:
+    """The API as served on ``host`` (an open API answers 403 beyond loopback, see core.api.security).
+
+    ``load``: a (model, category) -> Detector function with its own cache (the dashboard's, in the
+    one-process server) so that pages and API share loaded models; default: the API's own LRU.
+    """
+    max_batch = api_max_batch()
+    app = FastAPI(title="Inspect API", version="1", description=DESCRIPTION)
+    app.state.detectors = DetectorCache(load=load)
+    install_error_handlers(app)
+    # The last added runs first: the key is checked before the size, both before the body is read.
+    app.add_middleware(UploadLimitMiddleware, limits=body_limits(max_upload_bytes(), max_batch))
+    app.add_middleware(ApiKeyMiddleware, loopback=auth.is_loopback(host))
+    app.include_router(health_router())
+    app.include_router(v1_router(max_batch=max_batch))
+    return app

@@ -1,0 +1,78 @@
+"""ASGI plumbing that must act before FastAPI reads a request body: the key check, the upload limit.
+
+Both answer in the API's ``{"error": ...}`` format. They are middleware rather than FastAPI
+dependencies because FastAPI reads (and spools to disk) a multipart body before it runs any
+dependency: a client without a key, or with a 10 GB "image", must be stopped before that.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.api.errors import error_response, status_for, too_large_message
+from core.api.security import OPEN_PATHS, role_for
+from core.errors import InspectError
+
+#: Request-scope state key where the caller's role is left for the endpoints.
+ROLE_STATE = "inspect_role"
+
+
+def route_path(scope: Scope) -> str:
+    """The path inside this app (without the ``/api`` prefix of the one-process server)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+class ApiKeyMiddleware:
+    """Authorise every HTTP request outside :data:`~core.api.security.OPEN_PATHS` before its body is read."""
+
+    def __init__(self, app: ASGIApp, *, loopback: bool) -> None:
+        self.app = app
+        self.loopback = loopback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or route_path(scope) in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            role = role_for(Headers(scope=scope).get("authorization"), loopback=self.loopback)
+        except InspectError as exc:  # also AuthError: a damaged users file refuses everyone
+            await error_response(str(exc), status_for(exc))(scope, receive, send)
+            return
+        scope.setdefault("state", {})[ROLE_STATE] = role
+        await self.app(scope, receive, send)
+
+
+class UploadLimitMiddleware:
+    """Refuse a request body larger than its route's limit: at once from Content-Length, else
+    while the bytes arrive (chunked uploads), so an oversized upload is never stored whole."""
+
+    def __init__(self, app: ASGIApp, *, limits: dict[str, int]) -> None:
+        self.app = app
+        self.limits = limits  # route path -> most bytes its body may have
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.limits.get(route_path(scope)) if scope["type"] == "http" else None
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await error_response(too_large_message(), 413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    # An HTTPException passes FastAPI's body parsing unchanged (any other error
+                    # would become a vague 400); core.api.errors words it.
+                    raise HTTPException(413)
+            return message
+
+        await self.app(scope, counted, send)

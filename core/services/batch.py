@@ -1,0 +1,541 @@
+"""Many images at once: the folder command (``python -m core inspect``) and the Inspect page's batch.
+
+Both judge images through :func:`core.services.inspection.inspect_images` (one forward pass per
+batch, the history record and the similar-defect index) and report one row per file with the
+same columns (:data:`CSV_COLUMNS`), written through :mod:`core.csv_safety`. A file that cannot be
+read is a row with its one-line error, never the end of the run: on a production line one bad
+frame must not hide the verdicts of the others.
+
+The folder command reads and decodes files in a background thread while the caller's thread
+runs the model, through a bounded queue, so a folder of any size holds only a few decoded images
+in memory and the model never waits for the disk longer than it must.
+"""
+
+from __future__ import annotations
+
+import csv
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+
+from core.csv_safety import csv_text, safe_cell, safe_row
+from core.data.image_io import SUPPORTED_EXTENSIONS, load_image, sha256_of
+from core.errors import BusyError, ImageError, InspectError
+from core.services import catalog, history_view, inspection
+
+if TYPE_CHECKING:
+    from core.history import History
+    from core.inference.detector import Detector
+
+__all__ = [
+    "CSV_COLUMNS",
+    "DEFAULT_BATCH_SIZE",
+    "BatchReport",
+    "Decoded",
+    "batches",
+    "csv_of",
+    "decode",
+    "decoded_in_background",
+    "failed_row",
+    "find_images",
+    "overlay_names",
+    "inspect_decoded",
+    "inspect_paths",
+    "read_file",
+    "result_row",
+    "run_command",
+    "thumbnail_uri",
+    "verdict_row",
+]
+
+#: The columns of a batch's CSV (the folder command's ``--csv`` and the page's download), in order.
+CSV_COLUMNS: tuple[str, ...] = (
+    "file",
+    "sha256",
+    "category",
+    "model",
+    "model version",
+    "score",
+    "raw score",
+    "threshold",
+    "verdict",
+    "defect area share",
+    "inference ms",
+    "inspection id",
+    "error",
+)
+#: Images per forward pass: large enough to use a GPU well, small enough for a CPU's memory.
+DEFAULT_BATCH_SIZE = 8
+#: Overlay opacity of the folder command's PNGs (the page's slider starts there too).
+OVERLAY_OPACITY = 0.5
+
+
+# --- Reading --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One file after the loader: its RGB image and SHA-256, or the one-line reason it has none."""
+
+    name: str
+    image: np.ndarray | None = None
+    sha256: str | None = None
+    error: str | None = None
+    retry: bool = False  # the loader was busy: the same file can succeed moments later
+
+
+def decode(data: bytes, name: str) -> Decoded:
+    """Decode ``data`` with the one loader; an unreadable file is a :class:`Decoded` with its error."""
+    sha = sha256_of(data) if data else None
+    try:
+        image = load_image(data, name)
+    except ImageError as exc:
+        return Decoded(name, sha256=sha, error=str(exc), retry=isinstance(exc, BusyError))
+    return Decoded(name, image=image, sha256=sha)
+
+
+def read_file(path: Path) -> Decoded:
+    """Read and decode one file (named by its path as given, so rows match what the user typed)."""
+    name = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return Decoded(name, error=f"{name} could not be read: {exc.strerror or exc}")
+    return decode(data, name)
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """Image files under ``folder`` at any depth (hidden files and folders skipped), sorted."""
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in SUPPORTED_EXTENSIONS and p.is_file() and not _is_hidden(p, folder)
+    )
+
+
+def _expand(pattern: str) -> list[Path]:
+    path = Path(pattern)
+    if path.is_dir():
+        return _images_under(path)
+    if path.is_file():
+        return [path]  # named explicitly: whatever it is, the loader says why it cannot be read
+    if not any(ch in pattern for ch in "*?["):
+        raise InspectError(f"{pattern}: no such file or folder")
+    import glob
+
+    found: list[Path] = []
+    for match in sorted(glob.glob(pattern, recursive=True)):
+        p = Path(match)
+        if p.is_dir():
+            found.extend(_images_under(p))
+        elif p.suffix.lower() in SUPPORTED_EXTENSIONS:
+            found.append(p)
+    return found
+
+
+def find_images(patterns: Sequence[str]) -> list[Path]:
+    """The images named by ``patterns`` (files, folders searched recursively, globs), each once."""
+    found: dict[Path, None] = {}
+    for pattern in patterns:
+        for path in _expand(pattern):
+            found.setdefault(path)
+    if not found:
+        raise InspectError(f"no images found in {' '.join(patterns)} (looked for {', '.join(SUPPORTED_EXTENSIONS)})")
+    return list(found)
+
+
+_DONE = object()
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put ``item`` unless the consumer has stopped; False when it has."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def decoded_in_background(paths: Sequence[Path], *, queue_size: int = 2 * DEFAULT_BATCH_SIZE) -> Iterator[Decoded]:
+    """:func:`read_file` of each path, read ahead by a background thread.
+
+    The queue holds at most ``queue_size`` decoded images, so memory stays bounded however many
+    files there are. Stopping early (an error, Ctrl-C) stops the reader too.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+    stop = threading.Event()
+
+    def work() -> None:
+        outcome: object = _DONE
+        try:
+            for path in paths:
+                if not _put(q, read_file(path), stop):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - a bug in reading: raised again in the consumer's thread
+            outcome = exc
+        _put(q, outcome, stop)
+
+    reader = threading.Thread(target=work, name="inspect-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join(timeout=5)
+
+
+def batches(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:
+    """``items`` in lists of at most ``size``."""
+    chunk: list[Decoded] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# --- Judging ------------------------------------------------------------------------------------
+
+
+def inspect_decoded(
+    detector: Detector,
+    items: Sequence[Decoded],
+    *,
+    threshold: float = inspection.CALIBRATED,
+    history: History | None = None,
+    record: bool = True,
+    defect_type: str | None = None,
+) -> list[inspection.Inspected | Decoded]:
+    """Judge the readable ``items`` in one pass; unreadable ones come back as they are, in order."""
+    readable = [d for d in items if d.error is None]
+    judged: dict[int, inspection.Inspected | Decoded] = {}
+    if readable:
+        batch = [(d.name, d.image, d.sha256) for d in readable]
+        results = inspection.inspect_images(
+            detector, batch, threshold=threshold, history=history, record=record, defect_type=defect_type
+        )
+        judged = {id(d): r for d, r in zip(readable, results, strict=True)}
+    return [judged.get(id(d), d) for d in items]
+
+
+# --- Rows ---------------------------------------------------------------------------------------
+
+
+def verdict_row(
+    *,
+    file: str,
+    sha256: str | None,
+    category: str,
+    model: str,
+    model_version: str,
+    judgement: inspection.Judgement | None,
+    defect_area: float | None,
+    inspection_id: int | None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """One CSV row (keys = :data:`CSV_COLUMNS`); the verdict columns are empty without a judgement."""
+    j = judgement
+    return {
+        "file": file,
+        "sha256": sha256,
+        "category": category,
+        "model": model,
+        "model version": model_version,
+        "score": j.score if j else None,
+        "raw score": j.raw_score if j else None,
+        "threshold": j.threshold if j else None,
+        "verdict": j.verdict if j else None,
+        "defect area share": defect_area,
+        "inference ms": round(j.latency_ms, 2) if j else None,
+        "inspection id": inspection_id,
+        "error": error,
+    }
+
+
+def result_row(result: inspection.Inspected, *, category: str, model: str, error: str | None = None) -> dict[str, Any]:
+    """The row of one judged image."""
+    return verdict_row(
+        file=result.file_name,
+        sha256=result.sha256,
+        category=category,
+        model=model,
+        model_version=result.model_version,
+        judgement=result.judgement,
+        defect_area=result.defect_area,
+        inspection_id=result.inspection_id,
+        error=error,
+    )
+
+
+def failed_row(item: Decoded, *, category: str, model: str, model_version: str) -> dict[str, Any]:
+    """The row of a file that could not be judged: its error, no verdict."""
+    return verdict_row(
+        file=item.name,
+        sha256=item.sha256,
+        category=category,
+        model=model,
+        model_version=model_version,
+        judgement=None,
+        defect_area=None,
+        inspection_id=None,
+        error=item.error,
+    )
+
+
+def csv_of(rows: Iterable[dict[str, Any]]) -> str:
+    """The CSV text of ``rows`` (formula-safe cells, see :mod:`core.csv_safety`)."""
+    return csv_text(CSV_COLUMNS, rows)
+
+
+def thumbnail_uri(image: np.ndarray, size: int = 96) -> str:
+    """A small JPEG data URI of a decoded image, for a table's image column."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    img = Image.fromarray(image)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+# --- The folder command -------------------------------------------------------------------------
+
+
+@dataclass
+class BatchReport:
+    """What a folder run did: counts, time, and the notes worth saying once (not once per image)."""
+
+    images: int = 0
+    defects: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    notes: dict[str, None] = field(default_factory=dict)  # ordered set
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return f"{self.images} images, {self.defects} DEFECT, {self.failed} failed, {self.rate:.1f} images/s"
+
+
+def overlay_names(files: Sequence[Path]) -> dict[str, str]:
+    """A PNG name for each file's overlay: its path below the files' common folder, flattened.
+
+    ``test/crack/000.png`` and ``test/good/000.png`` become ``crack_000_overlay.png`` and
+    ``good_000_overlay.png`` (MVTec folders repeat file names); a clash left after that is numbered.
+    """
+    if not files:
+        return {}
+    import os
+
+    root = Path(os.path.commonpath([p.absolute().parent for p in files]))
+    names: dict[str, str] = {}
+    used: set[str] = set()
+    for path in files:
+        parts = path.absolute().relative_to(root).with_suffix("").parts
+        stem = "_".join(inspection.file_stem(part) for part in parts)
+        name = next(n for i in range(1, len(files) + 2) if (n := f"{stem}{f'_{i}' if i > 1 else ''}_overlay.png") not in used)
+        used.add(name)
+        names[str(path)] = name
+    return names
+
+
+def _write_overlay(folder: Path, result: inspection.Inspected, name: str) -> str | None:
+    """Write the heatmap overlay PNG of ``result``; the error, if it could not be written."""
+    from core.files import write_atomically
+
+    target = folder / name
+    try:
+        write_atomically(target, inspection.overlay_png(result.image, result.prediction, OVERLAY_OPACITY))
+    except OSError as exc:
+        return f"overlay not written to {target}: {exc.strerror or exc}"
+    return None
+
+
+def _rows_of_batch(
+    outcomes: list[inspection.Inspected | Decoded],
+    *,
+    detector: Detector,
+    overlays: Path | None,
+    names: dict[str, str],
+    report: BatchReport,
+) -> Iterator[dict[str, Any]]:
+    meta = detector.meta
+    for outcome in outcomes:
+        report.images += 1
+        if isinstance(outcome, Decoded):
+            report.failed += 1
+            yield failed_row(outcome, category=meta.category, model=meta.model, model_version=detector.version)
+            continue
+        error = _write_overlay(overlays, outcome, names[outcome.file_name]) if overlays is not None else None
+        report.failed += error is not None
+        report.defects += outcome.judgement.verdict == "DEFECT"
+        report.notes.update(dict.fromkeys(outcome.notes))
+        yield result_row(outcome, category=meta.category, model=meta.model, error=error)
+
+
+def inspect_paths(
+    detector: Detector,
+    paths: Sequence[Path],
+    on_row: Callable[[dict[str, Any]], None],
+    *,
+    threshold: float = inspection.CALIBRATED,
+    history: History | None = None,
+    record: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    overlays: Path | None = None,
+    progress: bool = True,
+) -> BatchReport:
+    """Judge every file of ``paths`` in batches and hand each row to ``on_row`` as soon as it is known."""
+    from tqdm import tqdm
+
+    report = BatchReport()
+    names = overlay_names(paths) if overlays is not None else {}
+    started = time.perf_counter()
+    with tqdm(total=len(paths), desc="Inspecting", unit="img", disable=not progress, file=sys.stderr) as bar:
+        for chunk in batches(decoded_in_background(paths, queue_size=2 * batch_size), batch_size):
+            outcomes = inspect_decoded(detector, chunk, threshold=threshold, history=history, record=record)
+            for row in _rows_of_batch(outcomes, detector=detector, overlays=overlays, names=names, report=report):
+                on_row(row)
+            bar.update(len(chunk))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _pick_model(category: str, model: str | None) -> str:
+    """``model``, or the first model trained for ``category``; refuses an unknown category."""
+    categories = catalog.available_categories()
+    if category not in categories:
+        known = ", ".join(categories) or "none: run `python -m core setup` or set INSPECT_DATA_ROOT"
+        raise InspectError(f"unknown category '{category}' (known: {known})")
+    if model is not None:
+        return model
+    trained = catalog.trained_models()
+    return next((m for m in catalog.MODEL_NAMES if (m, category) in trained), catalog.MODEL_NAMES[0])
+
+
+def _open_csv(path: Path) -> TextIO:
+    try:
+        return path.open("w", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise InspectError(f"cannot write the CSV {path}: {exc.strerror or exc}") from None
+
+
+def _prepare_overlays(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InspectError(f"cannot create the overlay folder {folder}: {exc.strerror or exc}") from None
+
+
+def _open_history(record: bool) -> History | None:
+    """The history to record into (None for ``--no-record``, or when it cannot be opened: said once)."""
+    if not record:
+        return None
+    history, problem = history_view.open_history()
+    if problem is not None:
+        print(f"warning: nothing is recorded in the history: {problem}", file=sys.stderr)
+    return history
+
+
+def _line(row: dict[str, Any]) -> str:
+    """One row for the terminal: verdict, score, file (or the error)."""
+    if row["verdict"] is None:
+        return f"FAILED  {row['error']}"
+    tail = f"  ({row['error']})" if row["error"] else ""
+    return f"{row['verdict']:<7} {row['score']:.3f}  {row['file']}{tail}"
+
+
+def run_command(
+    paths: Sequence[str],
+    *,
+    category: str,
+    model: str | None = None,
+    threshold: float = inspection.CALIBRATED,
+    csv_path: str | None = None,
+    overlays: str | None = None,
+    record: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+) -> int:
+    """``python -m core inspect``: judge files and folders; 0 when every file was judged, 1 otherwise.
+
+    Rows go to ``csv_path`` (streamed, so an interrupted run keeps what it did) or, without one,
+    one line per image to stdout; the summary line comes last. Usage problems raise
+    :class:`~core.errors.InspectError` before any image is read.
+    """
+    model = _pick_model(category, model)
+    files = find_images(paths)
+    overlay_dir = Path(overlays) if overlays else None
+    if overlay_dir is not None:
+        _prepare_overlays(overlay_dir)
+    detector = inspection.load_detector(model, category)
+    history = _open_history(record)
+    out = _open_csv(Path(csv_path)) if csv_path else None
+    try:
+        report = _run_into(out, detector, files, threshold, history, history is not None, batch_size, overlay_dir, progress)
+    finally:
+        if out is not None:
+            out.close()
+    for note in report.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    print(report.summary() + (f"; rows in {csv_path}" if csv_path else ""))
+    return 1 if report.failed else 0
+
+
+def _run_into(
+    out: TextIO | None,
+    detector: Detector,
+    files: list[Path],
+    threshold: float,
+    history: History | None,
+    record: bool,
+    batch_size: int,
+    overlays: Path | None,
+    progress: bool,
+) -> BatchReport:
+    """Run :func:`inspect_paths` with rows going to the CSV ``out`` or, without it, to stdout."""
+    if out is not None:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([safe_cell(c) for c in CSV_COLUMNS])
+
+        def on_row(row: dict[str, Any]) -> None:
+            writer.writerow(safe_row(row, CSV_COLUMNS))
+            out.flush()
+    else:
+        from tqdm import tqdm
+
+        def on_row(row: dict[str, Any]) -> None:
+            tqdm.write(_line(row), file=sys.stdout)
+
+    return inspect_paths(
+        detector,
+        files,
+        on_row,
+        threshold=threshold,
+        history=history,
+        record=record,
+        batch_size=batch_size,
+        overlays=overlays,
+        progress=progress,
+    )
