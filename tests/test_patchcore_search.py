@@ -1,0 +1,68 @@
+"""The fast nearest-neighbour search gives anomalib's neighbours and distances, and the same scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+from core.models.patchcore.search import FastPatchcoreModel, nearest_neighbours
+
+
+def _bank_and_queries(seed: int = 0, n_bank: int = 3000, n_query: int = 700, dims: int = 152):
+    g = torch.Generator().manual_seed(seed)
+    bank = torch.randn(n_bank, dims, generator=g) * 2 + 0.5
+    queries = torch.randn(n_query, dims, generator=g) * 2 + 0.5
+    queries[:5] = bank[:5]  # exact matches: distance 0, where clamping matters
+    return bank, queries
+
+
+@pytest.mark.parametrize("k", [1, 9])
+def test_same_neighbours_and_distances_as_anomalib(k: int) -> None:
+    bank, queries = _bank_and_queries()
+    reference = PatchcoreModel.euclidean_dist(queries, bank)
+    ref_values, ref_index = reference.topk(k, dim=1, largest=False)
+    values, index = nearest_neighbours(queries, bank, bank.pow(2).sum(1), k, chunk=128)
+    assert torch.equal(index, ref_index)
+    torch.testing.assert_close(values, ref_values, rtol=1e-5, atol=1e-3)
+    # exact matches: ~0, up to the expansion's cancellation error (anomalib's has the same)
+    assert float(values[:5, 0].max()) < 0.05
+
+
+def test_model_search_matches_anomalibs_method() -> None:
+    """FastPatchcoreModel.nearest_neighbors returns what anomalib's does (shapes included)."""
+    bank, queries = _bank_and_queries(seed=1, n_bank=2000, n_query=1500)  # over anomalib's 1,024 chunk
+    model = PatchcoreModel(layers=["blocks.2"], backbone="tf_efficientnet_lite0", pre_trained=False)
+    model.memory_bank = bank
+    expected = [model.nearest_neighbors(queries, k) for k in (1, 9)]
+    model.__class__ = FastPatchcoreModel
+    for k, (ref_values, ref_index) in zip((1, 9), expected, strict=True):
+        values, index = model.nearest_neighbors(queries, k)
+        assert values.shape == ref_values.shape and torch.equal(index, ref_index)
+        torch.testing.assert_close(values, ref_values, rtol=1e-5, atol=1e-3)
+    model.memory_bank = bank * 2  # a new bank (a reload, a grown bank): norms are recomputed
+    values, index = model.nearest_neighbors(queries * 2, 1)
+    assert torch.equal(index, expected[0][1])
+    torch.testing.assert_close(values, 2 * expected[0][0], rtol=1e-5, atol=2e-3)
+
+
+def test_trained_model_scores_the_test_set_as_anomalib_does(app_env: Path, tiny_data_root: Path) -> None:
+    from core.data.image_io import load_image
+    from core.inference.detector import load_detector
+    from tests.conftest import TINY_CATEGORY
+
+    detector = load_detector("patchcore", TINY_CATEGORY, device="cpu")
+    assert type(detector.module.model) is FastPatchcoreModel
+    images = [load_image(p) for p in sorted((tiny_data_root / TINY_CATEGORY / "test").glob("*/*.png"))]
+    fast = [detector.predict(image) for image in images]
+    detector.module.model.__class__ = PatchcoreModel  # anomalib's own search
+    try:
+        reference = [detector.predict(image) for image in images]
+    finally:
+        detector.module.model.__class__ = FastPatchcoreModel
+    for f, r in zip(fast, reference, strict=True):
+        assert f.raw_score == pytest.approx(r.raw_score, rel=1e-4)
+        assert f.verdict() == r.verdict()
+        torch.testing.assert_close(torch.from_numpy(f.anomaly_map), torch.from_numpy(r.anomaly_map), rtol=1e-4, atol=1e-4)
