@@ -8,9 +8,11 @@ the user's input or environment (an :class:`~core.errors.InspectError`) prints o
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from core.errors import InspectError
@@ -35,18 +37,20 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def call_with(func: Callable[..., Any], args: argparse.Namespace, **given: Any) -> Any:
+    """Call ``func`` with the parsed flags whose names are its parameters (``given`` ones win).
+
+    Sub-parsers name their flags' destinations after the service function's parameters, so a
+    command is one call, not a list of ``x=args.x`` lines to keep in step with the function.
+    """
+    params = inspect.signature(func).parameters
+    return func(**{k: v for k, v in vars(args).items() if k in params}, **given)
+
+
 def cmd_demo_data(args: argparse.Namespace) -> None:
     from core.data.demo import generate_demo_dataset, summary
 
-    root = generate_demo_dataset(
-        args.out or get_settings().demo_data_root,
-        args.categories,
-        n_train=args.n_train,
-        n_test_good=args.n_test_good,
-        n_per_defect=args.n_per_defect,
-        size=args.size,
-        seed=args.seed,
-    )
+    root = call_with(generate_demo_dataset, args, root=args.out or get_settings().demo_data_root)
     print(f"demo data in {root.resolve()}")
     for category in dict.fromkeys(args.categories):
         print(f"  {summary(root, category)}")
@@ -120,16 +124,7 @@ def cmd_eval_similar(args: argparse.Namespace) -> None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from core.services.batch import run_command
 
-    return run_command(
-        args.paths,
-        category=args.category,
-        model=args.model,
-        threshold=args.threshold,
-        csv_path=args.csv,
-        overlays=args.overlays,
-        record=args.record,
-        batch_size=args.batch_size,
-    )
+    return call_with(run_command, args)
 
 
 def _unit_interval(text: str) -> float:
@@ -164,7 +159,9 @@ def _inspect_parser(sub: Any) -> None:
         metavar="T",
         help="decision threshold, normalised 0..1 (0.5 = calibrated)",
     )
-    p.add_argument("--csv", metavar="OUT.csv", help="write one row per file here (default: one line per file on stdout)")
+    p.add_argument(
+        "--csv", dest="csv_path", metavar="OUT.csv", help="write one row per file here (default: one line per file on stdout)"
+    )
     p.add_argument("--overlays", metavar="DIR", help="write each image's heatmap overlay PNG into DIR")
     p.add_argument(
         "--record",

@@ -434,21 +434,14 @@ def batch_items(inspected: list[tuple[str, dict[str, Any], Source]], detector: D
 
 
 def _row(entry: dict[str, Any], source: Source, detector: Detector, threshold: float) -> dict[str, Any]:
-    meta = detector.meta
+    by = batch.JudgedBy.of(detector)
     if "error" in entry:
-        failed = batch.Decoded(source.name, error=entry["error"], sha256=entry.get("sha"))
-        return batch.failed_row(failed, category=meta.category, model=meta.model, model_version=detector.version)
+        return batch.failed_row(batch.Decoded(source.name, error=entry["error"], sha256=entry.get("sha")), by)
     prediction = entry["prediction"]
-    return batch.verdict_row(
-        file=source.name,
-        sha256=entry["sha"],
-        category=meta.category,
-        model=meta.model,
-        model_version=entry.get("model_version", detector.version),
-        judgement=inspection.judge(prediction, detector, threshold),
-        defect_area=inspection.defect_area(prediction, threshold),
-        inspection_id=entry["history_id"],
-    )
+    judgement = inspection.judge(prediction, detector, threshold)
+    by = by._replace(model_version=entry.get("model_version", detector.version))
+    area = inspection.defect_area(prediction, threshold)
+    return batch.verdict_row(source.name, entry["sha"], by, judgement, area, entry["history_id"])
 
 
 def batch_summary(items: list[BatchItem]) -> None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 import numpy as np
 
@@ -43,6 +43,7 @@ __all__ = [
     "csv_of",
     "decode",
     "decoded_in_background",
+    "JudgedBy",
     "failed_row",
     "find_images",
     "overlay_names",
@@ -237,16 +238,25 @@ def inspect_decoded(
 # --- Rows ---------------------------------------------------------------------------------------
 
 
+class JudgedBy(NamedTuple):
+    """Which model version of which category judged a row."""
+
+    category: str
+    model: str
+    model_version: str
+
+    @classmethod
+    def of(cls, detector: Detector) -> JudgedBy:
+        return cls(detector.meta.category, detector.meta.model, detector.version)
+
+
 def verdict_row(
-    *,
     file: str,
     sha256: str | None,
-    category: str,
-    model: str,
-    model_version: str,
-    judgement: inspection.Judgement | None,
-    defect_area: float | None,
-    inspection_id: int | None,
+    by: JudgedBy,
+    judgement: inspection.Judgement | None = None,
+    defect_area: float | None = None,
+    inspection_id: int | None = None,
     error: str | None = None,
 ) -> dict[str, Any]:
     """One CSV row (keys = :data:`CSV_COLUMNS`); the verdict columns are empty without a judgement."""
@@ -254,9 +264,9 @@ def verdict_row(
     return {
         "file": file,
         "sha256": sha256,
-        "category": category,
-        "model": model,
-        "model version": model_version,
+        "category": by.category,
+        "model": by.model,
+        "model version": by.model_version,
         "score": j.score if j else None,
         "raw score": j.raw_score if j else None,
         "threshold": j.threshold if j else None,
@@ -268,34 +278,15 @@ def verdict_row(
     }
 
 
-def result_row(result: inspection.Inspected, *, category: str, model: str, error: str | None = None) -> dict[str, Any]:
-    """The row of one judged image."""
-    return verdict_row(
-        file=result.file_name,
-        sha256=result.sha256,
-        category=category,
-        model=model,
-        model_version=result.model_version,
-        judgement=result.judgement,
-        defect_area=result.defect_area,
-        inspection_id=result.inspection_id,
-        error=error,
-    )
+def result_row(result: inspection.Inspected, by: JudgedBy, error: str | None = None) -> dict[str, Any]:
+    """The row of one judged image (its own model version: the one that judged it)."""
+    by = by._replace(model_version=result.model_version)
+    return verdict_row(result.file_name, result.sha256, by, result.judgement, result.defect_area, result.inspection_id, error)
 
 
-def failed_row(item: Decoded, *, category: str, model: str, model_version: str) -> dict[str, Any]:
+def failed_row(item: Decoded, by: JudgedBy) -> dict[str, Any]:
     """The row of a file that could not be judged: its error, no verdict."""
-    return verdict_row(
-        file=item.name,
-        sha256=item.sha256,
-        category=category,
-        model=model,
-        model_version=model_version,
-        judgement=None,
-        defect_area=None,
-        inspection_id=None,
-        error=item.error,
-    )
+    return verdict_row(item.name, item.sha256, by, error=item.error)
 
 
 def csv_of(rows: Iterable[dict[str, Any]]) -> str:
@@ -380,18 +371,18 @@ def _rows_of_batch(
     names: dict[str, str],
     report: BatchReport,
 ) -> Iterator[dict[str, Any]]:
-    meta = detector.meta
+    by = JudgedBy.of(detector)
     for outcome in outcomes:
         report.images += 1
         if isinstance(outcome, Decoded):
             report.failed += 1
-            yield failed_row(outcome, category=meta.category, model=meta.model, model_version=detector.version)
+            yield failed_row(outcome, by)
             continue
         error = _write_overlay(overlays, outcome, names[outcome.file_name]) if overlays is not None else None
         report.failed += error is not None
         report.defects += outcome.judgement.verdict == "DEFECT"
         report.notes.update(dict.fromkeys(outcome.notes))
-        yield result_row(outcome, category=meta.category, model=meta.model, error=error)
+        yield result_row(outcome, by, error)
 
 
 def inspect_paths(
