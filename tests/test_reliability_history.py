@@ -20,7 +20,8 @@ import pytest
 import core.history as history_mod
 from core.csv_safety import FORMULA_START, csv_text, safe_cell
 from core.errors import StoreError
-from core.history import History, InspectionRecord
+from core.history import History
+from tests.test_history import _rec
 
 PAGE = 4096
 
@@ -32,21 +33,6 @@ FORMULAS = {
     "tab": "\t=1+1",
     "carriage return": "\r=1+1",
 }
-
-
-def _rec(i: int = 0, **kw) -> InspectionRecord:
-    base = dict(
-        file_name=f"part_{i:03d}.png",
-        sha256=f"{i:064x}",
-        category="tile",
-        model="patchcore",
-        score=0.3,
-        threshold=0.5,
-        verdict="GOOD",
-        raw_score=1.25,
-    )
-    base.update(kw)
-    return InspectionRecord(**base)
 
 
 def _read_csv(text: str) -> list[dict[str, str]]:
