@@ -36,12 +36,14 @@ def _tensor(path: Path, size: int) -> torch.Tensor:
 @torch.inference_mode()
 def probe(pdn: torch.nn.Module, train: list[torch.Tensor], test: list[torch.Tensor], labels: list[int], bank_size: int) -> float:
     pdn.eval()
-    bank = torch.cat([pdn(image)[0].flatten(1).T for image in train])
+    device = next(pdn.parameters()).device
+    bank = torch.cat([pdn(image.to(device))[0].flatten(1).T for image in train])
     mean, std = bank.mean(0), bank.std(0) + 1e-6
-    bank = ((bank - mean) / std)[torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[:bank_size]]
+    keep = torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))[:bank_size].to(device)
+    bank = ((bank - mean) / std)[keep]
     scores = []
     for image in test:
-        patches = (pdn(image)[0].flatten(1).T - mean) / std
+        patches = (pdn(image.to(device))[0].flatten(1).T - mean) / std
         scores.append(float(torch.cdist(patches, bank).min(1).values.max()))
     return float(roc_auc_score(labels, scores))
 
@@ -54,6 +56,7 @@ def main() -> None:
     parser.add_argument("--model-size", default="small", choices=("small", "medium"))
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--bank", type=int, default=30_000, help="patch vectors kept in the memory bank")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     root = resolve_data_root(args.data_root)
     check_layout(root, args.category, verify_images=False)
@@ -65,8 +68,8 @@ def main() -> None:
     labels = [int(p.parent.name != "good") for p in test_paths]
     torch.manual_seed(0)
     candidates = {
-        "distilled teacher": load_teacher(args.model_size, args.teacher).float(),
-        "random-init PDN (floor)": build_pdn(args.model_size),
+        "distilled teacher": load_teacher(args.model_size, args.teacher).float().to(args.device),
+        "random-init PDN (floor)": build_pdn(args.model_size).to(args.device),
     }
     print(f"{args.category}: {len(train)} train/good, {len(test)} test images, {args.image_size} px, bank {args.bank:,}")
     for name, pdn in candidates.items():

@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from core.data.image_io import sha256_of
-from core.errors import WeightsMissingError
+from core.errors import ConfigError, WeightsMissingError
 from core.models.efficientad.teacher import (
     PDN_RECEPTIVE_FIELD,
     PDN_STRIDE,
     PROVENANCE_FILE,
     CropSampler,
     DistillationTarget,
+    _lr_at,
     build_pdn,
     distill_teacher,
     load_teacher,
@@ -85,6 +86,42 @@ def test_short_distillation_writes_a_loadable_teacher(tmp_path: Path) -> None:
     pdn = load_teacher("small", path)
     with torch.no_grad():
         assert torch.isfinite(pdn(torch.rand(1, 3, 64, 64))).all()
+
+
+def test_time_budget_stops_the_run_and_is_recorded(tmp_path: Path) -> None:
+    from core.data.demo import generate_demo_dataset
+
+    data = generate_demo_dataset(tmp_path / "tiny", ["tile"], n_train=2, n_test_good=0, n_per_defect=0, size=64, progress=False)
+    path = distill_teacher(
+        "small", steps=1_000_000, device="cpu", out=tmp_path / "t", progress=False, batch_size=1, crop=64,
+        image_dirs=[data / "tile" / "train" / "good"], use_natural=False, use_demo_textures=False, stat_crops=1,
+        time_budget_s=1.0,
+    )  # fmt: skip
+    entry = read_provenance(path)
+    assert 1 <= entry["steps_done"] < 1_000_000 and entry["time_budget_s"] == 1.0
+    assert entry["wall_time_s"] < 30
+
+
+def test_learning_rate_warms_up_then_decays_to_five_percent() -> None:
+    assert _lr_at(0.0, 1.0) == pytest.approx(1e-3)
+    assert _lr_at(0.05, 1.0) == pytest.approx(1.0)
+    assert _lr_at(0.5, 1.0) == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 0.45 / 0.95)))
+    assert _lr_at(1.0, 1.0) == pytest.approx(0.05)
+    assert _lr_at(2.0, 1.0) == pytest.approx(0.05)  # a run past its budget stays at the floor
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"crop": 66}, {"crop": 32}, {"steps": 0}, {"batch_size": 0}, {"time_budget_s": 0.0}, {"lr": -1.0}],
+)
+def test_bad_distillation_settings_are_one_line_errors(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(ConfigError):
+        distill_teacher("small", device="cpu", out=tmp_path, progress=False, use_natural=False, use_demo_textures=False, **kwargs)
+
+
+def test_unknown_model_size_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="small or medium"):
+        build_pdn("large")
 
 
 def test_missing_teacher_names_the_command(tmp_path: Path) -> None:

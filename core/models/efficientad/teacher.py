@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.data.image_io import sha256_of
-from core.errors import WeightsMissingError
+from core.errors import ConfigError, WeightsMissingError
 from core.settings import ASSETS_DIR, get_settings
 
 TEACHER_DIR = ASSETS_DIR / "teacher"
@@ -98,7 +98,7 @@ def build_pdn(model_size: str = "small", out_channels: int = TEACHER_OUT_CHANNEL
         return SmallPatchDescriptionNetwork(out_channels=out_channels, padding=padding)
     if model_size == "medium":
         return MediumPatchDescriptionNetwork(out_channels=out_channels, padding=padding)
-    raise ValueError(f"unknown EfficientAD model size '{model_size}': small or medium")
+    raise ConfigError(f"unknown EfficientAD model size '{model_size}': small or medium")
 
 
 def read_teacher_state(path: str | Path, model_size: str = "small") -> dict[str, torch.Tensor]:
@@ -160,16 +160,20 @@ class CropSampler:
     make it grey. The PDN's input is the 2x2-averaged copy at ``crop`` pixels.
     """
 
-    def __init__(self, groups: list[list[np.ndarray]], crop: int, seed: int = 0) -> None:
-        self.groups = [[self._pyramid(img) for img in group] for group in groups if group]
+    def __init__(self, groups: list[list[np.ndarray]], crop: int, seed: int = 0, device: torch.device | str = "cpu") -> None:
+        # The pyramids live on ``device``: on a GPU the sampling then runs there too, and the
+        # distillation is not held back by per-crop resampling on the host. The random draws stay
+        # on a CPU generator, so a seed gives the same crops on every device (up to float rounding).
+        self.device = torch.device(device)
+        self.groups = [[self._pyramid(img, self.device) for img in group] for group in groups if group]
         if not self.groups:
             raise ValueError("no training images for the teacher")
         self.crop = crop
         self.gen = torch.Generator().manual_seed(seed)
 
     @staticmethod
-    def _pyramid(image: np.ndarray) -> list[torch.Tensor]:
-        level = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div(255.0)
+    def _pyramid(image: np.ndarray, device: torch.device) -> list[torch.Tensor]:
+        level = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).to(device).permute(2, 0, 1).float().div(255.0)
         levels = [level]
         while min(level.shape[-2:]) >= 256:
             level = F.interpolate(level[None], scale_factor=0.5, mode="bilinear", antialias=True, align_corners=False)[0]
@@ -201,7 +205,7 @@ class CropSampler:
         theta = torch.tensor(
             [[sx * cos * flip, -sx * sin, 2 * cx / wk - 1], [sy * sin * flip, sy * cos, 2 * cy / hk - 1]],
             dtype=torch.float32,
-        )
+        ).to(self.device)
         grid = F.affine_grid(theta[None], [1, 3, out, out], align_corners=False)
         return F.grid_sample(src[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
 
@@ -209,14 +213,15 @@ class CropSampler:
         n = batch.shape[0]
 
         def factors(low: float, high: float) -> torch.Tensor:
-            return torch.empty(n, 1, 1, 1).uniform_(low, high, generator=self.gen)
+            return torch.empty(n, 1, 1, 1).uniform_(low, high, generator=self.gen).to(self.device)
 
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        weights = torch.tensor([0.299, 0.587, 0.114], device=self.device).view(1, 3, 1, 1)
         batch = batch * factors(0.6, 1.4)
         mean = (batch * weights).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
         batch = (batch - mean) * factors(0.6, 1.4) + mean
         grey = (batch * weights).sum(1, keepdim=True)
-        saturation = factors(0.5, 1.5) * (torch.rand(n, 1, 1, 1, generator=self.gen) >= 0.15)  # 15% grey-scale
+        saturation = factors(0.5, 1.5)  # drawn before the grey-scale coin, as before: same crops per seed
+        saturation = saturation * (torch.rand(n, 1, 1, 1, generator=self.gen) >= 0.15).to(self.device)  # 15% grey
         return ((batch - grey) * saturation + grey).clamp_(0.0, 1.0)
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,13 +299,17 @@ class DistillationTarget(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-def _lr_at(step: int, steps: int, base: float) -> float:
-    """Linear warm-up over 5% of the steps, then cosine decay to 5% of ``base``."""
-    warm = max(1, steps // 20)
-    if step < warm:
-        return base * (step + 1) / warm
-    progress = (step - warm) / max(1, steps - warm)
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+def _lr_at(progress: float, base: float) -> float:
+    """Linear warm-up over the first 5% of the run, then cosine decay to 5% of ``base``.
+
+    ``progress`` is the share of the run done, in [0, 1]: steps done / steps, or, under a time
+    budget, the larger of that and the share of the budget spent, so a run cut by its budget still
+    ends its schedule at the low learning rate instead of being stopped mid-decay.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < 0.05:
+        return base * max(progress / 0.05, 1e-3)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (progress - 0.05) / 0.95)))
 
 
 @torch.no_grad()
@@ -318,12 +327,14 @@ def _resolve_schedule(
     default = GPU_SCHEDULE if dev.type == "cuda" else CPU_SCHEDULE
     schedule = Schedule(
         steps=steps if steps is not None else default.steps,
-        batch_size=batch_size or default.batch_size,
-        crop=crop or default.crop,
-        lr=lr or default.lr,
+        batch_size=batch_size if batch_size is not None else default.batch_size,
+        crop=crop if crop is not None else default.crop,
+        lr=lr if lr is not None else default.lr,
     )
     if schedule.crop < 64 or schedule.crop % 4:
-        raise ValueError("crop must be a multiple of 4 and at least 64 px")
+        raise ConfigError(f"crop must be a multiple of 4 and at least 64 px, got {schedule.crop}")
+    if schedule.steps < 1 or schedule.batch_size < 1 or not schedule.lr > 0:
+        raise ConfigError("steps and batch size must be at least 1 and the learning rate positive")
     return schedule
 
 
@@ -382,7 +393,7 @@ def _heldout_batches(
     dev: torch.device,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """4 fixed (PDN input, target) batches from their own sampler (seed + 1), never trained on."""
-    heldout_sampler = CropSampler(groups, schedule.crop, seed=seed + 1)
+    heldout_sampler = CropSampler(groups, schedule.crop, seed=seed + 1, device=dev)
     heldout = []
     for _ in range(4):
         hi, lo = heldout_sampler.sample(schedule.batch_size)
@@ -419,8 +430,10 @@ def _train(
     dev: torch.device,
     bar_desc: str,
     progress: bool,
+    time_budget_s: float | None = None,
 ) -> list[float]:
-    """Regress the PDN onto the targets for ``schedule.steps`` steps; returns every step's loss.
+    """Regress the PDN onto the targets for ``schedule.steps`` steps, or until ``time_budget_s``
+    seconds have passed; returns every step's loss.
 
     Raises :class:`RuntimeError` as soon as the loss is not finite (a diverged run is useless).
     """
@@ -428,10 +441,17 @@ def _train(
 
     optimizer = torch.optim.Adam(pdn.parameters(), lr=schedule.lr, weight_decay=1e-5)
     losses: list[float] = []
+    started = time.perf_counter()
     bar = tqdm(range(schedule.steps), desc=bar_desc, unit="step", disable=not progress)
     for step in bar:
+        done = step / schedule.steps
+        if time_budget_s is not None:
+            spent = (time.perf_counter() - started) / time_budget_s
+            if spent >= 1.0:
+                break
+            done = max(done, spent)
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, schedule.steps, schedule.lr)
+            group["lr"] = _lr_at(done, schedule.lr)
         losses.append(_train_step(pdn, optimizer, sampler, target_net, out_hw, schedule.batch_size, dev))
         if not math.isfinite(losses[-1]):
             raise RuntimeError(f"distillation diverged at step {step} (loss {losses[-1]}); try a lower --lr")
@@ -505,6 +525,7 @@ def _provenance_entry(
     seed: int,
     target: dict[str, Any],
     sources: dict[str, Any],
+    time_budget_s: float | None = None,
 ) -> dict[str, Any]:
     """The PROVENANCE.json entry of a freshly written teacher: file, run, losses and method."""
     return {
@@ -518,6 +539,8 @@ def _provenance_entry(
         "device": device,
         "wall_time_s": round(outcome.wall_time_s, 1),
         "schedule": asdict(schedule),
+        "steps_done": len(outcome.losses),
+        "time_budget_s": time_budget_s,
         "optimizer": "Adam (weight_decay 1e-5), linear warm-up 5% then cosine decay to 5% of lr",
         "loss": "MSE between PDN output and target, over channels and positions",
         **_loss_record(outcome, schedule.batch_size, seed),
@@ -562,25 +585,34 @@ def distill_teacher(
     seed: int = 0,
     stat_crops: int = 128,
     command: str | None = None,
+    time_budget_s: float | None = None,
 ) -> Path:
     """Distil a PDN teacher and save it (float16) with its provenance; returns the weights file.
 
     ``out``: a folder (the file is ``pdn_<size>.pth`` in it) or a ``.pth`` path; default
     ``assets/teacher/``. ``image_dirs``: extra folders of PNG/JPEG images (a third group).
     Unset schedule values come from :data:`GPU_SCHEDULE` or :data:`CPU_SCHEDULE`. ``stat_crops``:
-    how many crops estimate the target's normalisation statistics.
+    how many crops estimate the target's normalisation statistics. ``time_budget_s``: stop after
+    that many seconds of training even before ``steps`` (the learning-rate schedule follows
+    whichever runs out first).
     """
     from core.inference.device import device_label, pick_device
 
     dev = pick_device(device)
     schedule = _resolve_schedule(dev, steps, batch_size, crop, lr)
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ConfigError(f"time budget must be positive, got {time_budget_s}")
     weights_file = _weights_path(out, model_size)
+    if dev.type == "cuda":  # TF32 convolutions and matmuls: ample precision for a regression target
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
 
     # The order below is the order of draws from torch's global generator (the target backbone's
     # and the PDN's initialisation): keep it, or the same seed gives another teacher.
     torch.manual_seed(seed)
     groups, sources = _training_images(use_natural, use_demo_textures, image_dirs)
-    sampler = CropSampler(groups, schedule.crop, seed=seed)
+    sampler = CropSampler(groups, schedule.crop, seed=seed, device=dev)
     target_net, n_stat_batches = _fitted_target(sampler, schedule.batch_size, stat_crops, dev)
     pdn = build_pdn(model_size).to(dev).train()
     out_hw = _pdn_output_size(pdn, schedule.crop, dev)
@@ -589,7 +621,7 @@ def distill_teacher(
 
     started = time.perf_counter()
     desc = f"Distilling PDN-{model_size[0].upper()} teacher"
-    losses = _train(pdn, sampler, target_net, out_hw, schedule, dev, desc, progress)
+    losses = _train(pdn, sampler, target_net, out_hw, schedule, dev, desc, progress, time_budget_s)
     outcome = _Outcome(time.perf_counter() - started, losses, mse_before, _heldout_mse(pdn, heldout))
 
     _save_weights(pdn, weights_file)
@@ -597,6 +629,7 @@ def distill_teacher(
     entry = _provenance_entry(
         weights_file, pdn, schedule, outcome,
         command=command, device=device_label(dev), seed=seed, target=target, sources=sources,
+        time_budget_s=time_budget_s,
     )  # fmt: skip
     _write_provenance(weights_file, entry)
     return weights_file
@@ -621,10 +654,14 @@ def distill_cli(args: Any) -> None:
         out=getattr(args, "out", None),
         progress=True,
         command=command,
+        batch_size=getattr(args, "batch_size", None),
+        crop=getattr(args, "crop", None),
+        lr=getattr(args, "lr", None),
+        time_budget_s=getattr(args, "time_budget", None),
     )
     entry = read_provenance(path)
     print(
         f"teacher written to {path} ({entry.get('bytes', 0) / 2**20:.1f} MiB, sha256 {entry.get('sha256', '?')[:12]}…): "
-        f"{entry.get('schedule', {}).get('steps')} steps in {entry.get('wall_time_s')} s on {entry.get('device')}, "
+        f"{entry.get('steps_done')} steps in {entry.get('wall_time_s')} s on {entry.get('device')}, "
         f"final loss {entry.get('final_loss')}, held-out MSE {entry.get('heldout_mse_before')} → {entry.get('heldout_mse_after')}"
     )
