@@ -41,7 +41,7 @@ from core.settings import REPO_ROOT, get_settings
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
 #: Job kinds the app starts, and the ``python -m core`` sub-command of each.
-KINDS = {"train": "train", "evaluate": "evaluate", "index": "index"}
+KINDS = {"train": "train", "evaluate": "evaluate", "index": "index", "autotrain": "autotrain"}
 #: How much of the end of the log is read for progress and error lines.
 _TAIL_BYTES = 16_384
 
@@ -149,8 +149,12 @@ def start_job(
     title: str | None = None,
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    nice: int | None = None,
 ) -> Job:
     """Start ``python -m core <kind> ...`` in the background and return its record.
+
+    ``nice``: run the command at this lower priority (``os.nice``), so that the app stays
+    responsive beside a long job (the EfficientAD queue, core.models.efficientad.background).
 
     When the same job (kind, model, category) is already running, that job is returned instead of
     starting a second one (two trainings of one model would overwrite each other's checkpoint).
@@ -175,6 +179,7 @@ def start_job(
         model=model,
         category=category,
         started_at=_now(),
+        extra={"nice": nice} if nice else {},
     )
     _write(job)
     child_env = dict(os.environ if env is None else env)
@@ -371,6 +376,11 @@ def _supervise(record: Path) -> int:
     if job is None:
         return 2
     log = Path(job.log_path)
+    if job.extra.get("nice"):
+        try:
+            os.nice(int(job.extra["nice"]))  # the command inherits it
+        except OSError:
+            pass
     with log.open("ab", buffering=0) as out:
         out.write(f"$ {job.command_line}\n".encode())
         try:

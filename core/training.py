@@ -153,12 +153,26 @@ def train(
     model_batch_size, steps, engine_kwargs = spec.prepare_training(module, config)
     batch_size = model_batch_size or batch_size
     datamodule = make_datamodule(root, category, train_batch_size=batch_size, num_workers=num_workers)
+    data_hash = file_list_hash(root, category)
+    # A callback that checkpoints as it goes (EfficientAD's ValidationStopper) gets a run folder
+    # keyed by (category, data, settings); a training started again with the same ones resumes.
+    recorders = [cb for cb in engine_kwargs.get("callbacks", []) if hasattr(cb, "attach_run")]
+    runs = [cb.attach_run(category, str(root), data_hash, spec.full_config(config)) for cb in recorders]
+    resume = next((r.resume_from() for r in runs if r.resume_from() is not None), None)
+    if resume is not None:
+        print(f"resuming the interrupted training from {resume}", flush=True)
     engine = make_engine(dev, progress=progress, **engine_kwargs)
     started = time.perf_counter()
-    engine.fit(model=module, datamodule=datamodule)
+    engine.fit(model=module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    if steps is not None:
+        steps = int(engine.trainer.global_step)  # stopped by measurement: fewer than the cap
     anomalib_thresholds = (float(module.post_processor.image_threshold), float(module.post_processor.pixel_threshold))
     guard_thresholds(module, datamodule)
     train_time = time.perf_counter() - started
+    records: dict[str, Any] = {}
+    for cb in recorders:
+        records.update(cb.record())
+        train_time = max(train_time, cb.elapsed_s())  # includes the time of interrupted runs
     module = module.cpu()
     stored_config = spec.full_config(config)
     meta = registry.ModelMeta(
@@ -166,7 +180,7 @@ def train(
         category=category,
         config=stored_config,
         data_root=str(root),
-        data_hash=file_list_hash(root, category),
+        data_hash=data_hash,
         n_train_images=report.n_train - int(report.n_train * CALIBRATION_FRACTION),
         train_time_s=round(train_time, 1),
         device=device_label(dev),
@@ -177,7 +191,10 @@ def train(
         extra={
             "anomalib_f1_thresholds": {"image": anomalib_thresholds[0], "pixel": anomalib_thresholds[1]},
             "seed": seed,
+            **records,  # EfficientAD: validation_curve, stop_reason, time_budget_s, ...
         },
     )
     registry.save(module, meta)
+    for run in runs:
+        run.remove()
     return meta

@@ -1,4 +1,4 @@
-"""The Compare page's Plotly figures: AUROC bars with published markers, and ROC curves.
+"""The Compare page's Plotly figures: AUROC bars with published markers, ROC and validation curves.
 
 Presentation, not logic: the numbers come from :mod:`core.services.comparison`. The leading
 underscore marks this file as a helper, not a page.
@@ -166,4 +166,35 @@ def roc_figure(results: dict[str, Any], category: str) -> go.Figure:
         height=420,
         margin={"t": 30, "b": 20, "l": 20, "r": 20},
     )
+    return fig
+
+
+def validation_curve_figure(curves: Mapping[str, list[dict[str, Any]]]) -> go.Figure:
+    """Validation image AUROC and loss against training steps, one line per model/category.
+
+    The validation split is anomalib's synthetic one (held-out training images, half with
+    synthetic defects), never the test set; a training in progress is drawn dashed.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Validation image AUROC", "Validation loss"), horizontal_spacing=0.08)
+    palette = ("#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+    for i, (name, curve) in enumerate(sorted(curves.items())):
+        steps = [p.get("step") for p in curve]
+        line = {"color": palette[i % len(palette)], "width": 2, "dash": "dash" if name.endswith("(training)") else "solid"}
+        for col, field in ((1, "image_auroc"), (2, "loss")):
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=[p.get(field) for p in curve],
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line=line,
+                    hovertemplate=f"{name}<br>step %{{x}}: %{{y:.4f}}<extra>{field}</extra>",
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(title_text="training step")
+    fig.update_layout(height=380, margin={"t": 40, "b": 20, "l": 20, "r": 20}, legend_title_text="")
     return fig

@@ -10,4 +10,7 @@
 # `python -m core serve`.
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 .venv/bin/python -m core setup
+# EfficientAD for the demo categories, in the background at low priority (one at a time, resumed
+# where it stopped; the Compare page shows its bars as each lands). INSPECT_AUTOTRAIN=0 skips it.
+[ "${INSPECT_AUTOTRAIN:-1}" = 0 ] || .venv/bin/python -m core autotrain --background || true
 exec .venv/bin/python -m streamlit run server.py "$@"

@@ -146,3 +146,48 @@ def test_corrupt_results_show_a_warning_instead_of_crashing(app_test, tmp_path, 
     assert warning.startswith("results.json is unreadable (") and "python -m core evaluate" in warning
     assert "No evaluation results yet" in at.info[0].value
     assert path.read_text() == raw  # the page only reads: the file is kept for the next evaluate
+
+
+def test_background_efficientad_progress_and_validation_curves(app_test, results_file, monkeypatch):
+    """Where EfficientAD's bar is missing the page shows the queue's progress and time left; the
+    validation curves of trained models (and of the training in progress) are drawn."""
+    from core import jobs
+    from core.models.efficientad.background import QueueRow
+    from core.services import comparison
+
+    job = jobs.Job(id="q", kind="autotrain", title="queue", args=[], log_path="/tmp/q.log")
+    rows = [
+        QueueRow("tile", "done"),
+        QueueRow("leather", "training", fraction=0.25, remaining_s=600.0, step=300, val_auroc=0.93),
+        QueueRow("grid", "queued", remaining_s=900.0),
+    ]
+    curve = [{"step": 100, "elapsed_s": 50.0, "image_auroc": 0.9, "loss": 0.4}, {"step": 200, "image_auroc": 0.95, "loss": 0.3}]
+    monkeypatch.setattr(comparison, "background_queue", lambda: (rows, job))
+    monkeypatch.setattr(comparison, "resume_background_queue", lambda: None)
+    monkeypatch.setattr(comparison, "validation_curves", lambda trained: {"EfficientAD/bottle": curve})
+    at = app_test()
+    at.run()
+    at.switch_page("pages/model_comparison.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    texts = " ".join(str(getattr(e, "value", "")) for e in at.caption) + " ".join(p.proto.text for p in at.get("progress"))
+    assert "EfficientAD/leather: training, step 300, validation AUROC 0.930; at most 10 min left" in texts
+    assert "EfficientAD/grid: queued, up to 15 min" in texts
+    assert "EfficientAD/tile" not in texts  # done and evaluated: its bar is there
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    curves = charts[-1]
+    assert {t["name"] for t in curves["data"]} == {"EfficientAD/bottle"}
+    assert curves["data"][0]["x"] == [100, 200]
+
+
+def test_validation_curves_come_from_model_metadata(monkeypatch):
+    from types import SimpleNamespace
+
+    from core.services import comparison
+
+    monkeypatch.setattr("core.models.efficientad.background.queue_view", lambda: ([], None))
+    curve = [{"step": 100, "image_auroc": 0.9, "loss": 0.4}]
+    trained = {
+        ("efficientad", "tile"): SimpleNamespace(extra={"validation_curve": curve}),
+        ("patchcore", "tile"): SimpleNamespace(extra={}),
+    }
+    assert comparison.validation_curves(trained) == {"EfficientAD/tile": curve}

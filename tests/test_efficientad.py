@@ -18,7 +18,8 @@ from conftest import inspect_home_at
 from core.data.image_io import sha256_of
 from core.errors import ConfigError, WeightsMissingError
 from core.models.efficientad.model import (
-    CPU_DEFAULT_STEPS,
+    CPU_DEFAULT_TIME_BUDGET_S,
+    PAPER_STEPS,
     EfficientAdConfig,
     OfflineEfficientAd,
     build_efficientad,
@@ -113,10 +114,15 @@ def test_prepare_training_counts_steps() -> None:
     module = build_efficientad(EfficientAdConfig(), load_weights=True)
     config: dict = {}
     batch_size, steps, kwargs = prepare_training(module, config)
-    expected = CPU_DEFAULT_STEPS if not torch.cuda.is_available() else 70_000
-    assert (batch_size, steps) == (1, expected)
+    assert (batch_size, steps) == (1, PAPER_STEPS)  # a cap: training stops by validation or time budget
     assert kwargs["max_steps"] == steps and kwargs["max_epochs"] == -1 and kwargs["val_check_interval"] == steps
     assert config["steps"] == steps and config["teacher_sha256"] == sha256_of(teacher_weights_path("small"))
+    budget = None if torch.cuda.is_available() else CPU_DEFAULT_TIME_BUDGET_S
+    assert config["time_budget"] == budget and config["val_every"] >= 1
+    # --steps alone on a CPU: no time budget, the validation plateau or the steps stop it
+    config = {"steps": 50}
+    prepare_training(module, config)
+    assert config["time_budget"] is None and config["steps"] == 50
 
 
 def test_training_offline_records_steps_and_teacher(trained, ead_home: Path) -> None:

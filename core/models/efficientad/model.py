@@ -16,14 +16,20 @@ teacher, the student and the autoencoder apply ImageNet normalisation to their [
 their own ``forward``. The distilled teacher was trained on [0, 1] crops through the very same
 ``forward``, so it sees here exactly the kind of input it saw in distillation.
 
-Training uses batch size 1 (anomalib requires it) for ``steps`` optimisation steps; Lightning's
-progress bar is made to count steps over the whole run (not batches per epoch) with an ETA from the
-mean step time, and validation (which fits the map-normalisation quantiles and the thresholds on
-the calibration split) runs exactly once, after the last step.
+Training uses batch size 1 (anomalib requires it). On the CPU each step is anomalib's losses
+computed with less work (:mod:`core.models.efficientad.fast_step`: bf16 autocast, channels-last,
+the frozen teacher's outputs cached, one student pass, penalty images read ahead). Training stops
+by measurement (:mod:`core.models.efficientad.early_stop`): every ``val_every`` steps the synthetic
+validation split (training images only) is scored and training ends when its AUROC and loss
+plateau, at the time budget, or at ``steps``. It resumes from its last validation when started
+again (:mod:`core.models.efficientad.runs`). Lightning's progress bar counts steps over the whole
+run, and anomalib's validation (map-normalisation quantiles, thresholds on the calibration split)
+runs once, when training stops.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,18 +40,22 @@ from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressB
 
 from core.data.image_io import sha256_of
 from core.errors import ConfigError
+from core.models.efficientad.durations import parse_duration
+from core.models.efficientad.early_stop import ValidationStopper
+from core.models.efficientad.fast_step import Prefetcher, TeacherCache, efficientad_losses, to_channels_last
 from core.models.efficientad.teacher import read_teacher_state, teacher_weights_path
 from core.models.patchcore.model import check_image_size
 from core.settings import get_settings
 
-#: The paper's training length (one image per step), the default on a GPU.
+#: The paper's training length (one image per step), the default on a GPU and the cap on a CPU.
 PAPER_STEPS = 70_000
-#: Default steps without a GPU, chosen from runs on real bottle (README, "EfficientAD"): 150 steps
-#: reached image AUROC 0.725, 2,000 steps 0.969. About 43-97 min on 2 cores; still 3% of the paper's.
-CPU_DEFAULT_STEPS = 2_000
-#: Seconds per EfficientAD-S step at 256 px measured on this project's 2-core CPU: 1.3 on both
-#: cores (scripts/bench_efficientad.py, networks only), 2.6-2.9 for whole runs on one core.
-CPU_SECONDS_PER_STEP = (1.3, 2.9)
+#: Default time budget without a GPU: training stops at the validation plateau or after this long.
+CPU_DEFAULT_TIME_BUDGET_S = 60 * 60
+#: Default steps between two validations (CPU, GPU): about a minute of CPU training each.
+DEFAULT_VAL_EVERY = (100, 1_000)
+#: Default evaluations without improvement of validation AUROC and loss before training stops.
+DEFAULT_PATIENCE = 5
+PRECISIONS = ("auto", "bf16", "fp32")
 MIN_IMAGE_SIZE = 256  # anomalib's autoencoder: 5 stride-2 convolutions, then an 8x8 kernel
 
 
@@ -54,12 +64,17 @@ class EfficientAdConfig:
     """Everything that defines an EfficientAD model; stored in the model's metadata."""
 
     model_size: str = "small"
-    steps: int | None = None  # None: PAPER_STEPS on a GPU, CPU_DEFAULT_STEPS on a CPU
+    steps: int | None = None  # the most steps; None: PAPER_STEPS (training usually stops earlier)
     image_size: int = 256
     lr: float = 1e-4  # anomalib's default
     weight_decay: float = 1e-5  # anomalib's default
     teacher_weights: str | None = None  # None: assets/teacher/pdn_<model_size>.pth
     teacher_sha256: str | None = None  # recorded at training time: which teacher this model used
+    time_budget: float | str | None = None  # seconds, or "45m", "1.5h", "90s"; None: 60 min on a CPU
+    val_every: int | None = None  # steps between validations; None: DEFAULT_VAL_EVERY
+    patience: int = DEFAULT_PATIENCE  # validations without improvement before stopping; 0: never
+    precision: str = "auto"  # "auto": bf16 autocast on a CPU that supports it, else fp32
+    fast_step: bool = True  # teacher cache, one student pass, channels-last, read-ahead (fast_step.py)
 
     def __post_init__(self) -> None:
         if self.model_size not in ("small", "medium"):
@@ -71,12 +86,29 @@ class EfficientAdConfig:
             raise ConfigError(f"EfficientAD needs 0 < --lr < 1 (got {self.lr}); the paper's is 1e-4")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"EfficientAD needs --steps >= 1 (got {self.steps})")
+        if self.time_budget is not None:
+            self.time_budget = parse_duration(self.time_budget)
+        if self.val_every is not None and self.val_every < 1:
+            raise ConfigError(f"EfficientAD needs --val-every >= 1 (got {self.val_every})")
+        if self.patience < 0:
+            raise ConfigError(f"EfficientAD needs --patience >= 0 (got {self.patience}); 0 never stops on a plateau")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown EfficientAD precision '{self.precision}': {', '.join(PRECISIONS)}")
 
     def teacher_path(self) -> Path:
         return Path(self.teacher_weights).expanduser() if self.teacher_weights else teacher_weights_path(self.model_size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """``auto`` -> ``bf16`` on a CPU with native bfloat16 (AVX512-BF16/AMX), else ``fp32``."""
+    if precision != "auto":
+        return precision
+    if torch.device(device).type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():  # noqa: SLF001
+        return "bf16"
+    return "fp32"
 
 
 class OfflineEfficientAd(EfficientAd):
@@ -94,6 +126,18 @@ class OfflineEfficientAd(EfficientAd):
         )
         self.inspect_config = config
         self.teacher_sha256: str | None = None
+
+    def __getstate__(self) -> dict:
+        # as anomalib drops its penalty iterator: a thread and a cache of tensors are not model state
+        state = super().__getstate__()
+        state.pop("_penalties", None)
+        state.pop("teacher_cache", None)
+        return state
+
+    @classmethod
+    def checkpoint_safe_globals(cls) -> Sequence[Any]:
+        """anomalib loads checkpoints with ``weights_only``: allow the config a resumed run carries."""
+        return (*super().checkpoint_safe_globals(), EfficientAdConfig)
 
     def load_teacher(self) -> None:
         """Load the distilled teacher (raises WeightsMissingError, naming the command that makes it)."""
@@ -116,6 +160,51 @@ class OfflineEfficientAd(EfficientAd):
 
         self.imagenet_dir = ensure_penalty_dir()
         super().prepare_imagenette_data(image_size)
+        self._penalties = Prefetcher(lambda: self.imagenet_loader) if self.inspect_config.fast_step else None
+
+    def on_train_start(self) -> None:
+        super().on_train_start()  # anomalib: checks, teacher, penalty images, teacher statistics
+        self.step_precision = resolve_precision(self.inspect_config.precision, self.device)
+        self.teacher_cache = TeacherCache() if self.inspect_config.fast_step else None
+        if self.inspect_config.fast_step and self.device.type == "cpu":
+            to_channels_last(self.model)
+
+    def training_step(self, batch: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """anomalib's training step, with the losses of :func:`~core.models.efficientad.fast_step.efficientad_losses`.
+
+        Departure from anomalib (same losses, less work; see fast_step.py): anomalib's
+        ``training_step`` calls ``self.model(batch, batch_imagenet)``, which cannot take a cached
+        teacher output or a fused student pass. With ``fast_step=False`` and fp32, anomalib's runs.
+        """
+        precision = getattr(self, "step_precision", "fp32")
+        if not self.inspect_config.fast_step and precision == "fp32":
+            return super().training_step(batch, *args, **kwargs)
+        penalties = getattr(self, "_penalties", None)
+        penalty = (next(penalties) if penalties is not None else next(self._imagenet_batches()))[0].to(self.device)
+        loss_st, loss_ae, loss_stae = efficientad_losses(
+            self.model,
+            batch.image,
+            penalty,
+            teacher_cache=getattr(self, "teacher_cache", None),
+            keys=batch.image_path,
+            fused_student=self.inspect_config.fast_step,
+            precision=precision,
+            channels_last=self.inspect_config.fast_step and self.device.type == "cpu",
+        )
+        loss = loss_st + loss_ae + loss_stae
+        self.log("train_st", loss_st.item(), on_epoch=True, prog_bar=True, logger=True)
+        self.log("train_ae", loss_ae.item(), on_epoch=True, prog_bar=True, logger=True)
+        self.log("train_stae", loss_stae.item(), on_epoch=True, prog_bar=True, logger=True)
+        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
+        return {"loss": loss}
+
+    def _imagenet_batches(self) -> Any:
+        """anomalib's endless penalty iterator (restarted when exhausted), as in its training_step."""
+        while True:
+            try:
+                yield next(self.imagenet_iterator)
+            except StopIteration:
+                self.imagenet_iterator = iter(self.imagenet_loader)
 
 
 def build_efficientad(config: EfficientAdConfig, *, load_weights: bool = True) -> OfflineEfficientAd:
@@ -126,24 +215,38 @@ def build_efficientad(config: EfficientAdConfig, *, load_weights: bool = True) -
     return module
 
 
+def _expected_total(trainer: Any, done: int) -> int:
+    """The steps this run will likely reach: the cap, or with a time budget the steps at the
+    current pace when the budget ends (so a job panel's fraction and ETA follow the budget)."""
+    stopper = next((cb for cb in trainer.callbacks if isinstance(cb, ValidationStopper)), None)
+    if stopper is None or stopper.time_budget_s is None or done == 0:
+        return trainer.max_steps
+    pace = stopper.time_budget_s / max(stopper.elapsed_s(), 1e-6)
+    return int(min(trainer.max_steps, max(done + 1, round(done * pace))))
+
+
 class _StepTQDMBar(TQDMProgressBar):
     """Lightning's tqdm bar counting optimisation steps over the whole run, not batches per epoch.
 
     It is reset when the first epoch starts, after the teacher-statistics pass (which has its own
     bar), and Lightning's tqdm bars use no smoothing, so the ETA is the mean step time so far times
-    the steps left.
+    the steps left. With a time budget its total is the steps expected when the budget ends
+    (re-estimated at every step), not the 70,000-step cap, so the fraction shown is of the budget.
     """
 
     def on_train_epoch_start(self, trainer: Any, *_: Any) -> None:
         bar = self.train_progress_bar
-        if trainer.current_epoch == 0 or bar.total != trainer.max_steps:
+        if not getattr(self, "_step_bar_started", False):
             bar.reset(total=trainer.max_steps)
             bar.initial = 0
+            self._step_bar_started = True
         bar.set_description(f"Training steps (epoch {trainer.current_epoch})")
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         n = trainer.global_step
         bar = self.train_progress_bar
+        if bar is not None and not bar.disable:
+            bar.total = _expected_total(trainer, n)
         if bar is not None and self._should_update(n, bar.total) and not bar.disable:
             bar.n = n
             bar.set_postfix(self.get_metrics(trainer, pl_module))
@@ -203,41 +306,54 @@ class StepProgress(Callback):
 
 
 def default_steps() -> int:
-    return PAPER_STEPS if torch.cuda.is_available() else CPU_DEFAULT_STEPS
+    """The step cap: the paper's schedule (a CPU stops far earlier, by measurement or its time budget)."""
+    return PAPER_STEPS
+
+
+def default_time_budget_s(steps_given: bool) -> float | None:
+    """60 min on a CPU unless ``--steps`` was given; none on a GPU (the paper's schedule fits there)."""
+    return None if torch.cuda.is_available() or steps_given else float(CPU_DEFAULT_TIME_BUDGET_S)
 
 
 def training_plan_note(category: str) -> str:
     """What a default EfficientAD training costs here, for the page that offers to start one."""
     steps = default_steps()
     if torch.cuda.is_available():
-        return f"EfficientAD trains for {steps:,} steps on this machine's GPU (the paper's schedule)."
-    low, high = (steps * s / 60 for s in CPU_SECONDS_PER_STEP)
+        return f"EfficientAD trains for at most {steps:,} steps on this machine's GPU (the paper's schedule)."
     return (
-        f"No GPU here: EfficientAD trains for {steps:,} steps on the CPU, about {low:.0f}-{high:.0f} min "
-        f"on 2 cores ({CPU_SECONDS_PER_STEP[0]}-{CPU_SECONDS_PER_STEP[1]} s per step measured), far from the paper's "
-        f"{PAPER_STEPS:,}. For more, run `python -m core train --model efficientad --category {category} --steps N` "
-        "(the progress bar shows steps and the time left), or train on a GPU."
+        f"No GPU here: EfficientAD trains for at most {CPU_DEFAULT_TIME_BUDGET_S // 60} min on the CPU, stopping "
+        f"earlier when its validation AUROC and loss stop improving (and after at most {steps:,} steps, the "
+        f"paper's schedule). For another budget or a step limit, run `python -m core train --model efficientad "
+        f"--category {category} --time-budget 30m` (or `--steps N`); the progress bar shows the steps and each "
+        "validation prints its AUROC."
     )
 
 
 def prepare_training(module: OfflineEfficientAd, config: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
-    """(batch size 1, steps, Engine/Trainer arguments) for :func:`core.training.train`.
+    """(batch size 1, step cap, Engine/Trainer arguments) for :func:`core.training.train`.
 
-    Fills ``config['steps']`` and ``config['teacher_sha256']`` in place, so the stored metadata
-    says how many steps ran and which teacher was used.
+    Fills ``config`` in place with what the run will use (steps, time budget in seconds, validation
+    interval, teacher hash), so the stored metadata says how the model was trained. The
+    :class:`~core.models.efficientad.early_stop.ValidationStopper` in the callbacks scores the
+    validation split, stops the run and records the curve.
     """
-    steps = int(config.get("steps") or default_steps())
-    config["steps"] = steps
+    cfg = EfficientAdConfig(**config)
+    steps = int(cfg.steps or default_steps())
+    budget = cfg.time_budget if cfg.time_budget is not None else default_time_budget_s(cfg.steps is not None)
+    val_every = cfg.val_every or DEFAULT_VAL_EVERY[1 if torch.cuda.is_available() else 0]
+    config.update(steps=steps, time_budget=budget, val_every=val_every)
     if module.teacher_sha256 is None:
         module.load_teacher()
     config["teacher_sha256"] = module.teacher_sha256
+    stopper = ValidationStopper(every=val_every, patience=cfg.patience, time_budget_s=budget)
     engine_kwargs = {
         "max_steps": steps,
         "max_epochs": -1,  # stop on steps only, however many epochs that takes
-        # validate once, after the last step: check every `steps` batches counted across epochs
+        # anomalib's validation (quantiles, thresholds) once, when training stops: at the step cap,
+        # or earlier when the ValidationStopper sets trainer.should_stop (Lightning then validates)
         "check_val_every_n_epoch": None,
         "val_check_interval": steps,
-        "callbacks": [StepProgress()],
+        "callbacks": [StepProgress(), stopper],
     }
     return 1, steps, engine_kwargs
 
