@@ -168,6 +168,15 @@ def qdrant_api_key() -> str | None:
     return os.environ.get("QDRANT_API_KEY") or None
 
 
+def qdrant_embedded_engine() -> str:
+    """INSPECT_QDRANT_BACKEND: the embedded engine, "edge" (default, Qdrant Edge) or "local"
+    (qdrant-client's local mode, the engine before Edge; kept for comparison and the tests)."""
+    value = os.environ.get("INSPECT_QDRANT_BACKEND", "").strip().lower() or "edge"
+    if value not in ("edge", "local"):
+        raise ValueError(f'INSPECT_QDRANT_BACKEND must be "edge" or "local", got {value!r}')
+    return value
+
+
 def backbone_weights() -> str | None:
     """INSPECT_BACKBONE_WEIGHTS: a local weights file for a backbone without packaged weights, or None."""
     return os.environ.get("INSPECT_BACKBONE_WEIGHTS") or None

@@ -1,35 +1,51 @@
-"""Benchmark the embedded Qdrant store: indexing time and query latency at 1k, 10k, 100k points.
+"""Benchmark the embedded similarity store at factory scale: Qdrant Edge against qdrant-client's local mode.
 
-Each size gets a fresh store in a temporary folder, written through ``SimilarityStore.upsert``
-(the app's own path: validation, batches of ``--batch-size``, one sqlite row per point). Then the
-store is closed and reopened (embedded mode loads every point into memory on open: the app's
-start-up cost), and ``--queries`` random query vectors are searched with k nearest neighbours on
-the ``defect`` vector, with the app's payload filter (label = anomalous, query hash excluded), and
-once more without a filter. Latencies are per query, median and 95th percentile.
+For each engine and size a fresh store in a temporary folder is filled through
+``SimilarityStore.upsert`` (the app's own path: validation, batches of ``--batch-size``), 80 % good and
+20 % anomalous points with two named vectors. On Edge the HNSW build is then timed separately (the
+app builds it in a child process once a collection passes ``edge_store.HNSW_THRESHOLD`` points;
+here it is forced, so every size gets it). Queries run in a fresh child process pinned to
+``--cpus`` (default two cores): the store is opened there (``open s``: start-up cost), ``--queries``
+random vectors are searched top-k on the ``defect`` vector with the app's filter (label anomalous,
+query hash excluded) and without, and the child's peak memory above its baseline after imports
+is reported (``mem MB``), with the folder's size on disk.
 
-Embedded mode is exact brute force with filters checked point by point in Python, so query time
-grows linearly with the collection; ``--max-query-seconds`` bounds the time spent querying one
-size (fewer queries are then reported in the ``n`` column), and ``--max-upsert-seconds`` the time
-spent indexing one size (the row then shows the points reached, marked ``*``). Example::
+``page ms`` (Edge only, ``--page-check``): the worst latency of a page's store calls (a filtered
+top-5 search and a count, back to back from another thread, as a page does) while 50 uploads
+are indexed one by one and a new HNSW generation is built and swapped in.
 
-    .venv/bin/python scripts/bench_qdrant.py                       # 1k, 10k, 100k; 2 x 300 dims
-    .venv/bin/python scripts/bench_qdrant.py --sizes 1000,10000 --dims 1536 --queries 100
+Local mode is exact brute force in Python and loads everything at open; it is run up to
+``--local-max`` points (default 100,000). 1M points may use fewer queries (``--queries``); the
+table says how many ran (``n``). Examples::
+
+    .venv/bin/python scripts/bench_qdrant.py --sizes 10000,100000 --queries 200
+    .venv/bin/python scripts/bench_qdrant.py --sizes 1000000 --engines edge --queries 50
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from core.similarity.store import SimilarityStore, make_record
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from core.similarity import edge_store  # noqa: E402
+from core.similarity.store import SimilarityStore, make_record  # noqa: E402
 
 MODEL, CATEGORY = "bench", "synthetic"
 DEFECT_TYPES = ("crack", "hole", "scratch", "stain")
@@ -46,7 +62,7 @@ def make_records(start: int, stop: int, dims: dict[str, int], rng: np.random.Gen
                 model=MODEL,
                 category=CATEGORY,
                 vectors={name: rng.standard_normal(size, dtype=np.float32) for name, size in dims.items()},
-                image_path=f"{CATEGORY}/{i:06d}.png",
+                image_path=f"{CATEGORY}/{i:07d}.png",
                 split="test" if anomalous else "train",
                 label="anomalous" if anomalous else "good",
                 defect_type=DEFECT_TYPES[(i // 5) % len(DEFECT_TYPES)] if anomalous else "good",
@@ -57,115 +73,201 @@ def make_records(start: int, stop: int, dims: dict[str, int], rng: np.random.Gen
     return records
 
 
-def time_queries(store: SimilarityStore, queries: np.ndarray, k: int, filtered: bool, budget_s: float) -> list[float]:
-    latencies: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    for j, vector in enumerate(queries):
-        kwargs = {"label": "anomalous", "exclude_sha256": hashlib.sha256(f"bench-{j}".encode()).hexdigest()} if filtered else {}
-        t0 = time.perf_counter()
-        hits = store.similar(MODEL, CATEGORY, vector=vector, using="defect", k=k, **kwargs)
-        latencies.append(time.perf_counter() - t0)
-        assert len(hits) == k
-        if time.perf_counter() > deadline:
-            break
-    return latencies
+def set_engine(engine: str) -> None:
+    os.environ.pop("QDRANT_URL", None)
+    os.environ["INSPECT_QDRANT_BACKEND"] = engine
 
 
-def bench_size(n: int, args: argparse.Namespace, dims: dict[str, int], root: Path) -> dict:
-    path = root / f"store_{n}"
+def pin(cpus: str) -> None:
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+
+
+# -- the child process: open, query, memory ---------------------------------------------------
+
+
+def query_child(args: argparse.Namespace) -> int:
+    pin(args.cpus)
+    set_engine(args.engine)
+    base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # local mode: "not recommended above 20,000 points"
+        store = SimilarityStore.open(Path(args.child))
+        store.count(MODEL, CATEGORY)  # Edge loads a shard on first use
+    open_s = time.perf_counter() - t0
+    dims = store.dims(MODEL, CATEGORY) or {}
+    queries = np.random.default_rng(args.seed + 1).standard_normal((args.queries, dims["defect"]), dtype=np.float32)
+    store.similar(MODEL, CATEGORY, vector=queries[0], k=args.k)  # warm-up
+    out = {"open_s": open_s}
+    for mode, filtered in (("f", True), ("p", False)):
+        latencies: list[float] = []
+        deadline = time.perf_counter() + args.max_query_seconds
+        for j, vector in enumerate(queries):
+            kwargs = (
+                {"label": "anomalous", "exclude_sha256": hashlib.sha256(f"bench-{j}".encode()).hexdigest()} if filtered else {}
+            )
+            t1 = time.perf_counter()
+            hits = store.similar(MODEL, CATEGORY, vector=vector, using="defect", k=args.k, **kwargs)
+            latencies.append(time.perf_counter() - t1)
+            assert len(hits) == args.k
+            if time.perf_counter() > deadline:
+                break
+        out[f"{mode}_med"] = 1000 * float(np.percentile(latencies, 50))
+        out[f"{mode}_p95"] = 1000 * float(np.percentile(latencies, 95))
+        out[f"{mode}_n"] = len(latencies)
+    out["mem_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024
+    store.close()
+    print(json.dumps(out))
+    return 0
+
+
+# -- the parent: index, build, page check -------------------------------------------------------
+
+
+def fill(store: SimilarityStore, n: int, dims: dict[str, int], args: argparse.Namespace) -> float:
     rng = np.random.default_rng(args.seed)
     upsert_s = 0.0
     written = 0
-    with SimilarityStore.open(path) as store, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "local mode is not recommended above 20,000 points"
-        store.ensure_collection(MODEL, CATEGORY, dims)
-        chunk = 5000  # records are generated per chunk (outside the timing) to bound memory
-        for start in range(0, n, chunk):
-            if upsert_s > args.max_upsert_seconds:
-                break  # bounded: the row reports the points actually written
-            records = make_records(start, min(n, start + chunk), dims, rng)
-            t0 = time.perf_counter()
-            written += store.upsert(MODEL, CATEGORY, records, batch_size=args.batch_size)
-            upsert_s += time.perf_counter() - t0
-            print(f"  [{n}] {written} points in {upsert_s:.1f} s", file=sys.stderr, flush=True)
-        assert store.count(MODEL, CATEGORY) == written
+    for start in range(0, n, 5000):  # records are generated per chunk, outside the timing
+        records = make_records(start, min(n, start + 5000), dims, rng)
+        t0 = time.perf_counter()
+        written += store.upsert(MODEL, CATEGORY, records, batch_size=args.batch_size)
+        upsert_s += time.perf_counter() - t0
+        print(f"  [{args.engine} {n}] {written} points in {upsert_s:.1f} s", file=sys.stderr, flush=True)
+    assert store.count(MODEL, CATEGORY) == n
+    return upsert_s
 
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "local mode is not recommended above 20,000 points"
-        store = SimilarityStore.open(path)
-    reopen_s = time.perf_counter() - t0
+
+def page_check(store: SimilarityStore, n: int, dims: dict[str, int]) -> float:
+    """Worst page call (filtered top-5 + count) while uploads are indexed and HNSW is rebuilt."""
+    name = store.name(MODEL, CATEGORY)
+    stop = threading.Event()
+    worst = [0.0]
+    query = np.random.default_rng(5).standard_normal(dims["defect"], dtype=np.float32)
+
+    def page() -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            store.similar(MODEL, CATEGORY, vector=query, k=5, label="anomalous")
+            store.count(MODEL, CATEGORY)
+            worst[0] = max(worst[0], time.perf_counter() - t0)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=page)
+    thread.start()
     try:
-        queries = np.random.default_rng(args.seed + 1).standard_normal((args.queries, dims["defect"]), dtype=np.float32)
-        store.similar(MODEL, CATEGORY, vector=queries[0], k=args.k)  # warm-up
-        filtered = time_queries(store, queries, args.k, True, args.max_query_seconds)
-        plain = time_queries(store, queries, args.k, False, args.max_query_seconds)
+        uploads = make_records(n, n + 50, dims, np.random.default_rng(7))
+        for rec in uploads:
+            store.upsert(MODEL, CATEGORY, [rec])
+            time.sleep(0.01)
+        with store.backend.engine.lock:
+            store.backend.engine.start_build(name)  # in a child process, as the app does
+        store.backend.wait_for_build(name)
     finally:
+        stop.set()
+        thread.join()
+    return 1000 * worst[0]
+
+
+def bench(engine: str, n: int, args: argparse.Namespace, dims: dict[str, int], root: Path) -> dict:
+    set_engine(engine)
+    args.engine = engine
+    path = root / f"{engine}_{n}"
+    build_s = None
+    page_ms = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        threshold = edge_store.HNSW_THRESHOLD
+        edge_store.HNSW_THRESHOLD = 10**12  # no background build while filling: timed below
+        try:
+            store = SimilarityStore.open(path)
+            upsert_s = fill(store, n, dims, args)
+        finally:
+            edge_store.HNSW_THRESHOLD = threshold
+        if engine == "edge":
+            t0 = time.perf_counter()
+            store.backend.build_hnsw(store.name(MODEL, CATEGORY))
+            build_s = time.perf_counter() - t0
+            if args.page_check:
+                page_ms = page_check(store, n, dims)
         store.close()
+        edge_store.release_all()
     disk_mb = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+    child = [sys.executable, str(Path(__file__).resolve()), "--child", str(path), "--engine", engine]
+    child += ["--queries", str(args.queries), "--k", str(args.k), "--cpus", args.cpus, "--seed", str(args.seed)]
+    child += ["--max-query-seconds", str(args.max_query_seconds)]
+    done = subprocess.run(child, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"query child failed: {done.stderr[-2000:]}")
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
     shutil.rmtree(path, ignore_errors=True)
-    ms = lambda xs, q: 1000 * float(np.percentile(xs, q))  # noqa: E731
     return {
-        "n": written,
-        "stopped": written < n,
+        "engine": engine,
+        "n": n,
         "upsert_s": upsert_s,
-        "rate": written / upsert_s,
-        "reopen_s": reopen_s,
+        "build_s": build_s,
         "disk_mb": disk_mb,
-        "f_med": ms(filtered, 50),
-        "f_p95": ms(filtered, 95),
-        "f_n": len(filtered),
-        "p_med": ms(plain, 50),
-        "p_p95": ms(plain, 95),
-        "p_n": len(plain),
+        "page_ms": page_ms,
+        **measured,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated point counts")
-    parser.add_argument("--dims", type=int, default=300, help="size of each named vector")
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated point counts")
+    parser.add_argument("--engines", default="edge,local", help="edge and/or local")
+    parser.add_argument("--local-max", type=int, default=100_000, help="largest size run on local mode")
+    parser.add_argument("--dims", type=int, default=152, help="size of each named vector")
     parser.add_argument("--vectors", default="global,defect", help="named vectors (must include defect)")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--max-query-seconds", type=float, default=30.0, help="query time budget per size and mode")
-    parser.add_argument(
-        "--max-upsert-seconds",
-        type=float,
-        default=180.0,
-        help="indexing time budget per size; past it the size is cut short (marked *) and benchmarked as reached",
-    )
+    parser.add_argument("--cpus", default="0,1", help="cores the query process is pinned to ('' for all)")
+    parser.add_argument("--max-query-seconds", type=float, default=120.0, help="query time budget per size and mode")
+    parser.add_argument("--page-check", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--dir", type=Path, default=None, help="parent folder for the temporary stores")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="edge", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        return query_child(args)
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     dims = {name.strip(): args.dims for name in args.vectors.split(",") if name.strip()}
     if "defect" not in dims:
         parser.error("--vectors must include 'defect'")
     print(
-        f"embedded Qdrant, {len(dims)} named vectors x {args.dims} dims, cosine; k={args.k}; "
-        f"{args.queries} queries per size (at most {args.max_query_seconds:g} s each mode); batch {args.batch_size}"
+        f"{len(dims)} named vectors x {args.dims} dims, cosine; top-{args.k}; up to {args.queries} queries per size "
+        f"and mode (at most {args.max_query_seconds:g} s each), query process on cpus {args.cpus or 'all'}"
     )
     header = (
-        f"{'points':>8} | {'upsert s':>8} | {'pts/s':>7} | {'reopen s':>8} | {'disk MB':>7} | "
-        f"{'filtered med ms':>15} | {'p95 ms':>7} | {'n':>4} | {'no-filter med ms':>16} | {'p95 ms':>7} | {'n':>4}"
+        f"{'engine':<6} | {'points':>8} | {'index s':>8} | {'HNSW s':>7} | {'open s':>6} | {'disk MB':>7} | {'mem MB':>7} | "
+        f"{'filtered med/p95 ms':>19} | {'n':>4} | {'no filter med/p95 ms':>20} | {'n':>4} | {'page ms':>7}"
     )
     print(header)
     print("-" * len(header))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_qdrant_", dir=args.dir) as tmp:
         for n in sizes:
-            r = bench_size(n, args, dims, Path(tmp))
-            rows.append(r)
-            print(
-                f"{str(r['n']) + ('*' if r['stopped'] else ''):>8} | {r['upsert_s']:>8.1f} | {r['rate']:>7.0f} | {r['reopen_s']:>8.2f} | {r['disk_mb']:>7.0f} | "
-                f"{r['f_med']:>15.1f} | {r['f_p95']:>7.1f} | {r['f_n']:>4} | {r['p_med']:>16.1f} | {r['p_p95']:>7.1f} | {r['p_n']:>4}",
-                flush=True,
-            )
-    if any(r["stopped"] for r in rows):
-        print("* indexing stopped at --max-upsert-seconds; figures are for the points reached")
+            for engine in engines:
+                if engine == "local" and n > args.local_max:
+                    continue
+                r = bench(engine, n, args, dims, Path(tmp))
+                rows.append(r)
+                hnsw = "-" if r["build_s"] is None else f"{r['build_s']:.1f}"
+                page = "-" if r["page_ms"] is None else f"{r['page_ms']:.0f}"
+                print(
+                    f"{engine:<6} | {n:>8} | {r['upsert_s']:>8.1f} | {hnsw:>7} | {r['open_s']:>6.2f} | {r['disk_mb']:>7.0f} | "
+                    f"{r['mem_mb']:>7.0f} | {r['f_med']:>9.1f} / {r['f_p95']:>7.1f} | {r['f_n']:>4} | "
+                    f"{r['p_med']:>10.1f} / {r['p_p95']:>7.1f} | {r['p_n']:>4} | {page:>7}",
+                    flush=True,
+                )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 

@@ -53,6 +53,9 @@ def home(tmp_path_factory: pytest.TempPathFactory, tiny_data_root: Path, tiny_pa
     mp.setenv("INSPECT_HOME", str(workspace))
     mp.setenv("INSPECT_MODELS_DIR", str(models_dir))
     mp.setenv("INSPECT_DATA_ROOT", str(tiny_data_root))
+    # These failure modes (a 0-byte storage.sqlite, a QdrantClient holding the folder) are local
+    # mode's; Qdrant Edge's (a held or corrupt shard, migration) are in test_similarity_edge*.py.
+    mp.setenv("INSPECT_QDRANT_BACKEND", "local")
     try:
         from core.similarity.indexing import index_categories
 

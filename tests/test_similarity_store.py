@@ -1,4 +1,8 @@
-"""The similarity store in embedded mode: ids, idempotent upserts, filters, exclusion, errors."""
+"""The similarity store on qdrant-client's local mode: ids, idempotent upserts, filters, exclusion, errors.
+
+Local mode stands in for the server API here (the same qdrant-client calls); the embedded default,
+Qdrant Edge, is tested in test_similarity_edge*.py, and the two are compared result by result there.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ def mixed_records(n: int = 30) -> list[Record]:
 @pytest.fixture(autouse=True)
 def no_server(monkeypatch):
     monkeypatch.delenv("QDRANT_URL", raising=False)
+    monkeypatch.setenv("INSPECT_QDRANT_BACKEND", "local")
     monkeypatch.delenv("QDRANT_API_KEY", raising=False)
 
 

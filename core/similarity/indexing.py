@@ -70,6 +70,9 @@ UPSERT_BATCH = 64
 #: How long a thread waits for another thread of this process to finish with the store. Calls
 #: hold it for milliseconds to a second; only an in-process index run holds it longer.
 STORE_WAIT_S = 120.0
+#: How long an index run waits for another process (the app) to release an Edge collection: the
+#: app closes shards it has not used for ``edge_store.IDLE_CLOSE_S``.
+INDEX_LOCK_WAIT_S = 90.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,15 +103,21 @@ def _slot(location: str) -> _Slot:
 
 
 @contextmanager
-def open_store(path: Path | None = None, *, drain: bool = True) -> Iterator[SimilarityStore]:
+def open_store(path: Path | None = None, *, drain: bool = True, lock_wait_s: float = 0.0) -> Iterator[SimilarityStore]:
     """The store for one call: waits for other threads of this process, closes it at the end.
 
     ``drain``: add queued uploads when this call opens the store (the app's catch-up); the index
-    run passes False and catches up itself, with the models it loads.
+    run passes False and catches up itself, with the models it loads. ``lock_wait_s``: how long to
+    wait for another process to release an Edge collection (the index run waits for the app's
+    idle handles to close; the app does not wait, it queues).
+
+    On Qdrant Edge "closing" the store releases it to this process's open shards, which stay
+    loaded (opening a shard costs a few hundred milliseconds) until idle, see
+    :mod:`core.similarity.edge_store`.
     """
     location = store_location(path)
     if location.startswith(("http://", "https://")):  # a server serves every client at once
-        with SimilarityStore.open(path) as store:
+        with SimilarityStore.open(path, lock_wait_s=lock_wait_s) as store:
             if drain:
                 _drain_quietly(store)
             yield store
@@ -118,7 +127,7 @@ def open_store(path: Path | None = None, *, drain: bool = True) -> Iterator[Simi
         raise StoreError(f"the Qdrant store {location} stayed busy in this app for {STORE_WAIT_S:g} s; try again")
     try:
         if slot.store is None:
-            slot.store = SimilarityStore.open(path)
+            slot.store = SimilarityStore.open(path, lock_wait_s=lock_wait_s)
             if drain:
                 _drain_quietly(slot.store)
         slot.depth += 1
@@ -131,6 +140,14 @@ def open_store(path: Path | None = None, *, drain: bool = True) -> Iterator[Simi
                 store.close()
     finally:
         slot.lock.release()
+
+
+def release_store() -> None:
+    """Close the Edge shards this process holds, e.g. before starting an ``index`` job that needs
+    them (a page's ``before=`` hook); the next store call opens them again."""
+    from core.similarity import edge_store
+
+    edge_store.release_all()
 
 
 def best_descriptor(model: str, category: str) -> str:
@@ -266,7 +283,8 @@ def index_categories(
     """
     counts = {}
     detectors: dict[tuple[str, str], Detector] = {}
-    with open_store(drain=False) as store:  # drained below, with the models loaded here
+    # drained below, with the models loaded here; waits for an app's idle Edge handles to close
+    with open_store(drain=False, lock_wait_s=INDEX_LOCK_WAIT_S) as store:
         for meta in _selected(models, categories, report):
             detector = load_detector(meta.model, meta.category)
             _index_recorded(store, detector, progress=progress, report=report)
@@ -556,24 +574,17 @@ def similar_to_point(
         return store.similar(model, category, point_id=point_id, using=using, k=k, **filters)
 
 
-def all_points(store: SimilarityStore, model: str, category: str) -> list[tuple[str, dict[str, Any]]]:
-    """(id, payload) of every point in a collection, via Qdrant's scroll."""
-    if store.dims(model, category) is None:
-        return []
-    points, offset = [], None
-    while True:
-        batch, offset = store.client.scroll(
-            store.name(model, category), limit=512, offset=offset, with_payload=True, with_vectors=False
-        )
-        points += [(str(p.id), dict(p.payload or {})) for p in batch]
-        if offset is None:
-            return points
+def all_points(
+    store: SimilarityStore, model: str, category: str, *, label: str | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """(id, payload) of every point in a collection (``label``: only those), page by page."""
+    return [(rec.id, rec.payload) for rec in store.points(model, category, label=label)]
 
 
 def gallery(model: str, category: str, *, defect_type: str | None = None) -> list[dict[str, Any]]:
     """Past defects (anomalous test images and inspected uploads), each payload with its ``id``."""
     with open_store() as store:
-        points = all_points(store, model, category)
+        points = all_points(store, model, category, label=ANOMALOUS)
     cases = [(pid, payload, CasePayload.from_dict(payload)) for pid, payload in points]
     defects = [c for c in cases if c[2].is_anomalous and (defect_type is None or c[2].defect_type == defect_type)]
     defects.sort(key=lambda c: (c[2].split != INSPECTION_SPLIT, c[2].defect_type, c[2].image_path))

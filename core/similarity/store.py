@@ -42,15 +42,15 @@ overwrites one point instead of adding a second, and the query image can be excl
 
 Embedded store or Qdrant server
 -------------------------------
-By default the store is embedded: ``QdrantClient(path=...)`` on ``get_settings().qdrant_path``,
-no server to run. Embedded ("local") mode keeps every vector in memory, searches by brute force
-(exact, O(points) per query, filters checked point by point in Python), loads the whole store when
-it opens, and locks the folder so that **only one client** can use it at a time. The app opens it
-per call, serialised between its threads (``core.similarity.indexing.open_store``), so it never
-holds the folder between clicks; while an index command holds it, the app's searches report the
-lock and its DEFECT uploads are queued and indexed afterwards. That is right for a demo and for a
-few thousand images per category; ``scripts/bench_qdrant.py`` measures where it stops being
-interactive.
+By default the store is embedded with Qdrant Edge on ``get_settings().qdrant_path``
+(:mod:`core.similarity.edge_store`: the server's engine in-process, HNSW past 20,000 points, payload
+indexes, one handle per process shared by its threads); ``INSPECT_QDRANT_BACKEND=local`` selects
+qdrant-client's local mode instead (exact brute force in Python, the whole store loaded at open,
+one client per folder), the engine before Edge, kept for the congruence tests and comparison. A
+local-mode store is copied into Edge once, verified, and kept (:mod:`core.similarity.migration`).
+Both are reached through the same small engine interface (:class:`ClientBackend`,
+:class:`~core.similarity.edge_store.EdgeBackend`), so this class does not change with the engine.
+``scripts/bench_qdrant.py`` measures both.
 
 Run a Qdrant server when several processes must use the store at once (app + indexer, several
 app replicas), when a category holds tens of thousands of images or more (HNSW index instead of
@@ -85,10 +85,11 @@ from core import settings
 from core.data.layout import LABELS
 from core.errors import StoreError
 from core.settings import get_settings
+from core.similarity.conditions import Conditions, search_conditions
 from core.similarity.payload import CasePayload
 
 #: Payload fields that queries filter on; keyword-indexed on a server.
-INDEXED_FIELDS: tuple[str, ...] = ("label", "defect_type", "sha256")
+INDEXED_FIELDS: tuple[str, ...] = ("category", "label", "defect_type", "split", "sha256")
 #: What the messages tell the user to run to rebuild the store.
 REINDEX_HINT = "re-run `python -m core index`"
 
@@ -345,39 +346,32 @@ def _as_vector(value: Any, name: str, size: int | None) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# The store
+# Engines: qdrant-client (server or local mode) and Qdrant Edge, behind one small interface
 # --------------------------------------------------------------------------------------------
 
 
-class SimilarityStore:
-    """Index and search per-image descriptors; one collection per (model, category).
+def _client_filter(cond: Conditions | None) -> models.Filter | None:
+    """:class:`Conditions` as a qdrant-client filter."""
+    if cond is None or cond.empty:
+        return None
+    must: list[models.Condition] = [_field_is(k, v) for k, v in cond.equals.items()]
+    must += [models.FieldCondition(key=k, match=models.MatchAny(any=list(v))) for k, v in cond.any_of.items()]
+    must_not: list[models.Condition] = [models.HasIdCondition(has_id=list(cond.exclude_ids))] if cond.exclude_ids else []
+    must_not += [_field_is(k, v) for k, v in cond.exclude_equals]
+    return models.Filter(must=must or None, must_not=must_not or None)
 
-    Wraps a :class:`QdrantClient` (embedded or server alike). Use :meth:`open` for the configured
-    store, or pass a client. Closing the store closes the client.
-    """
 
-    def __init__(self, client: QdrantClient, *, prefix: str = COLLECTION_PREFIX) -> None:
+class ClientBackend:
+    """The engine interface over a :class:`QdrantClient`: a server, or local mode (``path=``)."""
+
+    kind = "client"
+
+    def __init__(self, client: QdrantClient) -> None:
         self.client = client
-        self.prefix = prefix
-        self._dims: dict[str, dict[str, int]] = {}
-
-    @classmethod
-    def open(cls, path: Path | None = None, **kwargs: Any) -> SimilarityStore:
-        return cls(open_client(path), **kwargs)
+        self.location = client_location(client)
 
     def close(self) -> None:
         self.client.close()
-
-    def __enter__(self) -> SimilarityStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- collections -----------------------------------------------------------------------
-
-    def name(self, model: str, category: str) -> str:
-        return collection_name(model, category, self.prefix)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -392,18 +386,155 @@ class SimilarityStore:
                 raise StoreError(f"the Qdrant server refused the request (HTTP {exc.status_code}): check QDRANT_API_KEY") from exc
             raise
 
-    def dims(self, model: str, category: str) -> dict[str, int] | None:
-        """Named vector sizes of the collection, or None when it does not exist."""
-        name = self.name(model, category)
-        if name in self._dims:
-            return self._dims[name]
+    def collection_names(self) -> list[str]:
+        with self._errors():
+            return sorted(c.name for c in self.client.get_collections().collections)
+
+    def vector_sizes(self, name: str) -> dict[str, int] | None:
         with self._errors():
             if not self.client.collection_exists(name):
                 return None
             vectors = self.client.get_collection(name).config.params.vectors
         if not isinstance(vectors, Mapping):
             raise StoreError(f"collection {name} has no named vectors; delete it and {REINDEX_HINT}")
-        self._dims[name] = {key: int(params.size) for key, params in vectors.items()}
+        return {key: int(params.size) for key, params in vectors.items()}
+
+    def create_collection(self, name: str, dims: Mapping[str, int]) -> None:
+        with self._errors():
+            self.client.create_collection(
+                name,
+                vectors_config={
+                    key: models.VectorParams(size=size, distance=models.Distance.COSINE) for key, size in dims.items()
+                },
+            )
+            if not is_embedded(self.client):  # local mode has no payload indexes (it warns)
+                for field_name in INDEXED_FIELDS:
+                    self.client.create_payload_index(name, field_name, field_schema=models.PayloadSchemaType.KEYWORD)
+
+    def delete_collection(self, name: str) -> bool:
+        with self._errors():
+            if not self.client.collection_exists(name):
+                return False
+            self.client.delete_collection(name)
+        return True
+
+    def count(self, name: str, cond: Conditions | None) -> int:
+        with self._errors():
+            return int(self.client.count(name, count_filter=_client_filter(cond), exact=True).count)
+
+    def upsert(self, name: str, points: Sequence[tuple[str, dict[str, list[float]], dict[str, Any]]]) -> None:
+        structs = [models.PointStruct(id=pid, vector=vec, payload=payload) for pid, vec, payload in points]
+        with self._errors():
+            self.client.upsert(name, points=structs, wait=True)
+
+    def retrieve(
+        self, name: str, ids: Sequence[str], with_payload: bool | list[str], with_vectors: bool | list[str]
+    ) -> list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
+        with self._errors():
+            found = self.client.retrieve(name, ids=list(ids), with_payload=with_payload, with_vectors=with_vectors)
+        return [(str(p.id), _np_vectors(p.vector), dict(p.payload or {})) for p in found]
+
+    def query(
+        self, name: str, vector: list[float], using: str, cond: Conditions | None, k: int, *, exact: bool = False
+    ) -> list[tuple[str, float, dict[str, Any]]]:
+        with self._errors():
+            response = self.client.query_points(
+                name,
+                query=vector,
+                using=using,
+                query_filter=_client_filter(cond),
+                limit=k,
+                with_payload=True,
+                with_vectors=False,
+                search_params=models.SearchParams(exact=True) if exact else None,
+            )
+        return [(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+    def scroll(
+        self, name: str, offset: str | None, limit: int, with_vectors: bool = False, cond: Conditions | None = None
+    ) -> tuple[list[tuple[str, dict[str, np.ndarray], dict[str, Any]]], str | None]:
+        with self._errors():
+            batch, next_offset = self.client.scroll(
+                name, scroll_filter=_client_filter(cond), limit=limit, offset=offset, with_payload=True, with_vectors=with_vectors
+            )
+        points = [(str(p.id), _np_vectors(p.vector), dict(p.payload or {})) for p in batch]
+        return points, None if next_offset is None else str(next_offset)
+
+
+def _np_vectors(value: Any) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=np.float32) for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+def open_backend(path: Path | None = None, *, lock_wait_s: float = 0.0) -> Any:
+    """The configured engine: a server (``QDRANT_URL``), else the embedded folder at ``path``.
+
+    The embedded engine is Qdrant Edge unless ``INSPECT_QDRANT_BACKEND=local``. A local-mode store
+    left by an earlier version is copied into Edge once, verified, and kept (see
+    :mod:`core.similarity.migration`).
+    """
+    if settings.qdrant_url() or settings.qdrant_embedded_engine() == "local":
+        return ClientBackend(open_client(path))
+    from core.similarity.edge_store import EdgeBackend
+    from core.similarity.migration import migrate_if_needed
+
+    folder = Path(path if path is not None else get_settings().qdrant_path).expanduser()
+    migrate_if_needed(folder)
+    return EdgeBackend(folder, lock_wait_s=lock_wait_s)
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------------
+
+
+class SimilarityStore:
+    """Index and search per-image descriptors; one collection per (model, category).
+
+    Wraps an engine (:class:`ClientBackend` for a server or local mode,
+    :class:`~core.similarity.edge_store.EdgeBackend` for the embedded default). Use :meth:`open`
+    for the configured store, or pass a client or an engine. Closing the store closes a client; an
+    Edge engine stays open for the process (:mod:`core.similarity.edge_store`).
+    """
+
+    def __init__(self, client: QdrantClient | Any, *, prefix: str = COLLECTION_PREFIX) -> None:
+        self.backend = ClientBackend(client) if isinstance(client, QdrantClient) else client
+        #: The qdrant-client client (server or local mode), None on Qdrant Edge.
+        self.client: QdrantClient | None = getattr(self.backend, "client", None)
+        self.prefix = prefix
+        self._dims: dict[str, dict[str, int]] = {}
+
+    @classmethod
+    def open(cls, path: Path | None = None, *, lock_wait_s: float = 0.0, **kwargs: Any) -> SimilarityStore:
+        """The configured store; ``lock_wait_s``: how long to wait for another process's Edge handle."""
+        return cls(open_backend(path, lock_wait_s=lock_wait_s), **kwargs)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> SimilarityStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def engine(self) -> str:
+        """ "edge" (embedded Qdrant Edge) or "client" (a server or local mode, via qdrant-client)."""
+        return str(self.backend.kind)
+
+    # -- collections -----------------------------------------------------------------------
+
+    def name(self, model: str, category: str) -> str:
+        return collection_name(model, category, self.prefix)
+
+    def dims(self, model: str, category: str) -> dict[str, int] | None:
+        """Named vector sizes of the collection, or None when it does not exist."""
+        name = self.name(model, category)
+        if name not in self._dims:
+            sizes = self.backend.vector_sizes(name)
+            if sizes is None:
+                return None
+            self._dims[name] = sizes
         return self._dims[name]
 
     def ensure_collection(self, model: str, category: str, dims: Mapping[str, int]) -> bool:
@@ -424,16 +555,7 @@ class SimilarityStore:
                     f"delete the collection and {REINDEX_HINT}"
                 )
             return False
-        with self._errors():
-            self.client.create_collection(
-                name,
-                vectors_config={
-                    key: models.VectorParams(size=size, distance=models.Distance.COSINE) for key, size in wanted.items()
-                },
-            )
-            if not is_embedded(self.client):  # embedded mode has no payload indexes (it warns)
-                for field_name in INDEXED_FIELDS:
-                    self.client.create_payload_index(name, field_name, field_schema=models.PayloadSchemaType.KEYWORD)
+        self.backend.create_collection(name, wanted)
         self._dims[name] = wanted
         return True
 
@@ -441,16 +563,12 @@ class SimilarityStore:
         """Drop the (model, category) collection; True if it existed."""
         name = self.name(model, category)
         self._dims.pop(name, None)
-        with self._errors():
-            if not self.client.collection_exists(name):
-                return False
-            self.client.delete_collection(name)
-        return True
+        return bool(self.backend.delete_collection(name))
 
     @property
     def location(self) -> str:
         """The server URL or the embedded folder (see :func:`store_location`)."""
-        return client_location(self.client)
+        return str(self.backend.location)
 
     def count(self, model: str, category: str, *, splits: Sequence[str] | None = None) -> int:
         """Points in the collection (0 when it does not exist); ``splits`` counts only those.
@@ -458,14 +576,10 @@ class SimilarityStore:
         ``splits=("train", "test")`` counts the dataset's points, which an index run writes and
         uploads never add to: what the index manifest compares with.
         """
-        name = self.name(model, category)
         if self.dims(model, category) is None:
             return 0
-        query_filter = None
-        if splits is not None:
-            query_filter = models.Filter(must=[models.FieldCondition(key="split", match=models.MatchAny(any=list(splits)))])
-        with self._errors():
-            return int(self.client.count(name, count_filter=query_filter, exact=True).count)
+        cond = Conditions(any_of={"split": list(splits)}) if splits is not None else None
+        return int(self.backend.count(self.name(model, category), cond))
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -491,12 +605,13 @@ class SimilarityStore:
         written = 0
         for start in range(0, len(records), batch_size):
             points = [self._point(rec, model, category, dims) for rec in records[start : start + batch_size]]
-            with self._errors():
-                self.client.upsert(name, points=points, wait=True)
+            self.backend.upsert(name, points)
             written += len(points)
         return written
 
-    def _point(self, rec: Record, model: str, category: str, dims: Mapping[str, int]) -> models.PointStruct:
+    def _point(
+        self, rec: Record, model: str, category: str, dims: Mapping[str, int]
+    ) -> tuple[str, dict[str, list[float]], dict[str, Any]]:
         if set(rec.vectors) != set(dims):
             raise ValueError(f"record {rec.id} has vectors {sorted(rec.vectors)}, expected {sorted(dims)}")
         payload = _jsonable(dict(rec.payload))
@@ -510,35 +625,37 @@ class SimilarityStore:
             raise ValueError(f"record {rec.id} does not match point_id(sha256, model, category); build it with make_record")
         payload["sha256"] = sha
         vectors = {key: _as_vector(value, key, dims[key]).tolist() for key, value in rec.vectors.items()}
-        return models.PointStruct(id=rec.id, vector=vectors, payload=payload)
+        return rec.id, vectors, payload
 
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, model: str, category: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Record]:
         """Stored records for ``ids`` in the given order; unknown ids are skipped.
 
-        Vectors (when asked for) come back unit-normalised from a server (it normalises cosine
-        vectors on insert) and as given from the embedded store.
+        Vectors (when asked for) come back unit-normalised from a server and from Qdrant Edge
+        (both normalise cosine vectors on insert) and as given from local mode.
         """
         if not ids or self.dims(model, category) is None:
             return []
-        with self._errors():
-            points = self.client.retrieve(self.name(model, category), ids=list(ids), with_payload=True, with_vectors=with_vectors)
-        by_id = {str(p.id): p for p in points}
-        out = []
-        for pid in ids:
-            p = by_id.get(str(pid))
-            if p is None:
-                continue
-            vectors = p.vector if isinstance(p.vector, Mapping) else {}
-            out.append(
-                Record(
-                    id=str(p.id),
-                    vectors={k: np.asarray(v, dtype=np.float32) for k, v in vectors.items()},
-                    payload=dict(p.payload or {}),
-                )
-            )
-        return out
+        found = self.backend.retrieve(self.name(model, category), [str(i) for i in ids], True, with_vectors)
+        by_id = {pid: (vectors, payload) for pid, vectors, payload in found}
+        return [Record(id=str(pid), vectors=by_id[str(pid)][0], payload=by_id[str(pid)][1]) for pid in ids if str(pid) in by_id]
+
+    def points(
+        self, model: str, category: str, *, label: str | None = None, with_vectors: bool = False, batch: int = 512
+    ) -> Iterator[Record]:
+        """Every stored record of the collection (in id order), page by page; ``label`` keeps only
+        those (the gallery lists past defects: a payload index answers it without a scan)."""
+        if self.dims(model, category) is None:
+            return
+        cond = Conditions(equals={"label": label}) if label is not None else None
+        offset: str | None = None
+        while True:
+            page, offset = self.backend.scroll(self.name(model, category), offset, batch, with_vectors, cond)
+            for pid, vectors, payload in page:
+                yield Record(id=pid, vectors=vectors, payload=payload)
+            if offset is None:
+                return
 
     def similar(
         self,
@@ -553,6 +670,7 @@ class SimilarityStore:
         defect_type: str | None = None,
         exclude_ids: Sequence[str] = (),
         exclude_sha256: str | None = None,
+        exact: bool = False,
     ) -> list[Hit]:
         """The ``k`` stored images most similar to a query, best first.
 
@@ -560,6 +678,7 @@ class SimilarityStore:
         ``using`` vector is fetched first. The query image is never returned: its id and its
         ``sha256`` (the stored one for a point id query, ``exclude_sha256`` for a vector query) are
         excluded, as are ``exclude_ids``. ``label`` and ``defect_type`` restrict the candidates.
+        ``exact`` bypasses HNSW (brute force; what HNSW results are checked against).
         Returns an empty list when nothing is indexed for (model, category).
         """
         _check_query(vector, point_id, k, label)
@@ -579,30 +698,18 @@ class SimilarityStore:
             excluded_sha.update([stored_sha] if stored_sha else [])
         else:
             query = _as_vector(vector, using, dims[using])
-        return self._query(name, query, using, k, _search_filter(label, defect_type, excluded_ids, excluded_sha))
+        cond = search_conditions(label, defect_type, excluded_ids, excluded_sha)
+        found = self.backend.query(name, query.tolist(), using, cond, k, exact=exact)
+        return [Hit(id=pid, score=score, payload=payload) for pid, score, payload in found]
 
     def _stored_vector(self, name: str, point_id: str, using: str) -> tuple[np.ndarray, str | None]:
         """The ``using`` vector of a stored point and its payload ``sha256``; LookupError if absent."""
-        with self._errors():
-            found = self.client.retrieve(name, ids=[point_id], with_payload=["sha256"], with_vectors=[using])
+        found = self.backend.retrieve(name, [str(point_id)], ["sha256"], [using])
         if not found:
             raise LookupError(f"point {point_id} is not in {name}")
-        stored = found[0]
-        sha = stored.payload.get("sha256") if stored.payload else None
-        return np.asarray(stored.vector[using], dtype=np.float32), (str(sha) if sha else None)  # type: ignore[index]
-
-    def _query(self, name: str, query: np.ndarray, using: str, k: int, query_filter: models.Filter | None) -> list[Hit]:
-        with self._errors():
-            response = self.client.query_points(
-                name,
-                query=query.tolist(),
-                using=using,
-                query_filter=query_filter,
-                limit=k,
-                with_payload=True,
-                with_vectors=False,
-            )
-        return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points]
+        _, vectors, payload = found[0]
+        sha = payload.get("sha256")
+        return np.asarray(vectors[using], dtype=np.float32), (str(sha) if sha else None)
 
 
 def _check_query(vector: np.ndarray | None, point_id: str | None, k: int, label: str | None) -> None:
@@ -617,17 +724,3 @@ def _check_query(vector: np.ndarray | None, point_id: str | None, k: int, label:
 
 def _field_is(key: str, value: str) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
-
-
-def _search_filter(
-    label: str | None, defect_type: str | None, exclude_ids: Sequence[str], exclude_sha256: set[str]
-) -> models.Filter | None:
-    """Candidates with that label and defect type (None: any), without the excluded ids and hashes."""
-    must: list[models.Condition] = [
-        _field_is(key, value) for key, value in (("label", label), ("defect_type", defect_type)) if value is not None
-    ]
-    must_not: list[models.Condition] = [models.HasIdCondition(has_id=list(exclude_ids))] if exclude_ids else []
-    must_not += [_field_is("sha256", sha) for sha in sorted(exclude_sha256)]
-    if not (must or must_not):
-        return None
-    return models.Filter(must=must or None, must_not=must_not or None)

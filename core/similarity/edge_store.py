@@ -1,0 +1,549 @@
+"""The embedded engine: Qdrant Edge (the server's Rust engine in-process), one shard per collection.
+
+Why Edge and not qdrant-client's local mode: local mode scans every point in Python, checks
+payload filters point by point and loads the whole store at start; Edge has payload indexes and
+HNSW, keeps segments on disk (mmap) and answers a filtered top-5 over 100k points in
+milliseconds (README, "Similar defects at scale"). Its Python API changed between minor versions,
+so ``qdrant-edge-py`` is pinned in requirements.txt and used only in this module and
+:mod:`core.similarity.hnsw_build`.
+
+Layout under the embedded folder ``P`` (``INSPECT_QDRANT_PATH``)::
+
+    P/edge/<collection>/CURRENT        name of the live generation, e.g. "g000001"
+    P/edge/<collection>/g000001/       an Edge shard (edge_config.json, segments/, wal/)
+    P/edge/<collection>/build.json     an HNSW build in progress (see below)
+    P/edge/<collection>/journal.jsonl  ids written while that build runs
+
+**One handle per process.** Edge admits one handle per shard folder (the WAL is locked), and
+opening or closing a shard holds the GIL for a few hundred milliseconds at 20k points. So each
+process keeps its shards open in :data:`_ENGINES` and every :class:`EdgeBackend` of that process
+shares them (the app and the API run in one process, ``server.py``). Shards unused for
+:data:`IDLE_CLOSE_S` are closed so that another process (an ``index`` job) can open them; a process
+that finds a shard held waits up to its ``lock_wait_s``, then raises :class:`StoreLockedError`.
+
+**HNSW in the background.** Below :data:`HNSW_THRESHOLD` points a collection is searched exactly
+(plain index). Building HNSW holds the GIL for the whole build (tens of seconds at 100k points),
+which would freeze every page of the app, so it never runs in the app's process: the live shard
+is flushed and copied to the next generation, a child process (``python -m
+core.similarity.hnsw_build``) builds HNSW there, and meanwhile writes go to the live shard and
+their ids to the journal. When the child is done, the next store call loads the new generation,
+replays the journal into it, points ``CURRENT`` at it and drops the old one. Searches stay exact
+until then; a crashed build is noticed and started again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from core.errors import StoreError
+from core.similarity.conditions import Conditions
+
+#: Points from which a collection gets an HNSW index (below: exact search, fast enough).
+HNSW_THRESHOLD = 20_000
+#: HNSW graph parameters (Qdrant's defaults).
+HNSW_M, HNSW_EF_CONSTRUCT = 16, 100
+#: Payload fields with a keyword index: what queries and counts filter on.
+INDEXED_FIELDS: tuple[str, ...] = ("category", "label", "defect_type", "split", "sha256")
+#: Seconds a process keeps an unused shard open before closing it (frees it for other processes).
+IDLE_CLOSE_S = 60.0
+EDGE_DIR = "edge"
+_CURRENT = "CURRENT"
+_BUILD = "build.json"
+_JOURNAL = "journal.jsonl"
+_DONE = ".done"
+_COPIED = ".copied"
+#: Longest a write waits for an HNSW build to finish copying the live shard.
+COPY_WAIT_S = 300.0
+
+
+def edge_root(path: Path) -> Path:
+    """Where the Edge shards of the embedded store at ``path`` live."""
+    return Path(path).expanduser() / EDGE_DIR
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    return "WouldBlock" in str(exc) or "Resource temporarily unavailable" in str(exc)
+
+
+def _config(dims: Mapping[str, int]) -> qe.EdgeConfig:
+    """A shard config: cosine named vectors, HNSW only for segments past the threshold."""
+    threshold_kb = max(1, HNSW_THRESHOLD * max(dims.values()) * 4 // 1024)
+    return qe.EdgeConfig(
+        vectors={name: qe.EdgeVectorParams(size=int(size), distance=qe.Distance.Cosine) for name, size in dims.items()},
+        hnsw_config=qe.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=10_000),
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=threshold_kb, default_segment_number=1),
+    )
+
+
+def _filter(cond: Conditions | None) -> qe.Filter | None:
+    if cond is None or cond.empty:
+        return None
+    must: list[Any] = [qe.FieldCondition(key=k, match=qe.MatchValue(v)) for k, v in cond.equals.items()]
+    must += [qe.FieldCondition(key=k, match=qe.MatchAny(list(v))) for k, v in cond.any_of.items()]
+    must_not: list[Any] = [qe.HasIdCondition(set(cond.exclude_ids))] if cond.exclude_ids else []
+    must_not += [qe.FieldCondition(key=k, match=qe.MatchValue(v)) for k, v in cond.exclude_equals]
+    return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+def _vectors(value: Any) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=np.float32) for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+class _Collection:
+    """One collection: its folder, live shard (loaded lazily) and HNSW build state."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.shard: qe.EdgeShard | None = None
+        self.generation: str | None = None
+        self.dims: dict[str, int] | None = None
+        self.child: subprocess.Popen | None = None
+
+    def current(self) -> str | None:
+        pointer = self.folder / _CURRENT
+        return pointer.read_text().strip() if pointer.is_file() else None
+
+
+class EdgeEngine:
+    """The Edge shards of one embedded folder, shared by every store of this process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).expanduser()
+        self.root = edge_root(self.path)
+        self.lock = threading.RLock()
+        self.collections: dict[str, _Collection] = {}
+        self.users = 0
+        self.last_used = time.monotonic()
+        #: Generations replaced by an HNSW build: closed and deleted when the process is idle.
+        self.retired: list[tuple[qe.EdgeShard, Path]] = []
+
+    def drop_retired(self) -> None:
+        while self.retired:
+            shard, folder = self.retired.pop()
+            shard.close()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # -- shards ----------------------------------------------------------------------------
+
+    def _corrupt(self, where: Path, reason: str) -> StoreError:
+        return StoreError(
+            f"the Qdrant Edge store {where} cannot be read ({reason}); nothing was deleted: move the "
+            f"folder aside (e.g. mv {where} {where}.broken) and re-run `python -m core index`"
+        )
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / _CURRENT).is_file())
+
+    def collection(self, name: str) -> _Collection:
+        coll = self.collections.get(name)
+        if coll is None:
+            coll = self.collections[name] = _Collection(self.root / name)
+        return coll
+
+    def read_dims(self, name: str) -> dict[str, int] | None:
+        """Named vector sizes from the shard's config file (no need to load the shard)."""
+        coll = self.collection(name)
+        if coll.dims is not None and coll.shard is not None:
+            return coll.dims
+        generation = coll.current()
+        if generation is None:
+            return None
+        config_file = coll.folder / generation / "edge_config.json"
+        try:
+            vectors = json.loads(config_file.read_text())["vectors"]
+            coll.dims = {str(k): int(v["size"]) for k, v in vectors.items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise self._corrupt(coll.folder, f"{config_file.name}: {type(exc).__name__}: {_one_line(exc)}") from exc
+        if not coll.dims:
+            raise self._corrupt(coll.folder, "the collection has no named vectors")
+        return coll.dims
+
+    def shard(self, name: str, lock_wait_s: float = 0.0) -> qe.EdgeShard:
+        """The live shard of ``name``, loaded on first use (waiting up to ``lock_wait_s`` for another
+        process to release it); finishes a completed HNSW build first."""
+        coll = self.collection(name)
+        self.last_used = time.monotonic()
+        if coll.shard is None:
+            generation = coll.current()
+            if generation is None:
+                raise LookupError(name)
+            self.read_dims(name)
+            folder = coll.folder / generation
+            if not folder.is_dir():
+                raise self._corrupt(coll.folder, f"{_CURRENT} names {generation}, which is missing")
+            deadline = time.monotonic() + lock_wait_s
+            while True:
+                try:
+                    coll.shard = qe.EdgeShard.load(str(folder))
+                    break
+                except Exception as exc:
+                    if not _is_lock_error(exc):
+                        raise self._corrupt(folder, _one_line(exc)) from exc
+                    if time.monotonic() >= deadline:
+                        from core.similarity.store import StoreLockedError, _locked_message
+
+                        raise StoreLockedError(_locked_message(self.path)) from exc
+                    time.sleep(0.5)
+            coll.generation = generation
+        self._finish_build(name, coll)
+        return coll.shard
+
+    def create(self, name: str, dims: Mapping[str, int]) -> None:
+        coll = self.collection(name)
+        generation = "g000001"
+        folder = coll.folder / generation
+        if folder.exists():  # a half-made collection (killed before CURRENT was written): ours
+            shutil.rmtree(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shard = qe.EdgeShard.create(str(folder), _config(dims))
+        for field_name in INDEXED_FIELDS:
+            shard.update(qe.UpdateOperation.create_field_index(field_name, qe.PayloadSchemaType.Keyword))
+        shard.flush()
+        _write_atomic(coll.folder / _CURRENT, generation)
+        coll.shard, coll.generation, coll.dims = shard, generation, {str(k): int(v) for k, v in dims.items()}
+
+    def delete(self, name: str) -> bool:
+        coll = self.collections.pop(name, None) or _Collection(self.root / name)
+        if coll.child is not None and coll.child.poll() is None:
+            coll.child.kill()
+            coll.child.wait()
+        if coll.shard is not None:
+            coll.shard.close()
+        if not coll.folder.is_dir():
+            return False
+        shutil.rmtree(coll.folder)
+        return True
+
+    def close(self) -> None:
+        self.drop_retired()
+        for coll in self.collections.values():
+            if coll.shard is not None:
+                coll.shard.close()
+                coll.shard = None
+        self.collections.clear()
+
+    # -- HNSW in a child process -----------------------------------------------------------
+
+    def journal(self, name: str, ids: Sequence[str]) -> None:
+        """Remember ids written while an HNSW build copies from an older state."""
+        coll = self.collection(name)
+        if (coll.folder / _BUILD).is_file():
+            with open(coll.folder / _JOURNAL, "a") as handle:
+                handle.writelines(json.dumps(str(i)) + "\n" for i in ids)
+
+    def maybe_build(self, name: str) -> bool:
+        """Start an HNSW build when enough points are not yet in an HNSW graph; True if started."""
+        coll = self.collection(name)
+        shard = self.shard(name)
+        if (coll.folder / _BUILD).is_file():
+            if self._build_alive(coll):
+                return False
+            self._abandon_build(coll)  # the child died: start again below
+        info = shard.info()
+        n_vectors = len(coll.dims or {}) or 1
+        if info.points_count * n_vectors - info.indexed_vectors_count < HNSW_THRESHOLD * n_vectors:
+            return False
+        self.start_build(name)
+        return True
+
+    def start_build(self, name: str, *, wait: bool = False) -> None:
+        """Copy the live shard to the next generation and build HNSW there in a child process."""
+        coll = self.collection(name)
+        shard = self.shard(name)
+        assert coll.generation is not None
+        target = f"g{int(coll.generation[1:]) + 1:06d}"
+        for stale in coll.folder.glob("g*"):
+            if stale.name not in (coll.generation, target) and stale.is_dir():
+                shutil.rmtree(stale)  # a generation no CURRENT points at: a finished or broken build of ours
+        shard.flush()
+        shutil.rmtree(coll.folder / target, ignore_errors=True)
+        for marker in (_DONE, _COPIED):
+            (coll.folder / (target + marker)).unlink(missing_ok=True)
+        (coll.folder / _JOURNAL).unlink(missing_ok=True)
+        # the child copies the flushed segments (sparse, without the GIL of this process) and
+        # builds; writes wait for the copy (milliseconds to seconds), reads never wait
+        command = [
+            sys.executable,
+            "-m",
+            "core.similarity.hnsw_build",
+            str(coll.folder / coll.generation),
+            str(coll.folder / target),
+        ]
+        cwd = Path(__file__).resolve().parents[2]  # where `core` imports from
+        coll.child = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _write_atomic(coll.folder / _BUILD, json.dumps({"generation": target, "pid": coll.child.pid}))
+        if wait:
+            coll.child.wait()
+            self._finish_build(name, coll)
+
+    def wait_for_copy(self, name: str) -> None:
+        """Block a write until a starting HNSW build has copied the live shard (reads go on)."""
+        coll = self.collection(name)
+        deadline = time.monotonic() + COPY_WAIT_S
+        while (coll.folder / _BUILD).is_file() and time.monotonic() < deadline:
+            try:
+                target = str(json.loads((coll.folder / _BUILD).read_text())["generation"])
+            except (OSError, ValueError, KeyError):
+                return
+            if (coll.folder / (target + _COPIED)).is_file() or not self._build_alive(coll):
+                return
+            time.sleep(0.01)
+
+    def _build_alive(self, coll: _Collection) -> bool:
+        if coll.child is not None:
+            return coll.child.poll() is None
+        try:
+            pid = int(json.loads((coll.folder / _BUILD).read_text())["pid"])
+            os.kill(pid, 0)
+        except (OSError, ValueError, KeyError):
+            return False
+        return True
+
+    def _abandon_build(self, coll: _Collection) -> None:
+        (coll.folder / _BUILD).unlink(missing_ok=True)
+        (coll.folder / _JOURNAL).unlink(missing_ok=True)
+        coll.child = None
+
+    def _finish_build(self, name: str, coll: _Collection) -> None:
+        """Swap in a finished HNSW generation: load it, replay the journal, point CURRENT at it."""
+        build_file = coll.folder / _BUILD
+        if coll.shard is None or not build_file.is_file():
+            return
+        try:
+            target = str(json.loads(build_file.read_text())["generation"])
+        except (OSError, ValueError, KeyError):
+            self._abandon_build(coll)
+            return
+        if not (coll.folder / (target + _DONE)).is_file():
+            if not self._build_alive(coll):
+                self._abandon_build(coll)
+            return
+        if coll.child is not None:
+            coll.child.wait()
+        new = qe.EdgeShard.load(str(coll.folder / target))
+        journal = coll.folder / _JOURNAL
+        ids = list(dict.fromkeys(json.loads(line) for line in journal.read_text().splitlines())) if journal.is_file() else []
+        if ids:
+            live = {str(r.id): r for r in coll.shard.retrieve(ids, with_payload=True, with_vector=True)}
+            points = [qe.Point(i, dict(live[i].vector), dict(live[i].payload or {})) for i in ids if i in live]
+            gone = [i for i in ids if i not in live]
+            if points:
+                new.update(qe.UpdateOperation.upsert_points(points))
+            if gone:
+                new.update(qe.UpdateOperation.delete_points(gone))
+        new.flush()
+        old, old_generation = coll.shard, coll.generation
+        _write_atomic(coll.folder / _CURRENT, target)
+        coll.shard, coll.generation, coll.child = new, target, None
+        self._abandon_build(coll)
+        for marker in (_DONE, _COPIED):
+            (coll.folder / (target + marker)).unlink(missing_ok=True)
+        # closing a shard holds the GIL (~0.1 s): the reaper closes and deletes it once the process is idle
+        self.retired.append((old, coll.folder / str(old_generation)))
+
+    def build_pending(self, name: str) -> bool:
+        """Whether an HNSW build of ``name`` is running or waits to be swapped in."""
+        return (self.collection(name).folder / _BUILD).is_file()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# One engine per folder per process
+# --------------------------------------------------------------------------------------------
+
+_ENGINES: dict[str, EdgeEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+_REAPER: threading.Thread | None = None
+
+
+def _reap() -> None:
+    """Close engines nobody has used for IDLE_CLOSE_S (frees their folders for other processes)."""
+    while True:
+        time.sleep(min(5.0, max(1.0, IDLE_CLOSE_S / 4)))
+        with _ENGINES_LOCK:
+            for key, engine in list(_ENGINES.items()):
+                if not engine.lock.acquire(blocking=False):
+                    continue
+                try:
+                    if time.monotonic() - engine.last_used > 2.0:
+                        engine.drop_retired()
+                    idle = time.monotonic() - engine.last_used > IDLE_CLOSE_S
+                    building = any(engine.build_pending(n) for n in list(engine.collections))
+                    if engine.users == 0 and idle and not building:
+                        engine.close()
+                        del _ENGINES[key]
+                finally:
+                    engine.lock.release()
+
+
+def engine_for(path: Path) -> EdgeEngine:
+    """This process's engine for the embedded folder ``path``."""
+    global _REAPER
+    key = str(Path(path).expanduser().resolve())
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = EdgeEngine(Path(key))
+        if _REAPER is None:
+            _REAPER = threading.Thread(target=_reap, name="edge-idle-close", daemon=True)
+            _REAPER.start()
+        return engine
+
+
+def discard_engine(path: Path) -> None:
+    """Close and forget this process's engine for ``path`` (a migration's staging copy)."""
+    key = str(Path(path).expanduser().resolve())
+    with _ENGINES_LOCK:
+        engine = _ENGINES.pop(key, None)
+    if engine is not None:
+        with engine.lock:
+            engine.close()
+
+
+def release_all() -> None:
+    """Close every shard this process holds (before another process needs the folder, and tests)."""
+    with _ENGINES_LOCK:
+        for engine in _ENGINES.values():
+            with engine.lock:
+                engine.close()
+        _ENGINES.clear()
+
+
+class EdgeBackend:
+    """The store's engine interface over this process's :class:`EdgeEngine` for one folder."""
+
+    kind = "edge"
+
+    def __init__(self, path: Path, *, lock_wait_s: float = 0.0) -> None:
+        path = Path(path).expanduser()
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"the Qdrant store {path} is a file, not a folder: set INSPECT_QDRANT_PATH to a folder")
+        root = edge_root(path)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"the Qdrant Edge store {root} is a file, not a folder; nothing was deleted: move it aside")
+        self.engine = engine_for(path)
+        self.lock_wait_s = lock_wait_s
+        self.location = str(self.engine.path)
+        with self.engine.lock:
+            self.engine.users += 1
+        self._closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with self.engine.lock:
+                self.engine.users -= 1
+                self.engine.last_used = time.monotonic()
+
+    def _shard(self, name: str) -> qe.EdgeShard:
+        return self.engine.shard(name, self.lock_wait_s)
+
+    def collection_names(self) -> list[str]:
+        return self.engine.names()
+
+    def vector_sizes(self, name: str) -> dict[str, int] | None:
+        with self.engine.lock:
+            dims = self.engine.read_dims(name)
+            if dims is not None:
+                self._shard(name)  # a held or unreadable shard is reported now, not mid-way
+            return dims
+
+    def create_collection(self, name: str, dims: Mapping[str, int]) -> None:
+        with self.engine.lock:
+            self.engine.create(name, dims)
+
+    def delete_collection(self, name: str) -> bool:
+        with self.engine.lock:
+            return self.engine.delete(name)
+
+    def count(self, name: str, cond: Conditions | None) -> int:
+        with self.engine.lock:
+            return int(self._shard(name).count(qe.CountRequest(exact=True, filter=_filter(cond))))
+
+    def upsert(self, name: str, points: Sequence[tuple[str, dict[str, list[float]], dict[str, Any]]]) -> None:
+        self.engine.wait_for_copy(name)
+        with self.engine.lock:
+            shard = self._shard(name)
+            # durable through Edge's write-ahead log; a flush per upload would cost an fsync
+            shard.update(qe.UpdateOperation.upsert_points([qe.Point(pid, vec, payload) for pid, vec, payload in points]))
+            self.engine.journal(name, [pid for pid, _, _ in points])
+            self.engine.maybe_build(name)
+
+    def retrieve(
+        self, name: str, ids: Sequence[str], with_payload: bool | list[str], with_vectors: bool | list[str]
+    ) -> list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
+        payload_arg: Any = qe.PayloadSelector.Include(with_payload) if isinstance(with_payload, list) else with_payload
+        with self.engine.lock:
+            found = self._shard(name).retrieve(list(ids), with_payload=payload_arg, with_vector=with_vectors)
+        return [(str(r.id), _vectors(r.vector), dict(r.payload or {})) for r in found]
+
+    def query(
+        self, name: str, vector: list[float], using: str, cond: Conditions | None, k: int, *, exact: bool = False
+    ) -> list[tuple[str, float, dict[str, Any]]]:
+        request = qe.QueryRequest(
+            limit=k,
+            query=qe.Query.Nearest(vector, using=using),
+            filter=_filter(cond),
+            with_payload=True,
+            params=qe.SearchParams(exact=True) if exact else None,
+        )
+        with self.engine.lock:
+            found = self._shard(name).query(request)
+        return [(str(p.id), float(p.score), dict(p.payload or {})) for p in found]
+
+    def scroll(
+        self, name: str, offset: str | None, limit: int, with_vectors: bool = False, cond: Conditions | None = None
+    ) -> tuple[list[tuple[str, dict[str, np.ndarray], dict[str, Any]]], str | None]:
+        request = qe.ScrollRequest(offset=offset, limit=limit, filter=_filter(cond), with_payload=True, with_vector=with_vectors)
+        with self.engine.lock:
+            batch, next_offset = self._shard(name).scroll(request)
+        points = [(str(r.id), _vectors(r.vector), dict(r.payload or {})) for r in batch]
+        return points, None if next_offset is None else str(next_offset)
+
+    # -- Edge only -------------------------------------------------------------------------
+
+    def info(self, name: str) -> dict[str, int]:
+        """Points, indexed (HNSW) vectors and segments of a collection."""
+        with self.engine.lock:
+            info = self._shard(name).info()
+        return {"points": info.points_count, "indexed_vectors": info.indexed_vectors_count, "segments": info.segments_count}
+
+    def build_hnsw(self, name: str) -> None:
+        """Build HNSW now (in a child process) and swap it in; for the benchmark and the tests."""
+        with self.engine.lock:
+            self.engine.start_build(name, wait=True)
+
+    def wait_for_build(self, name: str, timeout_s: float = 600.0) -> bool:
+        """Wait for a background HNSW build to be swapped in; True when none is left."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.engine.lock:
+                self._shard(name)  # swaps a finished build in
+                if not self.engine.build_pending(name):
+                    return True
+            time.sleep(0.2)
+        return False

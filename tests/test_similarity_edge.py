@@ -1,0 +1,228 @@
+"""Qdrant Edge, the embedded default: persistence across restarts, HNSW switch-over, migration from
+local mode, a held or corrupt folder (one clear message, nothing deleted)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import StoreError
+from core.similarity import edge_store, migration
+from core.similarity.store import SimilarityStore, StoreLockedError, collection_name, make_record
+
+MODEL, CATEGORY = "patchcore", "tile"
+DIM = 16
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def records(n: int, seed: int = 0, dim: int = DIM, model: str = MODEL):
+    rng = np.random.default_rng(seed)
+    kinds = [("good", "good", "train"), ("anomalous", "crack", "test"), ("anomalous", "hole", "test")]
+    return [
+        make_record(
+            sha256=hashlib.sha256(f"e-{seed}-{i}".encode()).hexdigest(),
+            model=model,
+            category=CATEGORY,
+            vectors={"global": rng.normal(size=dim), "defect": rng.normal(size=dim)},
+            image_path=f"{i}.png",
+            split=kinds[i % 3][2],
+            label=kinds[i % 3][0],
+            defect_type=kinds[i % 3][1],
+            score=0.5,
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(autouse=True)
+def edge(monkeypatch):
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    monkeypatch.setenv("INSPECT_QDRANT_BACKEND", "edge")
+    yield
+    edge_store.release_all()
+
+
+def files(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def run(code: str, *args: str) -> subprocess.CompletedProcess:
+    env_code = "import os; os.environ['INSPECT_QDRANT_BACKEND']='edge'; os.environ.pop('QDRANT_URL', None)\n" + code
+    return subprocess.run([sys.executable, "-c", env_code, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+# -- persistence and one handle per process ----------------------------------------------------
+
+
+def test_persists_across_process_restarts(tmp_path):
+    path = tmp_path / "qdrant"
+    data = records(30)
+    with SimilarityStore.open(path) as store:
+        store.upsert(MODEL, CATEGORY, data)
+        before = [h.id for h in store.similar(MODEL, CATEGORY, point_id=data[1].id, k=5, label="anomalous")]
+    edge_store.release_all()  # this process lets go, as it does when it exits
+    code = (
+        "import sys; from core.similarity.store import SimilarityStore\n"
+        "s = SimilarityStore.open(sys.argv[1])\n"
+        f"print(s.count({MODEL!r}, {CATEGORY!r}), ','.join(h.id for h in s.similar({MODEL!r}, {CATEGORY!r}, "
+        f"point_id={data[1].id!r}, k=5, label='anomalous')))\n"
+    )
+    done = run(code, str(path))
+    assert done.returncode == 0, done.stderr
+    count, ids = done.stdout.split()
+    assert int(count) == 30 and ids.split(",") == before
+
+
+def test_stores_of_one_process_share_one_handle(tmp_path):
+    path = tmp_path / "qdrant"
+    with SimilarityStore.open(path) as a, SimilarityStore.open(path) as b:  # two threads/pages
+        a.upsert(MODEL, CATEGORY, records(6))
+        assert b.count(MODEL, CATEGORY) == 6
+        assert a.backend.engine is b.backend.engine
+
+
+def test_collection_held_by_another_process_is_reported_as_locked(tmp_path):
+    path = tmp_path / "qdrant"
+    with SimilarityStore.open(path) as store:
+        store.upsert(MODEL, CATEGORY, records(6))
+        code = (
+            "import sys; from core.similarity.store import SimilarityStore, StoreLockedError\n"
+            "s = SimilarityStore.open(sys.argv[1])\n"
+            "try:\n    s.count('patchcore', 'tile'); print('opened')\n"
+            "except StoreLockedError as e:\n    print('LOCKED', e)\n"
+        )
+        done = run(code, str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("LOCKED") and "in use by another process" in done.stdout
+    assert "\n" not in done.stdout.strip()
+    edge_store.release_all()
+    assert run(code, str(path)).stdout.startswith("opened")  # free once this process lets go
+
+
+# -- HNSW switch-over ---------------------------------------------------------------------------
+
+
+def test_hnsw_switch_over_keeps_the_exact_top5(tmp_path, monkeypatch):
+    monkeypatch.setattr(edge_store, "HNSW_THRESHOLD", 400)
+    path = tmp_path / "qdrant"
+    data = records(900, dim=32)
+    queries = np.random.default_rng(99).normal(size=(25, 32))
+    with SimilarityStore.open(path) as store:
+        store.upsert(MODEL, CATEGORY, data[:300])
+        assert store.backend.info(store.name(MODEL, CATEGORY))["indexed_vectors"] == 0  # exact below the size
+        store.upsert(MODEL, CATEGORY, data[300:800])  # passes the size: a build starts in a child process
+        name = store.name(MODEL, CATEGORY)
+        store.upsert(MODEL, CATEGORY, data[800:])  # written while it builds: journaled, replayed
+        assert store.backend.wait_for_build(name, timeout_s=240)
+        info = store.backend.info(name)
+        assert info["points"] == 900 and info["indexed_vectors"] > 0
+        assert store.count(MODEL, CATEGORY) == 900
+        assert len(store.get(MODEL, CATEGORY, [r.id for r in data[800:]])) == 100
+        found = total = 0
+        for q in queries:
+            for filters in ({}, {"label": "anomalous"}):
+                hnsw = [h.id for h in store.similar(MODEL, CATEGORY, vector=q, k=5, **filters)]
+                exact = [h.id for h in store.similar(MODEL, CATEGORY, vector=q, k=5, exact=True, **filters)]
+                found += len(set(hnsw) & set(exact))
+                total += len(exact)
+    recall = found / total
+    print(f"HNSW recall@5 against exact search: {recall:.3f} over {total // 5} queries")
+    assert recall >= 0.95
+    edge_store.release_all()
+    with SimilarityStore.open(path) as store:  # the HNSW generation is what reopens
+        assert store.backend.info(store.name(MODEL, CATEGORY))["indexed_vectors"] > 0
+        assert store.count(MODEL, CATEGORY) == 900
+
+
+# -- migration from local mode --------------------------------------------------------------------
+
+
+def make_local_store(path: Path, monkeypatch, n: int = 40) -> list:
+    """A store written by qdrant-client's local mode, the embedded engine before Edge."""
+    monkeypatch.setenv("INSPECT_QDRANT_BACKEND", "local")
+    data = records(n)
+    with SimilarityStore.open(path) as store:
+        store.upsert(MODEL, CATEGORY, data)
+        store.upsert(MODEL, "grid", [])
+        store.upsert("efficientad", CATEGORY, records(5, seed=3, model="efficientad"))
+    monkeypatch.setenv("INSPECT_QDRANT_BACKEND", "edge")
+    return data
+
+
+def test_migration_from_local_mode_keeps_every_point_and_every_file(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "qdrant"
+    data = make_local_store(path, monkeypatch)
+    before = files(path)
+    with SimilarityStore.open(path) as store:
+        assert store.engine == "edge"
+        assert store.count(MODEL, CATEGORY) == 40 and store.count("efficientad", CATEGORY) == 5
+        got = {r.id: r for r in store.get(MODEL, CATEGORY, [r.id for r in data], with_vectors=True)}
+        assert set(got) == {r.id for r in data}
+        for rec in data:
+            assert migration.same_payload(got[rec.id].payload, rec.payload | {"sha256": rec.payload["sha256"]})
+            for key, vector in rec.vectors.items():
+                unit = np.asarray(vector) / np.linalg.norm(vector)
+                assert np.allclose(got[rec.id].vectors[key], unit, atol=1e-6)
+    err = capsys.readouterr().err
+    assert "moving the similar-defect store" in err and "copied 45 point(s) in 2 collection(s)" in err
+    after = files(path)
+    assert {p: b for p, b in after.items() if p in before} == before  # local-mode files untouched
+    assert (path / "edge" / migration.MARKER).is_file()
+    edge_store.release_all()
+    with SimilarityStore.open(path) as store:  # once only
+        assert store.count(MODEL, CATEGORY) == 40
+    assert "moving" not in capsys.readouterr().err
+
+
+def test_migration_that_does_not_verify_deletes_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "qdrant"
+    make_local_store(path, monkeypatch)
+    before = files(path)
+    real = edge_store.EdgeBackend.count
+
+    def short_count(self, name, cond):  # a copy that lost a point
+        return real(self, name, cond) - 1
+
+    monkeypatch.setattr(edge_store.EdgeBackend, "count", short_count)
+    with pytest.raises(StoreError, match="nothing was deleted"):
+        SimilarityStore.open(path)
+    assert all(p.read_bytes() == b for p, b in before.items())
+    assert not (path / "edge" / migration.MARKER).exists()
+    monkeypatch.setattr(edge_store.EdgeBackend, "count", real)
+    with SimilarityStore.open(path) as store:  # the next open tries again, and succeeds
+        assert store.count(MODEL, CATEGORY) == 40
+
+
+# -- a corrupt Edge folder ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["config", "segments", "current"])
+def test_corrupt_edge_folder_gives_one_clear_message_and_deletes_nothing(tmp_path, damage):
+    path = tmp_path / "qdrant"
+    with SimilarityStore.open(path) as store:
+        store.upsert(MODEL, CATEGORY, records(10))
+    edge_store.release_all()
+    folder = path / "edge" / collection_name(MODEL, CATEGORY)
+    generation = folder / (folder / "CURRENT").read_text().strip()
+    if damage == "config":
+        (generation / "edge_config.json").write_text("{not json")
+    elif damage == "segments":
+        for f in (generation / "segments").rglob("*"):
+            if f.is_file():
+                f.write_bytes(b"\x00garbage\xff" * 16)
+    else:
+        (folder / "CURRENT").write_text("g999999")
+    before = files(path)
+    with SimilarityStore.open(path) as store, pytest.raises(StoreError) as info:
+        store.similar(MODEL, CATEGORY, vector=np.ones(DIM), k=5)
+        store.count(MODEL, CATEGORY)
+    message = str(info.value)
+    assert not isinstance(info.value, StoreLockedError)
+    assert "cannot be read" in message and "nothing was deleted" in message and "\n" not in message
+    assert str(folder) in message
+    assert files(path) == before
