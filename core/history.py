@@ -63,6 +63,9 @@ _COLUMNS: dict[str, str] = {
     "comment": "TEXT",
     "defect_type": "TEXT",
     "point_id": "",
+    # The registry version ('v0003') of the model that judged it: feedback recalibrates and grows
+    # models, and a score is only comparable with the calibration of the version that produced it.
+    "model_version": "TEXT",
 }
 #: Columns of the CSV export: all but ``thumbnail_path``, an absolute path on the server.
 EXPORT_COLUMNS: tuple[str, ...] = tuple(c for c in _COLUMNS if c != "thumbnail_path")
@@ -89,6 +92,7 @@ class InspectionRecord:
     comment: str | None = None
     defect_type: str | None = None
     point_id: int | str | None = None
+    model_version: str | None = None
     id: int | None = None
     created_at: str | None = None
 

@@ -8,7 +8,15 @@ Layout::
 A save writes both files into a hidden temporary folder beside the versions and renames that
 folder to the next ``vNNNN`` in *one* step, so a crash leaves either the previous version or the
 complete new one, never a new meta.json beside an old model.pt. Loading takes the newest complete
-version. The old flat layout (``model.pt`` and ``meta.json`` directly in ``<category>/``) still
+version unless a version is named.
+
+Versions are kept: a save never removes one. Every change an inspector's feedback makes
+(:mod:`core.learning`: a recalibrated threshold, a grown memory bank, a restore) is a new version
+whose ``meta.json`` says in ``lineage`` which version it came from, what changed, which inspections
+caused it, who made it and when; any earlier version can be restored (a restore is itself a new
+version holding the old one's bytes), so deleting one a user may go back to is never automatic.
+A PatchCore version weighs what its memory bank does (tens of MB at 256 px); remove old
+``vNNNN`` folders by hand if the disk fills (never the newest). The old flat layout (``model.pt`` and ``meta.json`` directly in ``<category>/``) still
 loads, as the oldest version, so existing workspaces keep working.
 
 Loading rebuilds the module from the metadata and loads the state dict, so no pickled classes are
@@ -42,8 +50,6 @@ from core.settings import get_settings
 
 CHECKPOINT = "model.pt"
 METADATA = "meta.json"
-#: Versions kept after a save (the new one and the one before it); older ones are removed.
-KEEP_VERSIONS = 2
 #: A version folder's name: v0001, v0002, ... (more digits once past 9999).
 VERSION_RE = re.compile(r"v(\d{4,})")
 #: Temporary folders of saves in progress start with this; a crashed save's is removed after a day.
@@ -86,6 +92,10 @@ class ModelMeta:
     #: {"bytes": ..., "sha256": ...} of the model.pt saved with this metadata (filled in by save();
     #: absent in older metadata): a model.pt from another save is caught before it is used.
     checkpoint: dict[str, Any] = field(default_factory=dict)
+    #: Where this version came from (empty for a training run): ``parent`` (version name),
+    #: ``change`` (one line), ``kind`` (recalibrate / update-bank / restore), ``inspections``
+    #: (history ids that caused it), ``who``, ``when``; see :mod:`core.learning.versions`.
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMeta:
@@ -203,13 +213,7 @@ def _publish(tmp: Path, folder: Path) -> Path:
 
 
 def _prune(folder: Path) -> None:
-    """Remove versions older than the newest KEEP_VERSIONS, and temporary folders of crashed saves."""
-    for old in list_versions(folder)[:-KEEP_VERSIONS]:
-        if old.version == "flat":
-            for name in (CHECKPOINT, METADATA):
-                (folder / name).unlink(missing_ok=True)
-        else:
-            shutil.rmtree(old.folder, ignore_errors=True)
+    """Remove temporary folders of crashed saves (versions are kept: see the module docstring)."""
     for tmp in folder.glob(f"{SAVING_PREFIX}*"):
         try:
             if time.time() - tmp.stat().st_mtime > STALE_SAVE_S:
@@ -223,12 +227,17 @@ def save(module: torch.nn.Module, meta: ModelMeta, models_dir: Path | None = Non
 
     Records the checkpoint's size and sha256 in ``meta.checkpoint`` (so a later mix-up is caught).
     """
-    folder = model_dir(meta.model, meta.category, models_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    data = buffer.getvalue()
+    return save_bytes(buffer.getvalue(), meta, models_dir)
+
+
+def save_bytes(data: bytes, meta: ModelMeta, models_dir: Path | None = None) -> Path:
+    """Store an already serialised checkpoint with its metadata as a new version (a restore copies
+    the old bytes exactly, so the restored model scores exactly as the old one did)."""
+    folder = model_dir(meta.model, meta.category, models_dir)
+    folder.mkdir(parents=True, exist_ok=True)
     meta.checkpoint = {"bytes": len(data), "sha256": sha256_of(data)}
     tmp = Path(tempfile.mkdtemp(prefix=SAVING_PREFIX, dir=folder))
     try:
@@ -341,7 +350,7 @@ def validate_meta(data: Any, model: str, category: str) -> ModelMeta:
         and (not checkpoint or (_is_int(checkpoint.get("bytes")) and isinstance(checkpoint.get("sha256"), str))),
         f"checkpoint must be an object with bytes and sha256, got {_kind(checkpoint)}",
     )
-    for key in ("versions", "extra"):
+    for key in ("versions", "extra", "lineage"):
         _need(isinstance(data.get(key, {}), dict), f"{key} must be an object, got {_kind(data.get(key))}")
     known = {f for f in ModelMeta.__dataclass_fields__}  # unknown keys (a newer writer) are ignored
     fields = {k: v for k, v in data.items() if k in known}
@@ -423,9 +432,25 @@ def load_state(model: str, category: str, models_dir: Path | None = None) -> dic
     return read_state(current_files(model, category, models_dir), model, category)
 
 
-def load_pair(model: str, category: str, models_dir: Path | None = None) -> tuple[ModelMeta, dict[str, torch.Tensor], str]:
+def version_files(model: str, category: str, version: str, models_dir: Path | None = None) -> ModelFiles:
+    """One stored version by name ('v0003', or 'flat'), or :class:`ModelNotTrainedError` naming those there are."""
+    versions = list_versions(model_dir(model, category, models_dir))
+    for files in versions:
+        if files.version == version:
+            return files
+    known = ", ".join(f.version for f in versions) or "none"
+    raise ModelNotTrainedError(f"{model}/{category} has no version {version!r} (stored: {known})")
+
+
+def load_pair(
+    model: str, category: str, models_dir: Path | None = None, version: str | None = None
+) -> tuple[ModelMeta, dict[str, torch.Tensor], str]:
     """Metadata, state dict and version name ('v0003') of the *same* version (a save in between
-    cannot mix two versions)."""
+    cannot mix two versions); the newest one unless ``version`` names another."""
+    if version is not None:
+        files = version_files(model, category, version, models_dir)
+        meta = read_meta(files, model, category)
+        return meta, read_state(files, model, category, meta), files.version
     for attempt in range(2):
         files = current_files(model, category, models_dir)
         try:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from core.errors import BusyError, InspectError
-from core.services import batch, catalog, history_view, inspection
+from core.services import batch, catalog, feedback_loop, history_view, inspection
 from pages import _common as ui
+from pages._drift import drift_panel
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -202,6 +203,7 @@ def _record(entry: dict[str, Any], detector: Detector) -> None:
                 prediction=entry["prediction"],
                 threshold=threshold_now,
                 defect_type=entry["defect_type"],
+                model_version=detector.version,
             )
         except InspectError as exc:
             entry["not_recorded"] = str(exc)
@@ -267,6 +269,9 @@ def show_verdict(judgement: inspection.Judgement, entry: dict[str, Any], detecto
     ui.verdict_badge(judgement.verdict)
     if entry.get("not_recorded"):
         st.warning(f"This inspection was not recorded in the history: {entry['not_recorded']}", icon=":material/warning:")
+    ood = feedback_loop.ood_note(judgement.raw_score, inspection.defect_area(entry["prediction"]), detector)
+    if ood:
+        st.warning(ood, icon=":material/help:")
     m1, m2, m3 = st.columns(3)
     m1.metric("Anomaly score", f"{judgement.score:.3f}", help="Normalised: 0.5 = the calibrated threshold.")
     m2.metric("Threshold", f"{judgement.threshold:.2f}", help="Normalised threshold the score is compared with.")
@@ -581,6 +586,8 @@ def show_result(entry: dict[str, Any], detector: Detector, controls: tuple[float
     with a2:
         if entry["history_id"]:
             feedback_form(entry["history_id"])
+    with st.expander("Recent scores against the calibration (drift)"):
+        drift_panel(detector, ui.open_history()[0], compute=False, key="inspect_drift")
 
 
 def show_one(source: Source, model: str, category: str) -> None:

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from core.errors import InspectError
-from core.services import catalog, history_view
+from core.services import catalog, feedback_loop, history_view
 from pages import _common as ui
+from pages._drift import drift_panel
 
 if TYPE_CHECKING:
     from core.history import History, InspectionRecord
@@ -156,6 +157,143 @@ def _feedback_fields(history: History, rec: InspectionRecord) -> None:
             st.rerun()
 
 
+# --- Learning from feedback ------------------------------------------------------------------
+
+
+def _who() -> str:
+    return st.session_state.get(ui.USER_KEY) or "inspector (no login)"
+
+
+def _rate(errors: Any) -> str:
+    return "–" if errors is None else f"{errors.false_alarms} of {errors.goods}"
+
+
+def _missed(errors: Any) -> str:
+    return "–" if errors is None else f"{errors.missed} of {errors.defects}"
+
+
+def learn(history: History, chosen: dict[str, str | None]) -> None:
+    """Drift, recalibration, memory-bank growth and versions for one trained (model, category)."""
+    st.subheader("Learn from feedback")
+    trained = sorted(catalog.trained_models())
+    if not trained:
+        st.caption("No trained model yet.")
+        return
+    wanted = [t for t in trained if chosen["category"] in (None, t[1]) and chosen["model"] in (None, t[0])] or trained
+    model, category = st.selectbox(
+        "Model and category",
+        wanted,
+        format_func=lambda t: f"{catalog.model_label(t[0])} · {t[1]}",
+        key="learn_target",
+    )
+    try:
+        detector = ui.get_detector(model, category)
+    except InspectError as exc:
+        st.error(str(exc))
+        return
+    st.caption(f"Version in use: {detector.version}. Every change below writes a new version; any earlier one can be restored.")
+    drift_panel(detector, history, compute=True, key="history_drift")
+    recalibrate_section(history, model, category)
+    bank_section(history, model, category)
+    versions_section(model, category)
+
+
+def recalibrate_section(history: History, model: str, category: str) -> None:
+    st.markdown("**Recalibrate the threshold from the reviews**")
+    if st.button("Propose a threshold", key="learn_propose"):
+        with st.spinner("Scoring the calibration split and the test set (once per version)…"):
+            try:
+                st.session_state["learn_proposal"] = (model, category, feedback_loop.propose_recalibration(model, category)[0])
+            except InspectError as exc:
+                st.error(str(exc))
+    kept = st.session_state.get("learn_proposal")
+    if not kept or kept[:2] != (model, category):
+        return
+    proposal = kept[2]
+    for note in proposal.notes:
+        st.caption(note)
+    if not proposal.ok:
+        st.warning(proposal.refusal)
+        return
+    rows = [
+        {"": "reviewed: false alarms", "before": _rate(proposal.reviewed_before), "after": _rate(proposal.reviewed_after)},
+        {"": "reviewed: missed defects", "before": _missed(proposal.reviewed_before), "after": _missed(proposal.reviewed_after)},
+        {"": "test set: false alarms", "before": _rate(proposal.test_before), "after": _rate(proposal.test_after)},
+        {"": "test set: missed defects", "before": _missed(proposal.test_before), "after": _missed(proposal.test_after)},
+    ]
+    st.table(rows)
+    st.caption(
+        f"Raw threshold {proposal.current:.6g} → {proposal.proposed:.6g}, from {proposal.reviews} reviews and "
+        f"{proposal.calibration_goods} held-out goods of the calibration split."
+    )
+    if st.button("Apply this threshold", type="primary", key="learn_apply"):
+        try:
+            version, _ = feedback_loop.apply_recalibration(model, category, who=_who(), history=history)
+        except InspectError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state.pop("learn_proposal", None)
+            st.toast(f"New version {version} with the recalibrated threshold")
+            st.rerun()
+
+
+def bank_section(history: History, model: str, category: str) -> None:
+    st.markdown("**Teach the model the confirmed good parts**")
+    if model != "patchcore":
+        st.caption(f"Recalibration only: {feedback_loop.bank_reason()}")
+        return
+    goods = feedback_loop.confirmed_goods(history, model, category)
+    st.caption(
+        f"{len(goods)} confirmed-good inspection(s) (false alarms and correct GOOD verdicts) not yet in the memory bank. "
+        "Their patches join it through the same coreset training uses, and the threshold is refreshed."
+    )
+    if st.button("Add confirmed goods to the memory bank", disabled=not goods, key="history_update_bank"):
+        with st.spinner("Growing the memory bank and refreshing the calibration…"):
+            try:
+                done = feedback_loop.update_bank(category, model=model, from_history=True, who=_who(), history=history)
+            except InspectError as exc:
+                st.error(str(exc))
+                return
+        st.session_state["learn_bank_done"] = (
+            f"New version {done.version}: memory bank {done.n_old} → {done.n_old + done.n_added} patches "
+            f"from {done.n_images} image(s)."
+        )
+        st.rerun()
+    if st.session_state.get("learn_bank_done"):
+        st.success(st.session_state["learn_bank_done"])
+
+
+def versions_section(model: str, category: str) -> None:
+    infos = feedback_loop.versions(model, category)
+    with st.expander(f"Versions ({len(infos)})"):
+        st.table(
+            [
+                {
+                    "version": v.version + (" (in use)" if v.is_latest else ""),
+                    "when": v.created[:19],
+                    "what": v.kind,
+                    "change": v.change,
+                    "parent": v.parent or "",
+                    "who": v.who,
+                    "inspections": ", ".join(map(str, v.inspections)),
+                }
+                for v in reversed(infos)
+            ]
+        )
+        older = [v.version for v in infos if not v.is_latest]
+        if not older:
+            return
+        target = st.selectbox("Restore", older[::-1], key="learn_restore_version")
+        if st.button("Restore this version", key="learn_restore"):
+            try:
+                version = feedback_loop.restore_version(model, category, target, who=_who())
+            except InspectError as exc:
+                st.error(str(exc))
+            else:
+                st.toast(f"{target} restored as {version}")
+                st.rerun()
+
+
 def render() -> None:
     ui.ensure_app_frame()
     st.title("Inspection history")
@@ -171,6 +309,7 @@ def render() -> None:
     show_table(records)
     export_button(history, chosen)
     edit_feedback(history, records)
+    learn(history, chosen)
 
 
 render()

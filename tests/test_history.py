@@ -60,6 +60,7 @@ def test_creates_folder_schema_and_wal(db: Path) -> None:
         "comment",
         "defect_type",
         "point_id",
+        "model_version",
     ]
 
 

@@ -190,11 +190,12 @@ def test_a_save_that_dies_before_its_rename_leaves_the_previous_version(models: 
     assert load_detector("patchcore", TINY_CATEGORY).meta.data_hash == old_hash
 
 
-def test_only_the_two_newest_versions_are_kept(models: Path) -> None:
+def test_every_version_is_kept(models: Path) -> None:
+    # versions are restorable (core.learning.versions), so a save never prunes one
     for n in range(3):
         resave(f"hash-{n}")
     category = models / "patchcore" / TINY_CATEGORY
-    assert sorted(p.name for p in category.iterdir()) == ["v0003", "v0004"]
+    assert sorted(p.name for p in category.iterdir()) == ["v0001", "v0002", "v0003", "v0004"]
     assert registry.load_meta("patchcore", TINY_CATEGORY).data_hash == "hash-2"
 
 

@@ -53,8 +53,11 @@ __all__ = [
     "MARKER_NAME",
     "MAX_DEFECT_FRACTION",
     "MIN_DEFECT_FRACTION",
+    "DRIFTS",
+    "Drift",
     "expected_counts",
     "generate_demo_dataset",
+    "generate_drifted_set",
     "summary",
     "render_sample",
 ]
@@ -839,6 +842,115 @@ def generate_demo_dataset(
             name = defect or "good"
             clean, bad, mask = render_sample(category, defect, file_seed(seed, category, split, name, i), size)
             _save_png(clean if bad is None else bad, cat_dir / split / name / f"{i:03d}.png")
+            if mask is not None:
+                _save_png(mask, cat_dir / "ground_truth" / name / f"{i:03d}_mask.png")
+        marker["categories"][category] = {"params": params, "complete": True}
+        _write_marker(root, marker)
+    return root
+
+
+# --------------------------------------------------------------------------------------------------
+# A drifted set: the same material after a change on the line
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A mild, realistic shift of the same material: a lamp, a camera, a new batch.
+
+    ``gain`` scales brightness, ``colour`` tints each RGB channel (grey categories stay grey), and
+    ``scale`` renders the texture at ``size * scale`` and shrinks it back, so its grains, cells or
+    wires look ``1 / scale`` as large (a camera moved back).
+    """
+
+    gain: float = 0.88
+    colour: tuple[float, float, float] = (1.06, 1.0, 0.90)
+    scale: float = 1.12
+
+    def apply(self, image: Array) -> Array:
+        out = image.astype(np.float32) * self.gain
+        if out.ndim == 3:
+            out = out * np.asarray(self.colour, np.float32)[None, None, :]
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+#: The shift each demo category's drifted set is written with.
+DRIFTS: dict[str, Drift] = {"tile": Drift(), "leather": Drift(gain=0.9, colour=(1.05, 1.0, 0.92)), "grid": Drift(gain=0.85)}
+#: Written beside the normal demo data by default (``python -m core demo-data --drift``).
+DRIFT_FOLDER = "demo_data_drift"
+
+
+def render_drifted(category: str, defect: str | None, seed: int, size: int, drift: Drift) -> tuple[Array, Array | None]:
+    """One drifted sample: ``(image, mask or None)``, the texture rescaled, then shifted in colour."""
+    big = max(MIN_SIZE, round(size * drift.scale))
+    clean, bad, mask = render_sample(category, defect, seed, big)
+    image = clean if bad is None else bad
+    if big != size:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        if mask is not None:
+            mask = np.where(cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA) >= 128, 255, 0).astype(np.uint8)
+    return drift.apply(image), mask
+
+
+def generate_drifted_set(
+    root: Path,
+    categories: Sequence[str] = DEMO_CATEGORIES,
+    *,
+    n_confirm: int = 20,
+    n_test_good: int = 20,
+    n_per_defect: int = 4,
+    size: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Write a drifted set per category under ``root`` (MVTec layout) and return ``root``.
+
+    ``train/good`` is the *confirmation pool*: drifted good parts an inspector may confirm (to
+    recalibrate or to grow the memory bank), never the images the loop is measured on;
+    ``test/`` holds drifted good and defective parts (with masks) to measure it on. Seeds differ
+    from the normal demo data's ("drift/..."), so no image repeats. Idempotent and deterministic
+    like :func:`generate_demo_dataset`.
+    """
+    from tqdm import tqdm
+
+    root = Path(root)
+    for c in categories:
+        _check_category(c)
+    if n_confirm < 1 or n_test_good < 0 or n_per_defect < 0:
+        raise ValueError("need n_confirm >= 1, n_test_good >= 0 and n_per_defect >= 0")
+    root.mkdir(parents=True, exist_ok=True)
+    marker = _read_marker(root) or {"generator": "inspect.core.data.demo (drifted)", "categories": {}}
+    for category in dict.fromkeys(categories):
+        drift = DRIFTS[category]
+        params = {
+            "version": GENERATOR_VERSION,
+            "drift": [drift.gain, list(drift.colour), drift.scale],
+            "size": size,
+            "seed": seed,
+            "n_train": n_confirm,
+            "n_test_good": n_test_good,
+            "n_per_defect": n_per_defect,
+        }
+        counts = expected_counts(category, n_confirm, n_test_good, n_per_defect)
+        cat_dir = root / category
+        entry = marker["categories"].get(category)
+        if isinstance(entry, dict) and entry.get("complete") and entry.get("params") == params and _is_complete(cat_dir, counts):
+            continue
+        if cat_dir.exists():
+            if entry is None and any(cat_dir.iterdir()):
+                raise DatasetError(f"{cat_dir} exists and was not written by the demo generator; choose another folder")
+            shutil.rmtree(cat_dir)
+        marker["categories"][category] = {"params": params, "complete": False}
+        _write_marker(root, marker)
+        jobs: list[tuple[str, str | None, int]] = [("train", None, i) for i in range(n_confirm)]
+        jobs += [("test", None, i) for i in range(n_test_good)]
+        jobs += [("test", d, i) for d in DEFECT_TYPES[category] for i in range(n_per_defect)]
+        for folder in counts:
+            (cat_dir / folder).mkdir(parents=True, exist_ok=True)
+        for split, defect, i in tqdm(jobs, desc=f"drifted demo data: {category}", unit="img", disable=not progress, leave=False):
+            name = defect or "good"
+            image, mask = render_drifted(category, defect, file_seed(seed, category, f"drift/{split}", name, i), size, drift)
+            _save_png(image, cat_dir / split / name / f"{i:03d}.png")
             if mask is not None:
                 _save_png(mask, cat_dir / "ground_truth" / name / f"{i:03d}_mask.png")
         marker["categories"][category] = {"params": params, "complete": True}

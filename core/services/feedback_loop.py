@@ -1,0 +1,289 @@
+"""Learning from inspectors, for the pages and the CLI: versions, recalibration, bank growth, drift.
+
+Thin glue over :mod:`core.learning`: it finds the reviewed inspections of a (model, category) in
+the history, gets their raw scores under the version being changed, and turns every change into a
+new registry version with its lineage. Heavy libraries are imported inside the functions.
+
+Scores of reviews: an inspection judged by the current version keeps its stored raw score; one
+judged by another version (or before versions were recorded) is scored again from its history
+thumbnail (256 px, the size the demo and default models work at; the original upload is not kept).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.errors import ConfigError, InspectError
+
+if TYPE_CHECKING:
+    from core.history import History, InspectionRecord
+    from core.inference.detector import Detector
+    from core.learning.drift import DriftReport
+    from core.learning.recalibration import Proposal
+    from core.learning.versions import VersionInfo
+
+__all__ = [
+    "BankUpdate",
+    "apply_recalibration",
+    "bank_reason",
+    "confirmed_goods",
+    "drift",
+    "ood_note",
+    "propose_recalibration",
+    "restore_version",
+    "update_bank",
+    "versions",
+]
+
+
+def versions(model: str, category: str) -> list[VersionInfo]:
+    from core.learning.versions import list_versions
+
+    return list_versions(model, category)
+
+
+def restore_version(model: str, category: str, version: str, *, who: str = "") -> str:
+    """Make an earlier version the newest again (as a new version); returns its name."""
+    from core.learning.versions import restore
+
+    return restore(model, category, version, who=who)
+
+
+def _history(history: History | None) -> History:
+    from core.history import History
+
+    return history if history is not None else History()
+
+
+def _thumbnail_scores(detector: Detector, records: list[InspectionRecord]) -> dict[int, float]:
+    from core.data.image_io import load_image
+
+    paths = {r.id: r.thumbnail_path for r in records if r.thumbnail_path and Path(r.thumbnail_path).is_file()}
+    ids = list(paths)
+    images = [load_image(Path(paths[i]).read_bytes(), paths[i]) for i in ids]
+    out: dict[int, float] = {}
+    for start in range(0, len(ids), 8):
+        for i, p in zip(ids[start : start + 8], detector.predict_batch(images[start : start + 8]), strict=True):
+            out[i] = p.raw_score
+    return out
+
+
+def reviewed(history: History, detector: Detector) -> tuple[list[tuple[int, int, float]], list[str]]:
+    """[(inspection id, label, raw score under this version)] of the reviewed inspections, and notes."""
+    from core.learning.recalibration import label_of
+
+    meta = detector.meta
+    records = [r for r in history.list(category=meta.category, model=meta.model) if label_of(r) is not None]
+    same = [r for r in records if r.model_version == detector.version and r.raw_score is not None]
+    other = [r for r in records if r not in same]
+    rescored = _thumbnail_scores(detector, other) if other else {}
+    out = [(r.id, label_of(r), float(r.raw_score)) for r in same]
+    out += [(r.id, label_of(r), rescored[r.id]) for r in other if r.id in rescored]
+    notes = []
+    if rescored:
+        notes.append(f"{len(rescored)} review(s) judged by another version were scored again from their thumbnails")
+    if len(other) > len(rescored):
+        notes.append(f"{len(other) - len(rescored)} review(s) left out: judged by another version, thumbnail missing")
+    return out, notes
+
+
+def propose_recalibration(
+    model: str, category: str, *, history: History | None = None, with_test: bool = True, detector: Detector | None = None
+) -> tuple[Proposal, Detector]:
+    """The proposed threshold of the newest version, with before/after on reviews and the test set."""
+    from core.learning import profile, recalibration
+    from core.learning.versions import load_detector
+
+    det = detector or load_detector(model, category)
+    reviews, notes = reviewed(_history(history), det)
+    prof = profile.profile(det, with_test=with_test)
+    test = (prof.test_scores, prof.test_labels) if with_test and prof.test_scores else None
+    proposal = recalibration.propose(det.meta.calibration.image_threshold, reviews, prof.calibration_goods, test=test)
+    proposal.notes += notes + ([prof.note] if prof.note else [])
+    return proposal, det
+
+
+def apply_recalibration(model: str, category: str, *, who: str = "", history: History | None = None) -> tuple[str, Proposal]:
+    """Write the proposed threshold as a new version; refuses (ConfigError) with too few reviews."""
+    from core.learning.versions import derived_meta, save_derived
+
+    proposal, det = propose_recalibration(model, category, history=history, with_test=False)
+    if not proposal.ok:
+        raise ConfigError(proposal.refusal or "no threshold could be proposed")
+    old = det.meta.calibration
+    meta = derived_meta(
+        det,
+        kind="recalibrate",
+        change=f"image threshold {old.image_threshold:.6g} -> {proposal.proposed:.6g} from {proposal.reviews} reviews",
+        inspections=proposal.inspection_ids,
+        who=who,
+    )
+    cal = meta.calibration
+    cal.image_threshold = float(proposal.proposed)
+    cal.image_min = min(cal.image_min, cal.image_threshold)
+    cal.image_max = max(cal.image_max, cal.image_threshold)
+    cal.source = (
+        f"recalibrated from {proposal.reviews} inspector reviews and {proposal.calibration_goods} held-out goods "
+        f"of the calibration split (was: {old.source})"
+    )
+    return save_derived(det, meta), proposal
+
+
+def _used_inspections(model: str, category: str) -> set[int]:
+    """Inspections whose images already went into a memory bank (any version's lineage)."""
+    from core import registry
+
+    used: set[int] = set()
+    for files in registry.list_versions(registry.model_dir(model, category)):
+        try:
+            lin = registry.read_meta(files, model, category).lineage or {}
+        except InspectError:
+            continue
+        if lin.get("kind") == "update-bank":
+            used.update(int(i) for i in lin.get("inspections") or [])
+    return used
+
+
+def confirmed_goods(history: History, model: str, category: str) -> list[InspectionRecord]:
+    """Inspections confirmed good (false alarms, "correct" GOOD verdicts) not yet in a memory bank."""
+    used = _used_inspections(model, category)
+    records = history.list(category=category, model=model)
+    good = [r for r in records if r.feedback == "false_alarm" or (r.feedback == "correct" and r.verdict == "GOOD")]
+    seen: set[str] = set()
+    out = []
+    for r in good:
+        if r.id in used or r.sha256 in seen or not (r.thumbnail_path and Path(r.thumbnail_path).is_file()):
+            continue
+        seen.add(r.sha256)
+        out.append(r)
+    return out
+
+
+@dataclass
+class BankUpdate:
+    """What a bank update did."""
+
+    version: str
+    n_images: int
+    n_old: int
+    n_added: int
+    threshold_before: float
+    threshold_after: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _images_in(folder: str) -> list[tuple[str, object]]:
+    from core.data.image_io import SUPPORTED_EXTENSIONS, load_image
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"--images {folder}: no such folder")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+    if not files:
+        raise ConfigError(f"--images {folder}: no images there ({', '.join(SUPPORTED_EXTENSIONS)})")
+    return [(str(p), load_image(p.read_bytes(), str(p))) for p in files]
+
+
+def update_bank(
+    category: str,
+    *,
+    model: str = "patchcore",
+    images: str | None = None,
+    from_history: bool = False,
+    who: str = "",
+    history: History | None = None,
+) -> BankUpdate:
+    """Grow the newest PatchCore's memory bank with confirmed goods; a new version results."""
+    from core.learning import bank_update, profile
+    from core.learning.versions import derived_meta, load_detector, save_derived
+
+    bank_update.require_patchcore(model)
+    if bool(images) == bool(from_history):
+        raise ConfigError("say where the confirmed-good images are: --images DIR or --from-history (one of them)")
+    det = load_detector(model, category)
+    ids: list[int] = []
+    if images:
+        named = _images_in(images)
+        origin = f"{len(named)} images from {images}"
+    else:
+        records = confirmed_goods(_history(history), model, category)
+        if not records:
+            raise ConfigError(
+                f"no confirmed-good inspections of {model}/{category} to add (mark false alarms or correct GOOD "
+                "verdicts on the History page; inspections already in a memory bank are not added twice)"
+            )
+        from core.data.image_io import load_image
+
+        named = [(r.thumbnail_path, load_image(Path(r.thumbnail_path).read_bytes(), r.thumbnail_path)) for r in records]
+        ids = [int(r.id) for r in records]
+        origin = f"{len(named)} confirmed-good inspections (their history thumbnails)"
+    growth = bank_update.grow(det, [im for _, im in named])
+    goods, _ = profile.reference_images(det.meta.data_root, category) if _has_data(det) else ([], [])
+    held = bank_update.embed(det, [_read(p) for p in goods]) if goods else None
+    old = det.meta.calibration
+    source = (
+        f"refreshed after adding {origin} to the memory bank: image threshold = highest good score over "
+        f"{len(goods)} held-out goods of the calibration split and the new images (each scored without its own patches)"
+    )
+    cal, _ = bank_update.refreshed_calibration(det, growth, held, old, source)
+    meta = derived_meta(
+        det,
+        kind="update-bank",
+        change=f"memory bank {growth.n_old} -> {growth.bank.shape[0]} patches from {origin}",
+        inspections=ids,
+        who=who,
+        images=[p for p, _ in named] if images else [],
+    )
+    meta.calibration = cal
+    meta.n_train_images += len(named)
+    bank_update.install(det, growth)
+    version = save_derived(det, meta)
+    notes = [] if goods else ["the calibration split is not here: the threshold comes from the new images only"]
+    return BankUpdate(
+        version, len(named), growth.n_old, growth.bank.shape[0] - growth.n_old, old.image_threshold, cal.image_threshold, notes
+    )
+
+
+def _has_data(det: Detector) -> bool:
+    return Path(det.meta.data_root, det.meta.category, "train", "good").is_dir()
+
+
+def _read(path: str):
+    from core.data.image_io import load_image
+
+    return load_image(Path(path).read_bytes(), path)
+
+
+def drift(detector: Detector, history: History, *, compute: bool = True) -> DriftReport:
+    """Recent scores of this (model, category) against the version's calibration.
+
+    ``compute=False`` uses the calibration goods' scores only when already cached (a page that
+    must stay quick); without them the share over the threshold is still checked.
+    """
+    from core.learning import drift as drift_mod
+    from core.learning import profile
+
+    meta = detector.meta
+    goods: list[float] = []
+    if compute:
+        goods = profile.profile(detector, with_test=False).calibration_goods
+    else:
+        cached = profile.cached(detector)
+        goods = cached.calibration_goods if cached else []
+    records = history.list(category=meta.category, model=meta.model, limit=500)
+    return drift_mod.drift_report(records, meta.calibration, detector.version, goods)
+
+
+def bank_reason() -> str:
+    """Why EfficientAD gets recalibration only."""
+    from core.learning.bank_update import EFFICIENTAD_REASON
+
+    return EFFICIENTAD_REASON
+
+
+def ood_note(raw_score: float, defect_area: float, detector: Detector) -> str | None:
+    from core.learning.drift import ood_note as note
+
+    return note(raw_score, defect_area, detector.meta.calibration, detector.meta.category)

@@ -1,0 +1,266 @@
+"""Learning from inspectors (issue 13): versions and restore, recalibration arithmetic, memory-bank
+growth, drift and the out-of-distribution note, the CLI's refusals and the History page's button."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_CATEGORY
+
+from core.learning import drift, recalibration
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+# --- Pure arithmetic ---------------------------------------------------------------------------
+
+
+def test_recalibration_arithmetic_on_a_hand_made_case() -> None:
+    # goods 1..4 (calibration) plus reviewed goods 5 and 6 (false alarms at threshold 4.5); defects 9, 10
+    reviewed = [(1, 0, 5.0), (2, 0, 6.0), (3, 1, 9.0), (4, 1, 10.0), (5, 0, 5.5)]
+    p = recalibration.propose(4.5, reviewed, [1.0, 2.0, 3.0, 4.0])
+    assert p.ok and p.proposed == pytest.approx(7.5)  # midway between the highest good (6) and lowest defect (9)
+    assert (p.reviewed_before.false_alarms, p.reviewed_before.missed) == (3, 0)
+    assert (p.reviewed_after.false_alarms, p.reviewed_after.missed) == (0, 0)
+    assert p.inspection_ids == [1, 2, 3, 4, 5]
+    # overlapping: the cut with fewest errors, in the widest gap among ties
+    assert recalibration.best_threshold([1.0, 2.0, 8.0], [3.0, 9.0, 10.0]) == pytest.approx(2.5)
+    # only goods: just above the highest one
+    t = recalibration.best_threshold([1.0, 2.0, 6.0], [])
+    assert 6.0 < t < 6.0001
+    # a missed defect pulls the threshold down below it
+    p = recalibration.propose(8.0, [(1, 1, 7.0), (2, 0, 3.0), (3, 0, 2.0), (4, 0, 4.0), (5, 1, 9.0)], [1.0])
+    assert p.proposed == pytest.approx(5.5) and p.reviewed_before.missed == 1 and p.reviewed_after.missed == 0
+
+
+def test_too_few_reviews_are_refused_plainly() -> None:
+    p = recalibration.propose(4.5, [(1, 0, 5.0), (2, 0, 6.0)], [1.0, 2.0])
+    assert not p.ok and p.proposed is None and "too few reviews" in p.refusal and "at least 5" in p.refusal
+
+
+def test_labels_from_feedback() -> None:
+    from core.history import InspectionRecord
+
+    def rec(verdict: str, feedback: str | None) -> InspectionRecord:
+        return InspectionRecord("a.png", "ab", "tile", "patchcore", 0.6, 0.5, verdict, feedback=feedback)
+
+    assert recalibration.label_of(rec("GOOD", "correct")) == 0
+    assert recalibration.label_of(rec("DEFECT", "false_alarm")) == 0
+    assert recalibration.label_of(rec("DEFECT", "correct")) == 1
+    assert recalibration.label_of(rec("GOOD", "missed_defect")) == 1
+    assert recalibration.label_of(rec("GOOD", None)) is None
+
+
+def test_drift_warns_when_recent_scores_leave_the_calibration() -> None:
+    from core.history import InspectionRecord
+    from core.registry import Calibration
+
+    cal = Calibration(10.0, 10.0, 0.0, 20.0, 0.0, 20.0)
+    goods = [4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 9.5, 5.5]
+
+    def rec(raw: float, feedback: str | None = None) -> InspectionRecord:
+        return InspectionRecord(
+            "a",
+            "ab",
+            "tile",
+            "patchcore",
+            0,
+            0.5,
+            "DEFECT" if raw >= 10 else "GOOD",
+            raw_score=raw,
+            feedback=feedback,
+            model_version="v0002",
+        )
+
+    calm = drift.drift_report([rec(6.0) for _ in range(30)], cal, "v0002", goods)
+    assert calm.warnings == [] and calm.over_threshold == 0
+    drifted = [rec(11.0, "false_alarm") for _ in range(20)] + [rec(6.0) for _ in range(10)]
+    report = drift.drift_report(drifted, cal, "v0002", goods)
+    assert report.over_threshold == 20 and len(report.warnings) == 2
+    assert "20 of the last 30" in report.warnings[0] and "confirmed good" in report.warnings[1]
+    other_version = drift.drift_report(drifted, cal, "v0009", goods)
+    assert other_version.recent_scores == []  # only the version in use is compared with its calibration
+
+
+# --- With the tiny trained PatchCore, in a private models folder ------------------------------
+
+
+@pytest.fixture
+def models(tiny_patchcore, inspect_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the session's models folder, so versions written here touch no other test."""
+    target = tmp_path / "models"
+    shutil.copytree(inspect_home / "models", target)
+    monkeypatch.setenv("INSPECT_MODELS_DIR", str(target))
+    monkeypatch.setenv("INSPECT_HISTORY_DB", str(tmp_path / "history.sqlite"))
+    monkeypatch.setenv("INSPECT_CACHE", str(tmp_path / "cache"))
+    return target
+
+
+def _good_images(root: Path, category: str, n: int) -> list[np.ndarray]:
+    from core.data.image_io import load_image
+
+    files = sorted((root / category / "test" / "good").glob("*.png"))[:n]
+    return [load_image(f.read_bytes(), str(f)) for f in files]
+
+
+def test_versions_are_kept_and_restore_gives_byte_identical_scores(models: Path, tiny_data_root: Path) -> None:
+    from core.learning import versions
+    from core.learning.versions import derived_meta, load_detector, save_derived
+
+    images = _good_images(tiny_data_root, TINY_CATEGORY, 2) + _good_images(tiny_data_root, "grid", 1)
+    first = load_detector("patchcore", TINY_CATEGORY)
+    before = [(p.raw_score, p.score, p.anomaly_map.tobytes()) for p in first.predict_batch(images)]
+    meta = derived_meta(first, kind="recalibrate", change="threshold x2", inspections=[7, 3], who="ann")
+    meta.calibration.image_threshold *= 2
+    meta.calibration.image_max = max(meta.calibration.image_max, meta.calibration.image_threshold)
+    v2 = save_derived(first, meta)
+    assert v2 == "v0002"
+    changed = load_detector("patchcore", TINY_CATEGORY)
+    assert changed.version == "v0002" and changed.meta.lineage["parent"] == "v0001"
+    assert changed.meta.lineage["inspections"] == [3, 7] and changed.meta.lineage["who"] == "ann"
+    assert [p.score for p in changed.predict_batch(images)] != [s for _, s, _ in before]
+
+    v3 = versions.restore("patchcore", TINY_CATEGORY, "v0001", who="bob")
+    infos = versions.list_versions("patchcore", TINY_CATEGORY)
+    assert [i.version for i in infos] == ["v0001", "v0002", "v0003"] and v3 == "v0003"  # nothing pruned
+    assert infos[-1].kind == "restore" and infos[-1].parent == "v0002" and infos[-1].is_latest
+    assert (models / "patchcore" / TINY_CATEGORY / "v0003" / "model.pt").read_bytes() == (
+        models / "patchcore" / TINY_CATEGORY / "v0001" / "model.pt"
+    ).read_bytes()
+    restored = load_detector("patchcore", TINY_CATEGORY)
+    after = [(p.raw_score, p.score, p.anomaly_map.tobytes()) for p in restored.predict_batch(images)]
+    assert after == before  # byte-identical scores and maps
+    assert load_detector("patchcore", TINY_CATEGORY, "v0002").meta.lineage["kind"] == "recalibrate"
+
+
+def test_bank_growth_keeps_the_old_patches_and_adds_the_coreset_of_the_new(models: Path, tiny_data_root: Path) -> None:
+    import torch
+
+    from core.learning import bank_update
+    from core.learning.versions import load_detector
+    from core.models.patchcore.coreset import greedy_coreset_indices
+
+    det = load_detector("patchcore", TINY_CATEGORY)
+    old = det.module.model.memory_bank.clone()
+    images = _good_images(tiny_data_root, TINY_CATEGORY, 3)
+    growth = bank_update.grow(det, images)
+    ratio = det.meta.config["coreset_ratio"]
+    flat = bank_update.embed(det, images).rows.reshape(-1, old.shape[1])
+    torch.manual_seed(bank_update.CORESET_SEED)
+    np.random.seed(bank_update.CORESET_SEED)
+    expected = flat[greedy_coreset_indices(flat, ratio, progress=False)]
+    assert growth.n_old == old.shape[0]
+    assert torch.equal(growth.bank[: old.shape[0]], old)  # the old rows, first and unchanged
+    assert torch.allclose(growth.bank[old.shape[0] :], expected)  # then the greedy coreset of the new patches
+    assert growth.bank.shape[0] == old.shape[0] + int(flat.shape[0] * ratio)
+    # scoring from embeddings equals the model's own forward pass
+    raw = [p.raw_score for p in det.predict_batch(images)]
+    assert bank_update.score(det, bank_update.embed(det, images))[0] == pytest.approx(raw, rel=1e-5)
+
+
+def test_update_bank_writes_a_version_and_efficientad_is_refused(models: Path, tiny_data_root: Path) -> None:
+    from core.errors import ConfigError
+    from core.learning.versions import load_detector
+    from core.services import feedback_loop
+
+    folder = tiny_data_root / TINY_CATEGORY / "test" / "good"
+    done = feedback_loop.update_bank(TINY_CATEGORY, images=str(folder), who="ann")
+    det = load_detector("patchcore", TINY_CATEGORY)
+    assert det.version == done.version == "v0002" and det.meta.lineage["kind"] == "update-bank"
+    assert det.module.model.memory_bank.shape[0] == done.n_old + done.n_added > done.n_old
+    assert "refreshed after adding" in det.meta.calibration.source
+    with pytest.raises(ConfigError, match="EfficientAD has no memory bank"):
+        feedback_loop.update_bank(TINY_CATEGORY, model="efficientad", images=str(folder))
+
+
+def test_ood_note_on_a_foreign_image(models: Path, tiny_data_root: Path) -> None:
+    from core.learning.versions import load_detector
+    from core.services import feedback_loop, inspection
+
+    det = load_detector("patchcore", TINY_CATEGORY)
+    own = det.predict(_good_images(tiny_data_root, TINY_CATEGORY, 1)[0])
+    foreign = det.predict(_good_images(tiny_data_root, "grid", 1)[0])
+    assert feedback_loop.ood_note(own.raw_score, inspection.defect_area(own), det) is None
+    note = feedback_loop.ood_note(foreign.raw_score, inspection.defect_area(foreign), det)
+    assert note and f"does not look like a {TINY_CATEGORY} image" in note and "Wrong category?" in note
+
+
+def test_cli_refuses_bad_input_with_one_error_line(models: Path, tiny_data_root: Path, capsys) -> None:
+    from core.cli import main
+
+    assert main(["recalibrate", "--category", TINY_CATEGORY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: too few reviews to move the threshold safely")
+    assert main(["update-bank", "--category", TINY_CATEGORY, "--model", "efficientad", "--from-history"]) == 2
+    assert capsys.readouterr().err.startswith("error: EfficientAD has no memory bank")
+    assert main(["update-bank", "--category", "nosuch", "--from-history"]) == 2
+    assert capsys.readouterr().err.startswith("error: no trained patchcore for 'nosuch'")
+    assert main(["versions", "--category", TINY_CATEGORY, "--restore", "v0042"]) == 2
+    assert "has no version 'v0042'" in capsys.readouterr().err
+    assert sorted(p.name for p in (models / "patchcore" / TINY_CATEGORY).iterdir()) == ["v0001"]  # nothing written
+
+
+def test_recalibrate_from_history_applies_a_new_version(models: Path, tiny_data_root: Path, capsys) -> None:
+    from core.cli import main
+    from core.history import History
+    from core.learning.versions import load_detector
+    from core.services import inspection
+
+    det = load_detector("patchcore", TINY_CATEGORY)
+    history = History()
+    files = sorted((tiny_data_root / TINY_CATEGORY / "test").glob("*/*.png"))
+    items = [(f.name, inspection.load_image(f.read_bytes(), f.name), inspection.sha256_of(f.read_bytes())) for f in files]
+    good_names = {f.name for f in files if f.parent.name == "good"}  # names repeat across folders: judged by index
+    for f, result in zip(files, inspection.inspect_images(det, items, history=history), strict=True):
+        assert history.get(result.inspection_id).model_version == "v0001"
+        good, said_good = f.parent.name == "good", result.judgement.verdict == "GOOD"
+        feedback = "correct" if good == said_good else ("false_alarm" if good else "missed_defect")
+        history.set_feedback(result.inspection_id, feedback)
+    assert good_names
+    assert main(["recalibrate", "--category", TINY_CATEGORY, "--apply", "--who", "ann"]) == 0
+    out = capsys.readouterr().out
+    assert "threshold (raw score)" in out and "applied: new version v0002" in out
+    new = load_detector("patchcore", TINY_CATEGORY)
+    assert new.meta.lineage["kind"] == "recalibrate" and new.meta.lineage["who"] == "ann"
+    assert len(new.meta.lineage["inspections"]) == len(files)
+
+
+# --- The History page ---------------------------------------------------------------------------
+
+
+def test_history_button_grows_the_memory_bank(app_test, app_env: Path, tiny_data_root: Path, tmp_path: Path, monkeypatch) -> None:
+    from core.history import History
+    from core.learning.versions import load_detector
+    from core.services import inspection
+
+    target = tmp_path / "models"
+    shutil.copytree(app_env / "models", target)
+    monkeypatch.setenv("INSPECT_MODELS_DIR", str(target))
+    monkeypatch.setenv("INSPECT_HISTORY_DB", str(tmp_path / "history.sqlite"))
+    monkeypatch.setenv("INSPECT_CACHE", str(tmp_path / "cache"))
+    det = load_detector("patchcore", TINY_CATEGORY)
+    history = History()
+    files = sorted((tiny_data_root / TINY_CATEGORY / "test" / "good").glob("*.png"))
+    items = [(f.name, inspection.load_image(f.read_bytes(), f.name), inspection.sha256_of(f.read_bytes())) for f in files]
+    ids = []
+    for result in inspection.inspect_images(det, items, history=history):
+        history.set_feedback(result.inspection_id, "false_alarm" if result.judgement.verdict == "DEFECT" else "correct")
+        ids.append(result.inspection_id)
+
+    at = app_test()
+    at.run()
+    at.switch_page("pages/inspection_history.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.dataframe) == 1
+    button = at.button(key="history_update_bank")
+    assert not button.disabled
+    button.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    new = load_detector("patchcore", TINY_CATEGORY)
+    assert new.version == "v0002" and new.meta.lineage["kind"] == "update-bank"
+    assert new.meta.lineage["inspections"] == sorted(ids)
+    assert any("New version v0002" in s.value for s in at.success)
+    assert at.button(key="history_update_bank").disabled  # those inspections are in the bank now
