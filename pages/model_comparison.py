@@ -8,13 +8,15 @@ import streamlit as st
 
 from core.services import catalog, comparison
 from pages import _common as ui
-from pages._figures import auroc_bar_figure, roc_figure
+from pages._figures import auroc_bar_figure, roc_figure, validation_curve_figure
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from core.registry import ModelMeta
 
+#: Seconds between refreshes of the bars and the queue panel while EfficientAD trains in the background.
+LIVE_REFRESH_S = 10
 SCORE_COLUMNS = ("image AUROC", "pixel AUROC", "image F1", "pixel F1", "AUPRO", "false alarm rate")
 
 
@@ -69,7 +71,8 @@ def all_metrics(table: pd.DataFrame) -> None:
         key="compare_table",
     )
     st.caption(
-        "F1 and false alarm rate are at the calibrated threshold; latency is one warm single-image call. "
+        "F1 and false alarm rate are at the calibrated threshold; latency is one warm single-image call, "
+        "on the runtime in 'latency runtime' (torch, or the model's OpenVINO export). "
         "The threshold source says which images calibrated each model (never the test set)."
     )
     published = comparison.published_rows(table["category"])
@@ -125,6 +128,78 @@ def not_evaluated(results: dict[str, Any], trained: dict[tuple[str, str], ModelM
         ui.start_job_button("Evaluate now", "evaluate", model=None, category=None, key="evaluate_missing")
 
 
+def _minutes(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{max(1, round(seconds / 60))} min"
+
+
+def background_queue(results: dict[str, Any]) -> bool:
+    """The EfficientAD background queue, where a bar is still missing; True while it runs."""
+    rows, job = comparison.background_queue()
+    running = job is not None and not job.done
+    pending = [r for r in rows if r.status != "done" or f"efficientad/{r.category}" not in results.get("models", {})]
+    if not pending:
+        return running
+    st.markdown("**EfficientAD, training in the background** (low priority, one category at a time)")
+    left = 0.0
+    for row in pending:
+        name = f"EfficientAD/{row.category}"
+        if row.status == "training":
+            auroc = f", validation AUROC {row.val_auroc:.3f}" if row.val_auroc is not None else ""
+            text = (
+                f"{name}: training, step {row.step or 0:,}{auroc}; at most {_minutes(row.remaining_s)} left "
+                "(it stops earlier when the validation AUROC and loss stop improving)"
+            )
+            st.progress(row.fraction or 0.0, text=text)
+            left += row.remaining_s or 0.0
+        elif row.status == "queued":
+            st.caption(f"{name}: queued, up to {_minutes(row.remaining_s)} of training")
+            left += row.remaining_s or 0.0
+        elif row.status == "evaluating":
+            st.caption(f"{name}: trained, evaluating on the test set; its bars follow")
+        elif row.status == "failed":
+            st.warning(f"{name}: failed: {row.message}")
+        else:  # interrupted / cancelled
+            st.caption(f"{name}: {row.status}")
+    if running and left:
+        st.caption(f"All EfficientAD bars within about {_minutes(left)} at most. Log: `{job.log_path}`")
+    return running
+
+
+def live_results(results: dict[str, Any]) -> None:
+    """The AUROC bars and the queue panel, refreshed while EfficientAD trains in the background.
+
+    When a new model lands in the results file the whole page reruns, so the tables follow.
+    """
+    comparison.resume_background_queue()  # a queue whose process died (machine restart) goes on
+    rows, job = comparison.background_queue()
+    active = job is not None and not job.done
+    shown = set(results.get("models", {}))
+
+    @st.fragment(run_every=LIVE_REFRESH_S if active else None)
+    def _live() -> None:
+        now = comparison.load_results().data
+        if set(now.get("models", {})) != shown:
+            st.rerun(scope="app")
+        if now.get("models"):
+            auroc_bars(now)
+        background_queue(now)
+
+    _live()
+
+
+def validation_curves(trained: dict[tuple[str, str], ModelMeta]) -> None:
+    curves = comparison.validation_curves(trained)
+    if not curves:
+        return
+    st.subheader("Validation curves")
+    st.plotly_chart(validation_curve_figure(curves), key="compare_validation_curves")
+    st.caption(
+        "Scored during training on anomalib's synthetic validation split (held-out training images, half of them "
+        "with synthetic defects; never the test set). Training stops when AUROC and loss stop improving, or at its "
+        "time budget."
+    )
+
+
 def render() -> None:
     ui.ensure_app_frame()
     st.title("Compare models")
@@ -134,12 +209,14 @@ def render() -> None:
         st.warning(problem)
     if not results.get("models"):
         no_results(trained)
+        live_results(results)
         return
     table = comparison.results_table(results)
-    auroc_bars(results)
+    live_results(results)
     all_metrics(table)
     per_defect_type(results)
     roc_curves(results)
+    validation_curves(trained)
     retrieval(results)
     not_evaluated(results, trained)
 

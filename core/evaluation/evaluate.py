@@ -9,7 +9,8 @@ from the calibration split (see :func:`core.data.layout.make_datamodule`), never
   every defect region equally, small ones too;
 * per defect type: image AUROC of that type against the good images, and the detection rate
   (share of its images judged DEFECT at the calibrated threshold);
-* latency: mean wall time of one single-image call (pre-processing, model, normalisation), warm;
+* latency: mean wall time of one single-image call (pre-processing, model, normalisation), warm,
+  on the runtime that ran the evaluation (``latency_runtime``: torch, or an OpenVINO export);
 * peak memory: the process's peak resident memory on CPU, ``max_memory_allocated`` on GPU.
 """
 
@@ -172,9 +173,14 @@ def peak_memory_mb(detector: Detector) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def evaluate_one(model: str, category: str, *, device: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Evaluate one trained (model, category) and return its results entry."""
-    detector = load_detector(model, category, device=device)
+def evaluate_one(
+    model: str, category: str, *, device: str | None = None, progress: bool = True, runtime: str | None = None
+) -> dict[str, Any]:
+    """Evaluate one trained (model, category) and return its results entry.
+
+    ``runtime`` None: the version's own choice (what the app runs); the entry records which ran.
+    """
+    detector = load_detector(model, category, device=device, runtime=runtime)
     meta = detector.meta
     check_layout(meta.data_root, category, verify_images=False)
     datamodule = make_datamodule(meta.data_root, category, calibration=False)
@@ -189,6 +195,7 @@ def evaluate_one(model: str, category: str, *, device: str | None = None, progre
         model=model,
         category=category,
         latency_ms=measure_latency(detector, out.paths),
+        latency_runtime=detector.runtime,
         eval_time_s=round(eval_time, 1),
         peak_memory_mb=round(peak_memory_mb(detector), 1),
         eval_device=str(detector.device),
@@ -228,6 +235,7 @@ def evaluate_run(
     *,
     device: str | None = None,
     progress: bool = True,
+    runtime: str | None = None,
 ) -> EvaluationRun:
     """Evaluate every trained (model, category) matching the filters and write them to the results file.
 
@@ -242,7 +250,7 @@ def evaluate_run(
             continue
         key = entry_key(meta.model, meta.category)
         try:
-            run.entries[key] = evaluate_one(meta.model, meta.category, device=device, progress=progress)
+            run.entries[key] = evaluate_one(meta.model, meta.category, device=device, progress=progress, runtime=runtime)
         except ModelUnreadableError as exc:  # the checkpoint does not fit its metadata: seen only on load
             run.failed[key] = str(exc)
         except (DatasetError, ImageError) as exc:  # the category's test set is broken
@@ -269,13 +277,12 @@ def evaluate(
 
 def format_table(entries: dict[str, dict[str, Any]]) -> str:
     """The printed table: one row per (model, category)."""
-    header = (
-        f"{'model/category':<24}{'img AUROC':>10}{'px AUROC':>10}{'img F1':>8}{'px F1':>8}{'AUPRO':>8}{'ms/img':>8}{'peak MB':>9}"
-    )
+    header = f"{'model/category':<24}{'img AUROC':>10}{'px AUROC':>10}{'img F1':>8}{'px F1':>8}{'AUPRO':>8}{'ms/img':>8}{'peak MB':>9}  runtime"
     rows = [header, "-" * len(header)]
     for key, e in sorted(entries.items()):
         rows.append(
             f"{key:<24}{e['image_auroc']:>10.3f}{e['pixel_auroc']:>10.3f}{e['image_f1']:>8.3f}"
             f"{e['pixel_f1']:>8.3f}{e['aupro']:>8.3f}{e['latency_ms']:>8.1f}{e['peak_memory_mb']:>9.0f}"
+            f"  {e.get('latency_runtime') or 'torch'}"
         )
     return "\n".join(rows)

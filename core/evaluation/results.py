@@ -97,6 +97,8 @@ class ModelResult:
     model: str = ""
     category: str = ""
     latency_ms: float | None = None
+    #: which runtime measured ``latency_ms``: "torch" or "openvino" (None in older entries: torch)
+    latency_runtime: str | None = None
     eval_time_s: float | None = None
     peak_memory_mb: float | None = None
     eval_device: str | None = None

@@ -8,6 +8,7 @@ The raw model outputs are kept too, for the record.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -19,8 +20,19 @@ import torch
 from core import registry
 from core.errors import ConfigError
 from core.inference.device import pick_device
+from core.inference.runtime import (
+    ExportMissingError,
+    OpenVINOEngine,
+    RuntimeUnavailableError,
+    check_runtime,
+    chosen_runtime,
+    load_engine,
+    resize_for_export,
+)
 from core.inference.verdict import CALIBRATED_THRESHOLD, verdict
 from core.models import build_model, get_spec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,8 +60,18 @@ def to_tensor(image_rgb: np.ndarray) -> torch.Tensor:
 class Detector:
     """A trained model on its device, with its metadata."""
 
-    def __init__(self, module: torch.nn.Module, meta: registry.ModelMeta, device: torch.device, version: str = "") -> None:
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        meta: registry.ModelMeta,
+        device: torch.device,
+        version: str = "",
+        engine: OpenVINOEngine | None = None,
+    ) -> None:
         self.module = module.to(device).eval()
+        #: An exported model that runs the forward pass instead of the torch module (runtime
+        #: "openvino"); the module is still there for the normalisation and the metadata.
+        self.engine = engine
         self.meta = meta
         self.device = device
         self.version = version  # the registry version folder it was loaded from ('v0003')
@@ -58,6 +80,11 @@ class Detector:
         # threads (two browser sessions, API requests) must not interleave on one module. It costs
         # little: torch already spreads one call over the cores.
         self._run_lock = threading.Lock()
+
+    @property
+    def runtime(self) -> str:
+        """Which runtime runs the forward pass: 'torch' or 'openvino' (shown next to latencies)."""
+        return "torch" if self.engine is None else "openvino"
 
     def raw_to_normalised(self, raw_score: float) -> float:
         """The post-processor's score normalisation, for a raw score (e.g. a stored one)."""
@@ -80,6 +107,8 @@ class Detector:
         part of the network that computes them (PatchCore's backbone, EfficientAD's teacher), so
         similarity search never runs the backbone a second time.
         """
+        if self.engine is not None:
+            return self._run_engine(images, with_features)
         processed = self._pre_process(images)
         with self._run_lock:
             if not with_features:
@@ -92,6 +121,19 @@ class Detector:
             finally:
                 hook.remove()
             return raw, self.module.post_processor(raw), self._spec.features_from_capture(self.module, captured[0])
+
+    def _run_engine(self, images: torch.Tensor | list[torch.Tensor], with_features: bool):
+        """The exported model's outputs in the torch path's form (raw and normalised batches)."""
+        from anomalib.data import InferenceBatch
+
+        batch = resize_for_export(images, self.engine.image_size)
+        with self._run_lock:
+            out = self.engine.infer(batch, with_features=with_features)
+        raw = InferenceBatch(pred_score=out.raw_score, anomaly_map=out.raw_anomaly_map)
+        normalised = InferenceBatch(
+            pred_score=out.pred_score, pred_label=out.pred_label, anomaly_map=out.anomaly_map, pred_mask=out.pred_mask
+        )
+        return raw, normalised, out.features
 
     def _pre_process(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
@@ -124,20 +166,50 @@ class Detector:
         ]
 
 
-def load_detector(model: str, category: str, *, device: str | None = None, models_dir: Path | None = None) -> Detector:
+def load_detector(
+    model: str,
+    category: str,
+    *,
+    device: str | None = None,
+    models_dir: Path | None = None,
+    runtime: str | None = "torch",
+    version: str | None = None,
+) -> Detector:
     """Build the module from its metadata and load its checkpoint (no download, no training).
 
     Metadata that does not build a module, or a checkpoint that does not fit it, raises
-    :class:`~core.errors.ModelUnreadableError` (one line, with the retrain command).
+    :class:`~core.errors.ModelUnreadableError` (one line, with the retrain command). ``runtime``
+    "openvino" runs the version's OpenVINO export (``python -m core export``) on the CPU instead of
+    the torch module; a missing export or a missing OpenVINO is a one-line error. ``runtime=None``
+    takes the version's own choice (``python -m core export --use``), falling back to torch with a
+    warning when that export cannot run here: the app then still shows the model.
     """
-    meta, state, version = registry.load_pair(model, category, models_dir)
+    if runtime is not None:
+        check_runtime(runtime)
+    meta, state, version = registry.load_pair(model, category, models_dir, version=version)
     try:
         module = build_model(model, meta.config, load_weights=False)
     except (ConfigError, TypeError, ValueError) as exc:  # e.g. an unknown or out-of-range setting
         raise registry.unreadable(model, category, f"{registry.METADATA} config: {exc}") from exc
     registry.apply_state(module, state, model, category)
     _check_memory_bank(module, model, category)
-    return Detector(module, meta, pick_device(device), version=version)
+    folder = registry.version_files(model, category, version, models_dir).folder if runtime != "torch" else None
+    wanted = runtime or (chosen_runtime(folder) if folder is not None else "torch")
+    if wanted == "torch":
+        return Detector(module, meta, pick_device(device), version=version)
+    size = int(meta.config.get("image_size") or 256)
+    try:
+        engine = load_engine(folder, image_size=size, checkpoint_sha256=meta.checkpoint.get("sha256"))
+    except (ExportMissingError, RuntimeUnavailableError) as exc:
+        if runtime is None:  # the version's own choice, not the caller's: still serve the model
+            log.warning("%s/%s %s runs with torch: %s", model, category, version, exc)
+            return Detector(module, meta, pick_device(device), version=version)
+        if isinstance(exc, ExportMissingError):
+            raise ExportMissingError(
+                f"{exc}; make one with `python -m core export --model {model} --category {category} --format openvino`"
+            ) from exc
+        raise
+    return Detector(module, meta, torch.device("cpu"), version=version, engine=engine)
 
 
 def _check_memory_bank(module: torch.nn.Module, model: str, category: str) -> None:

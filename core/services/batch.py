@@ -468,6 +468,7 @@ def run_command(
     record: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
+    runtime: str | None = None,
 ) -> int:
     """``python -m core inspect``: judge files and folders; 0 when every file was judged, 1 otherwise.
 
@@ -480,7 +481,7 @@ def run_command(
     overlay_dir = Path(overlays) if overlays else None
     if overlay_dir is not None:
         _prepare_overlays(overlay_dir)
-    detector = inspection.load_detector(model, category)
+    detector = inspection.load_detector(model, category, runtime)
     history = _open_history(record)
     out = _open_csv(Path(csv_path)) if csv_path else None
     try:

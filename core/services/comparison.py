@@ -26,6 +26,9 @@ __all__ = [
     "results_table",
     "retrieval_table",
     "unevaluated",
+    "validation_curves",
+    "background_queue",
+    "resume_background_queue",
 ]
 
 #: Results-file field -> column title, in table order.
@@ -107,6 +110,8 @@ def results_table(results: dict[str, Any]) -> pd.DataFrame:
         row: dict[str, Any] = {"model": model_label(model), "category": category}
         for field, label in METRIC_COLUMNS.items():
             row[label] = finite_number(entry.get(field))
+            if field == "latency_ms":  # which runtime measured it (entries from before exports: torch)
+                row["latency runtime"] = entry.get("latency_runtime") or "torch"
         row.update(_training_columns(entry))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -152,3 +157,40 @@ def evaluated_categories(results: dict[str, Any]) -> list[str]:
 def unevaluated(results: dict[str, Any], trained: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The trained (model, category) pairs the results file has no entry for, sorted."""
     return sorted(set(trained) - {split_key(k) for k in results["models"]})
+
+
+def validation_curves(trained: Mapping[tuple[str, str], Any]) -> dict[str, list[dict[str, Any]]]:
+    """Name -> validation curve (step, elapsed_s, image_auroc, loss) of every model that has one.
+
+    Stored curves come from the trained models' metadata (``extra["validation_curve"]``, EfficientAD);
+    a training in progress adds its curve so far, named "... (training)".
+    """
+    from core.models.efficientad.background import queue_view
+    from core.models.efficientad.runs import read_progress
+
+    curves = {}
+    for (model, category), meta in sorted(trained.items()):
+        curve = (getattr(meta, "extra", None) or {}).get("validation_curve")
+        if curve:
+            curves[f"{model_label(model)}/{category}"] = list(curve)
+    rows, _ = queue_view()
+    for row in rows:
+        if row.status == "training":
+            progress = read_progress(row.category) or {}
+            if progress.get("curve"):
+                curves[f"{model_label('efficientad')}/{row.category} (training)"] = list(progress["curve"])
+    return curves
+
+
+def background_queue() -> tuple[list[Any], Any]:
+    """(rows, job) of the EfficientAD background queue (core.models.efficientad.background)."""
+    from core.models.efficientad.background import queue_view
+
+    return queue_view()
+
+
+def resume_background_queue() -> Any:
+    """Start the EfficientAD queue again if its process died with categories unfinished."""
+    from core.models.efficientad.background import resume_if_interrupted
+
+    return resume_if_interrupted()

@@ -47,11 +47,15 @@ CALIBRATED = CALIBRATED_THRESHOLD
 IMAGE_TYPES: tuple[str, ...] = tuple(ext.lstrip(".") for ext in SUPPORTED_EXTENSIONS)
 
 
-def load_detector(model: str, category: str) -> Detector:
-    """The trained ``model`` for ``category`` on this process's device (imports torch and anomalib)."""
+def load_detector(model: str, category: str, runtime: str | None = None) -> Detector:
+    """The trained ``model`` for ``category`` on this process's device (imports torch and anomalib).
+
+    ``runtime`` None runs the newest version on its own chosen runtime (``python -m core export
+    --use`` chooses OpenVINO; torch otherwise); "torch" or "openvino" force one.
+    """
     from core.inference import detector
 
-    return detector.load_detector(model, category)
+    return detector.load_detector(model, category, runtime=runtime)
 
 
 def predict(detector: Detector, image_rgb: np.ndarray) -> Prediction:
@@ -148,8 +152,12 @@ def record_inspection(
     prediction: Prediction,
     threshold: float = CALIBRATED,
     defect_type: str | None = None,
+    model_version: str | None = None,
 ) -> int:
-    """Store one inspection (and its thumbnail) in the history; returns its id."""
+    """Store one inspection (and its thumbnail) in the history; returns its id.
+
+    ``model_version`` is the registry version that judged it (``Detector.version``).
+    """
     thumb = history.save_thumbnail(image_rgb, sha256)
     record = InspectionRecord(
         file_name=file_name,
@@ -162,6 +170,7 @@ def record_inspection(
         raw_score=float(prediction.raw_score),
         thumbnail_path=str(thumb),
         defect_type=defect_type,
+        model_version=model_version or None,
     )
     return history.add(record)
 
@@ -289,6 +298,7 @@ def _record_and_index(
             prediction=result.prediction,
             threshold=threshold,
             defect_type=defect_type,
+            model_version=detector.version,
         )
     except InspectError as exc:
         result.notes.append(f"not recorded: {exc}")

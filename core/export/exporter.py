@@ -1,0 +1,222 @@
+"""``python -m core export``: one model version to OpenVINO IR or ONNX, kept only if it passes parity.
+
+Through anomalib's export (``ExportMixin.to_openvino`` / ``to_onnx``, the code behind
+``Engine.export``), with three choices made here:
+
+* a dynamic batch axis and a fixed square input at the model's size (anomalib's default marks
+  height and width dynamic too, and its dynamo export can come out with a fixed batch instead);
+* the graph of :mod:`core.export.graph` (anomalib's pipeline, calibration inside, plus raw outputs);
+* opset 18, which the dynamo exporter writes natively (anomalib asks for 14, which it then fails
+  to down-convert and logs a traceback for).
+
+The export is written into a hidden folder inside the version folder, checked
+(:mod:`core.export.parity`) on the category's test images, and only then renamed to
+``vNNNN/export/<format>/``: a failed check keeps nothing and names the difference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from core import registry
+from core.data.layout import category_images, resolve_data_root
+from core.errors import DatasetError, InspectError
+from core.export import FORMATS, PRECISIONS
+from core.export.parity import ParityReport, check_parity
+from core.inference.runtime import (
+    MANIFEST,
+    OpenVINOEngine,
+    RuntimeUnavailableError,
+    choose_runtime,
+    export_dir,
+    import_openvino,
+    model_file,
+)
+
+OPSET = 18
+
+
+class ExportParityError(InspectError):
+    """The exported model does not answer as the torch model does; nothing was kept."""
+
+
+@dataclass
+class ExportResult:
+    """What ``export_model`` kept and how it compared."""
+
+    model: str
+    category: str
+    version: str
+    format: str
+    precision: str
+    path: Path
+    parity: ParityReport
+    export_s: float
+
+
+def _require_exporters(fmt: str) -> None:
+    import_openvino()  # the parity check runs both formats with OpenVINO
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeUnavailableError(
+            f"exporting to {fmt} needs `onnx` and `onnxscript` (anomalib's exporter): `pip install onnx onnxscript`"
+        ) from exc
+
+
+def _write_file(module: torch.nn.Module, model: str, fmt: str, out: Path, image_size: int) -> Path:
+    """Export the graph into ``out`` with anomalib's mixin; returns the model file there."""
+    from core.export.graph import ExportGraph, anomalib_classes
+
+    graph = ExportGraph(module, model).eval()
+    size = (image_size, image_size)
+    noise = io.StringIO()  # the exporter prints its progress; the CLI prints its own summary
+    with anomalib_classes(module), contextlib.redirect_stdout(noise):
+        if fmt == "openvino":
+            written = graph.to_openvino(out / "build", input_size=size, onnx_kwargs={"opset_version": OPSET})
+        else:
+            written = graph.to_onnx(out / "build", input_size=size, opset_version=OPSET)
+    for part in written.parent.iterdir():  # anomalib writes build/weights/<format>/model.* (.onnx.data too)
+        part.rename(out / part.name)
+    shutil.rmtree(out / "build", ignore_errors=True)
+    return model_file(out, fmt)
+
+
+#: Training images that calibrate the int8 quantisation (NNCF's default subset is 300).
+QUANTISE_IMAGES = 100
+
+
+def _quantise(path: Path, data_root: str | Path, category: str, image_size: int) -> None:
+    """NNCF post-training int8 quantisation of the OpenVINO file, calibrated on ``train/good`` only.
+
+    A departure from anomalib's ``INT8_PTQ``, which calibrates on its validation split (for MVTec,
+    test images with defects): the test images must stay unseen, they judge the result.
+    """
+    try:
+        import nncf
+    except ImportError as exc:
+        raise RuntimeUnavailableError("--precision int8 needs NNCF: `pip install nncf`") from exc
+    import openvino as ov
+
+    from core.data.image_io import load_image
+    from core.inference.detector import to_tensor
+    from core.inference.runtime import resize_for_export
+
+    train = category_images(data_root, category, splits=("train",))[:QUANTISE_IMAGES]
+    if not train:
+        raise DatasetError(f"int8 calibration needs the category's train/good images under {resolve_data_root(data_root)}")
+    samples = [resize_for_export(to_tensor(load_image(item.path)), image_size).numpy() for item in train]
+    model = ov.Core().read_model(str(path))
+    quantised = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+    staged = path.with_name("int8.xml")  # not over the file OpenVINO still maps: beside it, then renamed
+    ov.save_model(quantised, str(staged), compress_to_fp16=False)
+    staged.with_suffix(".bin").replace(path.with_suffix(".bin"))
+    staged.replace(path)
+
+
+def parity_images(data_root: str | Path | None, category: str, limit: int | None = None) -> list:
+    images = category_images(data_root, category, splits=("test",))
+    if not images:
+        root = resolve_data_root(data_root) / category / "test"
+        raise DatasetError(f"the parity check needs the category's test images and {root} has none: pass --data-root")
+    return images[:limit] if limit else images
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Replace ``target`` by ``tmp`` (the older export goes aside first, then away)."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".old-{target.name}-{time.time_ns()}")
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(
+    model: str,
+    category: str,
+    *,
+    fmt: str = "openvino",
+    precision: str = "fp32",
+    version: str | None = None,
+    data_root: str | Path | None = None,
+    models_dir: Path | None = None,
+    max_images: int | None = None,
+) -> ExportResult:
+    """Export one version (default: the newest), check parity, keep it in ``vNNNN/export/<fmt>/``."""
+    from core.inference.detector import Detector, load_detector
+
+    if fmt not in FORMATS:
+        raise InspectError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if precision not in PRECISIONS:
+        raise InspectError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    _require_exporters(fmt)
+    reference = load_detector(model, category, device="cpu", models_dir=models_dir, version=version)
+    images = parity_images(data_root or reference.meta.data_root, category, max_images)
+    folder = registry.version_files(model, category, reference.version, models_dir).folder
+    image_size = int(reference.meta.config.get("image_size") or 256)
+    (folder / "export").mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".export-{fmt}-", dir=folder / "export"))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would stay on the published folder
+    try:
+        started = time.perf_counter()
+        path = _write_file(reference.module, model, fmt, tmp, image_size)
+        if precision == "int8":
+            _quantise(path, data_root or reference.meta.data_root, category, image_size)
+        export_s = time.perf_counter() - started
+        engine = OpenVINOEngine(path, image_size=image_size, precision=precision)
+        candidate = Detector(reference.module, reference.meta, torch.device("cpu"), reference.version, engine=engine)
+        report = check_parity(reference, candidate, images, precision=precision)
+        if not report.passed:
+            raise ExportParityError(
+                f"the {fmt} export of {model}/{category} {reference.version} ({precision}) does not match the torch model: "
+                f"{report.problem()}; nothing was kept"
+            )
+        manifest = {
+            "model": model,
+            "category": category,
+            "version": reference.version,
+            "format": fmt,
+            "precision": precision,
+            "file": path.name,
+            "input": f"Bx3x{image_size}x{image_size} float32 RGB in [0, 1] (resized with antialiased bilinear)",
+            "checkpoint_sha256": reference.meta.checkpoint.get("sha256"),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "export_s": round(export_s, 1),
+            "versions": _versions(),
+            "parity": report.to_dict(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        target = export_dir(folder, fmt)
+        _publish(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(model, category, reference.version, fmt, precision, model_file(target, fmt), report, export_s)
+
+
+def use_export(result: ExportResult, models_dir: Path | None = None) -> None:
+    """Make the export's runtime the version's choice (only OpenVINO exports run inside Inspect)."""
+    if result.format != "openvino":
+        raise InspectError("only an OpenVINO export can be used by Inspect: export with --format openvino")
+    choose_runtime(registry.version_files(result.model, result.category, result.version, models_dir).folder, "openvino")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("anomalib", "torch", "openvino", "onnx", "onnxscript"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out

@@ -1,0 +1,127 @@
+"""The torch graph that is exported: anomalib's whole pipeline plus the raw outputs Inspect keeps.
+
+anomalib's ``AnomalibModule.forward`` (pre-processor, model, post-processor) is what its
+``to_onnx`` / ``to_openvino`` export, so the calibration (the post-processor's thresholds and
+min/max) is inside the file. Two deliberate departures, both made by wrapping the module rather
+than rewriting the export (anomalib's ``ExportMixin`` still does all of it):
+
+* extra outputs: the raw score and raw anomaly map (the history, the evaluation's threshold-free
+  metrics and the score slider need them; the post-processor clamps the normalised ones to
+  [0, 1], so they cannot be recovered afterwards) and the patch descriptors of the same forward
+  pass (similar-defect search), so the exported model serves every call the torch one does;
+* PatchCore's nearest-neighbour search as one distance matrix per batch: both Inspect's fast
+  search and anomalib's own loop over query chunks in Python, and the tracer unrolls such a loop
+  for the example's batch size: the export then accepts that batch size only (anomalib's own export
+  of a 256 px PatchCore comes out with a fixed batch of 2 for this reason). The search exported is
+  anomalib's un-chunked branch (one distance matrix, then ``min``/``topk``: same answers) for every
+  size; the runtime bounds its memory by running large batches in slices
+  (:data:`core.inference.runtime.MAX_BATCH`). The minimum is taken before the square root, as in
+  Inspect's fast search (:class:`WholeSearchPatchcore`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+from anomalib.models.components.base.export_mixin import ExportMixin
+from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+from lightning.pytorch import LightningModule
+
+from core.models import get_spec
+
+#: The exported model's outputs, in this order (names in the ONNX / OpenVINO file).
+OUTPUT_NAMES = ("pred_score", "pred_label", "anomaly_map", "pred_mask", "raw_score", "raw_anomaly_map", "features")
+
+
+class ExportOutputs(NamedTuple):
+    """anomalib's ``InferenceBatch`` fields (normalised, thresholded) and Inspect's raw extras."""
+
+    pred_score: torch.Tensor
+    pred_label: torch.Tensor
+    anomaly_map: torch.Tensor
+    pred_mask: torch.Tensor
+    raw_score: torch.Tensor
+    raw_anomaly_map: torch.Tensor
+    features: torch.Tensor
+
+
+class ExportGraph(ExportMixin, LightningModule):
+    """A trained anomalib module as one exportable forward: [0, 1] RGB batch -> :class:`ExportOutputs`.
+
+    Inherits anomalib's ``to_onnx`` / ``to_openvino`` unchanged (they need a LightningModule whose
+    forward returns a NamedTuple: its field names become the output names).
+    """
+
+    def __init__(self, module: Any, model_name: str) -> None:
+        super().__init__()
+        self.inner = module
+        self._spec = get_spec(model_name)
+
+    def forward(self, images: torch.Tensor) -> ExportOutputs:  # type: ignore[override]
+        inner = self.inner
+        processed = inner.pre_processor(images)
+        captured: list[Any] = []
+        target = self._spec.capture_target(inner)
+        hook = target.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            raw = inner.model(processed)
+        finally:
+            hook.remove()
+        normalised = inner.post_processor(raw)
+        features = self._spec.features_from_capture(inner, captured[0])
+        raw_map = raw.anomaly_map if raw.anomaly_map.dim() == 4 else raw.anomaly_map.unsqueeze(1)
+        return ExportOutputs(
+            pred_score=normalised.pred_score,
+            pred_label=normalised.pred_label,
+            anomaly_map=normalised.anomaly_map,
+            pred_mask=normalised.pred_mask,
+            raw_score=raw.pred_score.reshape(-1),
+            raw_anomaly_map=raw_map,
+            features=features,
+        )
+
+
+class WholeSearchPatchcore(PatchcoreModel):
+    """anomalib's ``PatchcoreModel`` searching all queries in one distance matrix, for any number of them.
+
+    anomalib's distance expansion ``|q|^2 - 2 q.m + |m|^2``, ordered as Inspect's fast search
+    (:mod:`core.models.patchcore.search`) orders it: the minimum (or top-k) is taken on
+    ``|m|^2 - 2 q.m`` (one matrix product plus a constant row, which OpenVINO folds and fuses),
+    and only the winners get ``|q|^2``, the clamp and the square root. Same neighbours, distances
+    equal to float rounding; the parity check compares the result with the torch model anyway.
+    """
+
+    def nearest_neighbors(self, embedding: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
+        bank = self.memory_bank
+        partial = torch.addmm(bank.pow(2).sum(dim=1).unsqueeze(0), embedding, bank.t(), beta=1, alpha=-2)
+        if n_neighbors == 1:
+            values, index = partial.min(dim=1)
+            return (values + embedding.pow(2).sum(dim=1)).clamp_min(0).sqrt(), index
+        values, index = partial.topk(k=n_neighbors, largest=False, dim=1)
+        return (values + embedding.pow(2).sum(dim=1, keepdim=True)).clamp_min(0).sqrt(), index
+
+
+def export_class(model_class: type) -> type:
+    """The class to trace for a torch model of ``model_class``: anomalib's (PatchCore: un-chunked)."""
+    if issubclass(model_class, PatchcoreModel):
+        return WholeSearchPatchcore
+    return next((c for c in model_class.__mro__ if c.__module__.startswith("anomalib.")), model_class)
+
+
+@contextmanager
+def anomalib_classes(module: Any) -> Iterator[None]:
+    """Within the block, the inner torch model runs anomalib's code (:func:`export_class`).
+
+    Inspect's speed-ups (e.g. PatchCore's fast search) subclass anomalib's torch model and add no
+    state, so swapping the class changes the code path only, never the weights or answers.
+    """
+    inner = module.model
+    original = type(inner)
+    inner.__class__ = export_class(original)
+    try:
+        yield
+    finally:
+        inner.__class__ = original

@@ -1,0 +1,209 @@
+"""Export and the OpenVINO runtime on the tiny PatchCore: parity, dynamic batch, the runtime switch,
+the version's runtime choice, and one-line errors for a missing OpenVINO or export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_CATEGORY
+
+pytest.importorskip("openvino")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_patchcore) -> Iterator[Path]:
+    """The tiny PatchCore exported to OpenVINO through the command line (with ``--use``)."""
+    from core import registry
+    from core.cli import main
+
+    assert main(["export", "--model", "patchcore", "--category", TINY_CATEGORY, "--use"]) == 0
+    folder = registry.current_files("patchcore", TINY_CATEGORY).folder
+    yield folder
+    # The other test files share this model: leave it on torch, as they expect.
+    (folder / "export" / "runtime.json").unlink(missing_ok=True)
+
+
+def _images(n: int = 6) -> list[np.ndarray]:
+    from core.data.image_io import load_image
+    from core.data.layout import category_images
+
+    items = category_images(None, TINY_CATEGORY, splits=("test",))
+    return [load_image(item.path) for item in items[:n]]
+
+
+def test_export_lives_in_its_version_and_passed_parity(exported: Path) -> None:
+    folder = exported / "export" / "openvino"
+    assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file()
+    manifest = json.loads((folder / "export.json").read_text())
+    assert manifest["version"] == exported.name and manifest["precision"] == "fp32"
+    assert manifest["checkpoint_sha256"] == json.loads((exported / "meta.json").read_text())["checkpoint"]["sha256"]
+    parity = manifest["parity"]
+    assert parity["passed"] and parity["n_images"] > 0
+    assert parity["max_score_diff"] <= 1e-3 and parity["verdict_mismatches"] == []
+    assert not [p for p in (exported / "export").iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+def test_openvino_runtime_matches_torch_with_a_dynamic_batch(exported: Path) -> None:
+    from core.inference.detector import load_detector
+
+    torch_det = load_detector("patchcore", TINY_CATEGORY, runtime="torch")
+    ov_det = load_detector("patchcore", TINY_CATEGORY, runtime="openvino")
+    assert (torch_det.runtime, ov_det.runtime) == ("torch", "openvino")
+    images = _images(6)
+    images[1] = images[1][:100, :90]  # another size: resized like the torch pre-processor does
+    ref = torch_det.predict_batch(images, with_features=True)
+    for batch in (images[:1], images[:3], images):  # batch sizes 1, 3, 6 on one export
+        got = ov_det.predict_batch(batch, with_features=True)
+        for r, g in zip(ref, got, strict=False):
+            assert abs(r.score - g.score) <= 1e-3 and r.verdict() == g.verdict()
+            assert abs(r.raw_score - g.raw_score) <= 1e-3 * max(1.0, abs(r.raw_score))
+            assert g.anomaly_map.shape == r.anomaly_map.shape
+            assert g.patch_features.shape == r.patch_features.shape
+
+
+def test_the_versions_choice_picks_the_runtime(exported: Path) -> None:
+    from core.services import inspection
+
+    assert inspection.load_detector("patchcore", TINY_CATEGORY).runtime == "openvino"  # chosen with --use
+    assert inspection.load_detector("patchcore", TINY_CATEGORY, "torch").runtime == "torch"
+
+
+def test_inspect_command_runs_on_openvino(exported: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.cli import main
+    from core.settings import get_settings
+
+    folder = get_settings().demo_data_root / TINY_CATEGORY / "test" / "good"
+    status = main(["inspect", str(folder), "--category", TINY_CATEGORY, "--runtime", "openvino", "--no-record"])
+    assert status == 0
+    assert "GOOD" in capsys.readouterr().out
+
+
+def test_missing_openvino_is_one_line(exported: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from core.cli import main
+    from core.inference.detector import load_detector
+    from core.inference.runtime import RuntimeUnavailableError
+    from core.settings import get_settings
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    with pytest.raises(RuntimeUnavailableError, match="OpenVINO is not installed"):
+        load_detector("patchcore", TINY_CATEGORY, runtime="openvino")
+    # The version's choice falls back to torch (the app keeps showing the model).
+    assert load_detector("patchcore", TINY_CATEGORY, runtime=None).runtime == "torch"
+    capsys.readouterr()
+    folder = str(get_settings().demo_data_root / TINY_CATEGORY / "test" / "good")
+    assert main(["inspect", folder, "--category", TINY_CATEGORY, "--runtime", "openvino", "--no-record"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: OpenVINO is not installed")
+
+
+def test_missing_export_names_the_command(tmp_path: Path) -> None:
+    from core.inference.runtime import ExportMissingError, load_engine
+
+    with pytest.raises(ExportMissingError, match="no OpenVINO export"):
+        load_engine(tmp_path, image_size=128, checkpoint_sha256=None)
+
+
+def test_an_export_that_disagrees_is_refused_and_not_kept(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drifting export (here: every score shifted by 0.01) fails with the difference named."""
+    from core.export import exporter
+    from core.inference.runtime import OpenVINOEngine
+
+    def copy_export(_module, _model, fmt, out: Path, _size) -> Path:  # reuse the file: no second export
+        for part in (exported / "export" / "openvino").glob("model.*"):
+            shutil.copy(part, out / part.name)
+        return out / "model.xml"
+
+    class Drifting(OpenVINOEngine):
+        def infer(self, images, *, with_features=False):
+            out = super().infer(images, with_features=with_features)
+            out.pred_score = out.pred_score + 0.01
+            return out
+
+    monkeypatch.setattr(exporter, "_write_file", copy_export)
+    monkeypatch.setattr(exporter, "OpenVINOEngine", Drifting)
+    with pytest.raises(exporter.ExportParityError, match=r"max score difference 1\.00e-02 > 0\.001"):
+        exporter.export_model("patchcore", TINY_CATEGORY, fmt="onnx")
+    assert not (exported / "export" / "onnx").exists()
+    assert not [p for p in (exported / "export").iterdir() if p.name.startswith(".")]
+
+
+def test_onnx_export_passes_parity(exported: Path) -> None:
+    from core.export.exporter import export_model
+
+    result = export_model("patchcore", TINY_CATEGORY, fmt="onnx", max_images=6)
+    assert result.path == exported / "export" / "onnx" / "model.onnx" and result.path.is_file()
+    assert result.parity.passed and result.parity.max_score_diff <= 1e-3
+
+
+def test_parity_report_names_verdicts_and_auroc() -> None:
+    from core.export.parity import ParityReport
+
+    base = dict(n_images=10, max_score_diff=0.0, worst_image="a", max_raw_score_diff=0.0, max_map_diff=0.0)
+    flipped = ParityReport(precision="fp32", verdict_mismatches=["crack/001.png: torch 0.5100, export 0.4900"], **base)
+    assert flipped.problem() == "1 of 10 verdicts differ (first: crack/001.png: torch 0.5100, export 0.4900)"
+    low = ParityReport(precision="bf16", auroc_torch=0.99, auroc_export=0.98, **{**base, "max_score_diff": 0.01})
+    assert "image AUROC 0.9800 vs torch 0.9900" in low.problem()
+    assert ParityReport(precision="bf16", auroc_torch=0.99, auroc_export=0.989, **base).problem() is None
+
+
+def test_compare_table_says_which_runtime_measured_latency() -> None:
+    from core.services import comparison
+
+    results = {
+        "models": {
+            "patchcore/tile": {"model": "patchcore", "category": "tile", "latency_ms": 9.0, "latency_runtime": "openvino"},
+            "patchcore/grid": {"model": "patchcore", "category": "grid", "latency_ms": 20.0},
+        }
+    }
+    table = comparison.results_table(results).set_index("category")
+    assert table.loc["tile", "latency runtime"] == "openvino"
+    assert table.loc["grid", "latency runtime"] == "torch"  # entries from before exports
+
+
+def test_int8_quantisation_runs_and_is_judged_by_the_int8_criteria(exported: Path, tmp_path: Path) -> None:
+    """NNCF int8 on training images only; judged by verdicts and AUROC (kept only when they hold)."""
+    pytest.importorskip("nncf")
+    import torch
+
+    from core.data.layout import category_images
+    from core.export.exporter import _quantise
+    from core.export.parity import check_parity
+    from core.inference.detector import Detector, load_detector
+    from core.inference.runtime import OpenVINOEngine
+    from core.settings import get_settings
+
+    for part in (exported / "export" / "openvino").glob("model.*"):
+        shutil.copy(part, tmp_path / part.name)
+    _quantise(tmp_path / "model.xml", get_settings().demo_data_root, TINY_CATEGORY, 128)
+    reference = load_detector("patchcore", TINY_CATEGORY, runtime="torch")
+    engine = OpenVINOEngine(tmp_path / "model.xml", image_size=128, precision="int8")
+    candidate = Detector(reference.module, reference.meta, torch.device("cpu"), reference.version, engine=engine)
+    images = category_images(None, TINY_CATEGORY, splits=("test",))
+    report = check_parity(reference, candidate, images, precision="int8")
+    assert report.n_images == len(images) and report.auroc_export is not None
+    assert report.passed == (not report.verdict_mismatches and abs(report.auroc_export - report.auroc_torch) <= 0.002)
+
+
+@pytest.mark.parametrize("k", [1, 9])
+def test_exported_search_finds_anomalibs_neighbours(k: int) -> None:
+    """The one-matrix search traced for export gives anomalib's neighbours and distances."""
+    import torch
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    from core.export.graph import WholeSearchPatchcore
+
+    generator = torch.Generator().manual_seed(0)
+    queries, bank = torch.randn(1500, 64, generator=generator), torch.randn(2000, 64, generator=generator)
+    model = object.__new__(WholeSearchPatchcore)
+    torch.nn.Module.__init__(model)
+    model.register_buffer("memory_bank", bank)
+    want = PatchcoreModel.nearest_neighbors(model, queries, k)  # anomalib's chunked search
+    got = model.nearest_neighbors(queries, k)
+    assert torch.equal(got[1], want[1]) and torch.allclose(got[0], want[0], atol=1e-4)
