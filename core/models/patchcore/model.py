@@ -29,7 +29,10 @@ class PatchcoreConfig:
 
     backbone: str = DEFAULT_BACKBONE
     layers: list[str] = field(default_factory=list)  # empty: the backbone's default mid-level pair
-    coreset_ratio: float = 0.1  # anomalib's default
+    #: Chosen by measurement (scripts/bench_patchcore_settings.py, README "Choosing the coreset
+    #: ratio"): the fastest ratio whose mean image AUROC over bottle and the demo categories is
+    #: within 0.002 of the best; 2.5% was also the best, with a bank 4x smaller than anomalib's 10%.
+    coreset_ratio: float = 0.025
     num_neighbors: int = 9
     image_size: int = 256
     backbone_weights: str | None = None  # a local weights file for non-offline backbones
@@ -37,7 +40,9 @@ class PatchcoreConfig:
     def __post_init__(self) -> None:
         # checked here, before any image is read, rather than after minutes of feature extraction
         if not 0 < self.coreset_ratio <= 1:
-            raise ConfigError(f"--coreset-ratio must be in (0, 1] (got {self.coreset_ratio}); anomalib's default is 0.1")
+            raise ConfigError(
+                f"--coreset-ratio must be in (0, 1] (got {self.coreset_ratio}); Inspect's default is 0.025, anomalib's 0.1"
+            )
         check_image_size(self.image_size, MIN_PATCHCORE_SIZE, "PatchCore's stride-16 layer needs at least 4x4 positions")
         if self.num_neighbors < 1:
             raise ConfigError(f"num_neighbors must be at least 1 (got {self.num_neighbors})")
