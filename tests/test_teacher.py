@@ -164,3 +164,15 @@ def test_committed_teacher_loads_strict_and_describes_patches(committed: tuple[P
     assert out.shape == (1, 384, 24, 24) and torch.isfinite(out).all()
     # not constant: over positions and over channels
     assert float(out.std(dim=(2, 3)).mean()) > 1e-3 and float(out.mean(dim=(2, 3)).std()) > 1e-3
+
+
+def test_gpu_candidate_teacher_matches_its_provenance_and_loads() -> None:
+    """The GPU-distilled candidate kept beside the shipped teacher is intact and a valid PDN-S."""
+    folder = teacher_weights_path("small").parent / "candidates"
+    entry = json.loads((folder / PROVENANCE_FILE).read_text())["files"]["pdn_small_gpu.pth"]
+    path = folder / entry["file"]
+    assert sha256_of(path) == entry["sha256"] and path.stat().st_size == entry["bytes"]
+    assert entry["heldout_mse_after"] < entry["heldout_mse_before"]
+    pdn = load_teacher("small", path)
+    with torch.no_grad():
+        assert torch.isfinite(pdn(torch.rand(1, 3, 64, 64))).all()
