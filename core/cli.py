@@ -54,6 +54,11 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
     print(f"demo data in {root.resolve()}")
     for category in dict.fromkeys(args.categories):
         print(f"  {summary(root, category)}")
+    if args.drift:
+        from core.data.demo import DRIFT_FOLDER, generate_drifted_set
+
+        drifted = generate_drifted_set(root.parent / DRIFT_FOLDER, args.categories, size=args.size, seed=args.seed)
+        print(f"drifted demo data in {drifted.resolve()} (train/good: the confirmation pool; test: drifted parts)")
 
 
 def _count(text: str) -> int:
@@ -85,11 +90,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_autotrain(args: argparse.Namespace) -> None:
+    from core.models.efficientad.background import run_queue, start_background
+    from core.models.efficientad.durations import parse_duration
+
+    budget = parse_duration(args.time_budget)
+    if args.background:
+        job = start_background(args.category, time_budget_s=budget, data_root=args.data_root)
+        print(f"EfficientAD queue running in the background (job {job.id}, log {job.log_path})")
+        return
+    state = run_queue(args.category, data_root=args.data_root, time_budget_s=budget)
+    failed = {c: e.get("message", "") for c, e in state["categories"].items() if e["status"] == "failed"}
+    if failed:
+        raise InspectError("; ".join(f"{c}: {m}" for c, m in failed.items()))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from core.evaluation.evaluate import evaluate_run, format_table
     from core.evaluation.results import results_path
 
-    run = evaluate_run(args.model, args.category, device=args.device)
+    run = evaluate_run(args.model, args.category, device=args.device, runtime=args.runtime)
     if run.entries:
         print(format_table(run.entries))
         print(f"results written to {results_path()}")
@@ -119,6 +139,53 @@ def cmd_eval_similar(args: argparse.Namespace) -> None:
     from core.similarity.indexing import eval_similar_cli
 
     eval_similar_cli(args)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from core.export.exporter import export_model, use_export
+
+    result = call_with(export_model, args)
+    print(f"exported {result.model}/{result.category} {result.version} to {result.path} ({result.precision})")
+    print(f"parity with the torch model: {result.parity.summary()}")
+    if args.use:
+        use_export(result)
+        print(f"{result.model}/{result.category} {result.version} now runs with OpenVINO (app and commands without --runtime)")
+
+
+def _runtime_arg(p: argparse.ArgumentParser) -> None:
+    from core.export import RUNTIMES
+
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help="torch, or the model's OpenVINO export (default: the model version's choice, see `export --use`)",
+    )
+
+
+def _export_parser(sub: Any) -> None:
+    from core.export import FORMATS, PRECISIONS
+
+    p = sub.add_parser(
+        "export",
+        help="export a trained model to OpenVINO or ONNX, checked against the torch model on the test images",
+        description="Export a model version with anomalib's exporter (dynamic batch, calibration inside) into "
+        "its version folder (vNNNN/export/<format>/), then run it and the torch model on the category's test "
+        "images: kept only when every score is within 1e-3 (fp32) and every verdict is identical.",
+    )
+    p.add_argument("--model", choices=MODEL_NAMES, required=True)
+    p.add_argument("--category", required=True)
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default="openvino")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="OpenVINO precision; bf16 and int8 (quantised, calibrated on train/good) are kept only if "
+        "verdicts are identical and AUROC within 0.002",
+    )
+    p.add_argument("--version", help="the version folder to export, e.g. v0003 (default: the newest)")
+    p.add_argument("--data-root", help="where the category's test images are (default: where the model was trained)")
+    p.add_argument("--use", action="store_true", help="run this model version with the export from now on (OpenVINO)")
+    p.set_defaults(func=cmd_export)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -170,6 +237,7 @@ def _inspect_parser(sub: Any) -> None:
         help="record each inspection in the history and a DEFECT in the similar-defect index (default: yes)",
     )
     p.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="images per forward pass (default 8)")
+    _runtime_arg(p)
     p.set_defaults(func=cmd_inspect)
 
 
@@ -225,6 +293,87 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(args.host, args.port)
 
 
+def _pct(errors: Any) -> str:
+    """'3 false alarms of 20 goods, 1 missed of 6 defects' for a recalibration Errors."""
+    if errors is None:
+        return "-"
+    return f"{errors.false_alarms} false alarm(s) of {errors.goods} good, {errors.missed} missed of {errors.defects} defect(s)"
+
+
+def cmd_recalibrate(args: argparse.Namespace) -> None:
+    from core.services import feedback_loop
+
+    proposal, _ = feedback_loop.propose_recalibration(args.model, args.category, with_test=not args.apply)
+    print(f"{args.model}/{args.category}: {proposal.reviews} reviewed inspection(s), {proposal.calibration_goods} held-out goods")
+    for note in proposal.notes:
+        print(f"  note: {note}")
+    if not proposal.ok:
+        raise InspectError(proposal.refusal or "no threshold could be proposed")
+    print(f"  threshold (raw score): {proposal.current:.6g} -> {proposal.proposed:.6g}")
+    print(f"  reviewed inspections: before {_pct(proposal.reviewed_before)}; after {_pct(proposal.reviewed_after)}")
+    if proposal.test_before is not None:
+        print(f"  test set:             before {_pct(proposal.test_before)}; after {_pct(proposal.test_after)}")
+    if args.apply:
+        version, _ = feedback_loop.apply_recalibration(args.model, args.category, who=args.who)
+        print(f"applied: new version {version}")
+    else:
+        print("not applied: add --apply to write it as a new version")
+
+
+def cmd_update_bank(args: argparse.Namespace) -> None:
+    from core.services import feedback_loop
+
+    done = call_with(feedback_loop.update_bank, args)
+    print(
+        f"{args.model}/{args.category}: new version {done.version}: memory bank {done.n_old} -> {done.n_old + done.n_added} "
+        f"patches from {done.n_images} image(s); threshold (raw) {done.threshold_before:.6g} -> {done.threshold_after:.6g}"
+    )
+    for note in done.notes:
+        print(f"  note: {note}")
+
+
+def cmd_versions(args: argparse.Namespace) -> None:
+    from core.services import feedback_loop
+
+    if args.restore:
+        version = feedback_loop.restore_version(args.model, args.category, args.restore, who=args.who)
+        print(f"restored {args.restore} of {args.model}/{args.category} as {version}")
+        return
+    infos = feedback_loop.versions(args.model, args.category)
+    if not infos:
+        raise InspectError(f"no stored version of {args.model}/{args.category}")
+    for v in infos:
+        mark = "*" if v.is_latest else " "
+        cause = f" (inspections {', '.join(map(str, v.inspections))})" if v.inspections else ""
+        print(f"{mark} {v.version}  {v.created}  {v.kind:<12} parent {v.parent or '-':<6} {v.who or '-':<12} {v.change}{cause}")
+
+
+def _learning_parsers(sub: Any) -> None:
+    """recalibrate, update-bank and versions: what inspectors' feedback changes (core.learning)."""
+    p = sub.add_parser("recalibrate", help="propose (and with --apply, set) a threshold from inspectors' feedback")
+    p.add_argument("--category", required=True)
+    p.add_argument("--model", choices=MODEL_NAMES, default=MODEL_NAMES[0])
+    p.add_argument("--apply", action="store_true", help="write the proposed threshold as a new model version")
+    p.add_argument("--who", default="command line", help="recorded in the new version (default: 'command line')")
+    p.set_defaults(func=cmd_recalibrate)
+
+    p = sub.add_parser("update-bank", help="add confirmed-good images to PatchCore's memory bank (a new version)")
+    p.add_argument("--category", required=True)
+    p.add_argument("--model", choices=MODEL_NAMES, default="patchcore", help="PatchCore only (EfficientAD: recalibrate)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", metavar="DIR", help="a folder of good images")
+    src.add_argument("--from-history", action="store_true", help="the false alarms and correct GOOD verdicts in the history")
+    p.add_argument("--who", default="command line")
+    p.set_defaults(func=cmd_update_bank)
+
+    p = sub.add_parser("versions", help="list a model's versions, or restore one (as a new version)")
+    p.add_argument("--category", required=True)
+    p.add_argument("--model", choices=MODEL_NAMES, default=MODEL_NAMES[0])
+    p.add_argument("--restore", metavar="VERSION", help="e.g. v0001: make it the newest again")
+    p.add_argument("--who", default="command line")
+    p.set_defaults(func=cmd_versions)
+
+
 def _serve_parser(sub: Any) -> None:
     from core.api.server import DEFAULT_HOST, DEFAULT_PORT
 
@@ -270,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-per-defect", type=_count, default=6)
     p.add_argument("--size", type=_count, default=256, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--drift",
+        action="store_true",
+        help="also write a drifted set (brightness/colour/texture scale) beside it, in demo_data_drift/",
+    )
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("check", help="check a category's MVTec AD layout")
@@ -287,10 +441,18 @@ def build_parser() -> argparse.ArgumentParser:
         get_spec(name).add_cli_args(p.add_argument_group(model_label(name)))
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("autotrain", help="train and evaluate EfficientAD for the demo categories, one at a time")
+    p.add_argument("--category", nargs="+", help="these categories (default: the demo categories present)")
+    data_args(p)
+    p.add_argument("--time-budget", default="15m", help="per category, e.g. 15m, 1h, 900s (default 15m)")
+    p.add_argument("--background", action="store_true", help="start it as a low-priority background job and return")
+    p.set_defaults(func=cmd_autotrain)
+
     p = sub.add_parser("evaluate", help="evaluate trained models and write the results file")
     p.add_argument("--model", nargs="+", help="only these models")
     p.add_argument("--category", nargs="+", help="only these categories")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _runtime_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("distill-teacher", help="distil EfficientAD's PDN teacher from the offline backbone")
@@ -298,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="optimisation steps (default: GPU 60000, CPU a short schedule)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--out", help="where to write the teacher weights (default: assets/)")
+    p.add_argument("--batch-size", type=int, help="crops per step (default: GPU 16, CPU 8)")
+    p.add_argument("--crop", type=int, help="PDN input side in px, a multiple of 4 (default: GPU 256, CPU 128)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: GPU 1e-4, CPU 1e-3)")
+    p.add_argument("--time-budget", type=float, help="stop after this many seconds of training (the schedule follows)")
     p.set_defaults(func=cmd_distill_teacher)
 
     p = sub.add_parser("index", help="index a category's images in Qdrant for similar-defect search")
@@ -318,8 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_setup)
 
     _inspect_parser(sub)
+    _export_parser(sub)
     _users_parser(sub)
     _serve_parser(sub)
+    _learning_parsers(sub)
     return parser
 
 

@@ -85,6 +85,11 @@ def test_out_of_range_settings(tmp_path: Path) -> None:
     assert_one_line_error(run_cli(*common, "--model", "efficientad", "--image-size", "128", home=tmp_path), "--image-size >= 256")
     assert_one_line_error(run_cli(*common, "--model", "efficientad", "--steps", "0", home=tmp_path), "--steps >= 1")
     assert_one_line_error(run_cli(*common, "--model", "efficientad", "--lr", "0", home=tmp_path), "0 < --lr < 1")
+    ead = (*common, "--model", "efficientad")
+    assert_one_line_error(run_cli(*ead, "--time-budget", "0", home=tmp_path), "--time-budget > 0")
+    assert_one_line_error(run_cli(*ead, "--time-budget", "soon", home=tmp_path), "--time-budget must be a duration")
+    assert_one_line_error(run_cli(*ead, "--model-size", "large", home=tmp_path), "small or medium")
+    assert_one_line_error(run_cli("autotrain", "--time-budget", "0m", home=tmp_path), "--time-budget > 0")
     assert_one_line_error(run_cli(*common, "--coreset-ratio", "0", home=tmp_path), "--coreset-ratio must be in (0, 1]")
     assert_one_line_error(run_cli(*common, "--image-size", "32", home=tmp_path), "--image-size >= 64")
 
