@@ -108,7 +108,10 @@ class ModelResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The entry as the results file stores it."""
-        return {**_as_dict(self), "training": self.training.to_dict()}
+        entry = {**_as_dict(self), "training": self.training.to_dict()}
+        if entry.get("latency_runtime") is None:  # entries from before runtimes existed are written back unchanged
+            entry.pop("latency_runtime", None)
+        return entry
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> ModelResult:

@@ -190,6 +190,8 @@ def test_upload_verdict_and_similar_cases(playwright_chromium, app_url, defect_i
         verdict.wait_for(timeout=180_000)
         assert verdict.inner_text().strip() == "DEFECT"
         assert page.get_by_text("Threshold calibrated on").count() >= 1
+        # the page streams: the verdict is drawn before the images below it, so wait for them
+        page.locator("[data-testid='stImage'] img").nth(2).wait_for(timeout=60_000)
         assert page.locator("[data-testid='stImage'] img").count() >= 3
         _settle(page)
         _shot(page, "inspect")
