@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -776,6 +777,61 @@ def _is_complete(cat_dir: Path, counts: dict[str, int]) -> bool:
     return True
 
 
+Render = Callable[[str, str | None, int], tuple[Array, Array | None]]
+
+
+def _write_category(
+    root: Path,
+    marker: dict[str, Any],
+    category: str,
+    params: dict[str, Any],
+    n_train: int,
+    n_test_good: int,
+    n_per_defect: int,
+    render: Render,
+    *,
+    desc: str,
+    progress: bool,
+) -> None:
+    """Write one category (train/good, test/good, test/<defect> with masks) unless it is already
+    complete with ``params``; ``render(split, defect, i)`` gives an image and its mask.
+
+    A category this generator wrote with other parameters (or did not finish) is deleted and
+    rewritten; a non-empty folder it did not write raises :class:`DatasetError` rather than being
+    touched, so pointing ``root`` at real data cannot destroy it.
+    """
+    from tqdm import tqdm
+
+    counts = expected_counts(category, n_train, n_test_good, n_per_defect)
+    cat_dir = root / category
+    entry = marker["categories"].get(category)
+    if isinstance(entry, dict) and entry.get("complete") and entry.get("params") == params and _is_complete(cat_dir, counts):
+        return
+    if cat_dir.exists():
+        if entry is None and any(cat_dir.iterdir()):
+            raise DatasetError(
+                f"{cat_dir} exists and was not written by the demo generator; "
+                "choose another output folder, or delete that one to regenerate it"
+            )
+        shutil.rmtree(cat_dir)
+    marker["categories"][category] = {"params": params, "complete": False}
+    _write_marker(root, marker)
+
+    jobs: list[tuple[str, str | None, int]] = [("train", None, i) for i in range(n_train)]
+    jobs += [("test", None, i) for i in range(n_test_good)]
+    jobs += [("test", d, i) for d in DEFECT_TYPES[category] for i in range(n_per_defect)]
+    for folder in counts:
+        (cat_dir / folder).mkdir(parents=True, exist_ok=True)
+    for split, defect, i in tqdm(jobs, desc=f"{desc}: {category}", unit="img", disable=not progress, leave=False):
+        name = defect or "good"
+        image, mask = render(split, defect, i)
+        _save_png(image, cat_dir / split / name / f"{i:03d}.png")
+        if mask is not None:
+            _save_png(mask, cat_dir / "ground_truth" / name / f"{i:03d}_mask.png")
+    marker["categories"][category] = {"params": params, "complete": True}
+    _write_marker(root, marker)
+
+
 def generate_demo_dataset(
     root: Path,
     categories: Sequence[str] = DEMO_CATEGORIES,
@@ -796,7 +852,6 @@ def generate_demo_dataset(
     than being touched, so pointing ``root`` at real data cannot destroy it. Deterministic: the
     same arguments give byte-identical files.
     """
-    from tqdm import tqdm
 
     root = Path(root)
     for c in categories:
@@ -818,34 +873,14 @@ def generate_demo_dataset(
             "n_per_defect": n_per_defect,
             "defects": list(DEFECT_TYPES[category]),
         }
-        counts = expected_counts(category, n_train, n_test_good, n_per_defect)
-        cat_dir = root / category
-        entry = marker["categories"].get(category)
-        if isinstance(entry, dict) and entry.get("complete") and entry.get("params") == params and _is_complete(cat_dir, counts):
-            continue
-        if cat_dir.exists():
-            if entry is None and any(cat_dir.iterdir()):
-                raise DatasetError(
-                    f"{cat_dir} exists and was not written by the demo generator; "
-                    "choose another output folder, or delete that one to regenerate it"
-                )
-            shutil.rmtree(cat_dir)
-        marker["categories"][category] = {"params": params, "complete": False}
-        _write_marker(root, marker)
 
-        jobs: list[tuple[str, str | None, int]] = [("train", None, i) for i in range(n_train)]
-        jobs += [("test", None, i) for i in range(n_test_good)]
-        jobs += [("test", d, i) for d in DEFECT_TYPES[category] for i in range(n_per_defect)]
-        for folder in counts:
-            (cat_dir / folder).mkdir(parents=True, exist_ok=True)
-        for split, defect, i in tqdm(jobs, desc=f"demo data: {category}", unit="img", disable=not progress, leave=False):
-            name = defect or "good"
-            clean, bad, mask = render_sample(category, defect, file_seed(seed, category, split, name, i), size)
-            _save_png(clean if bad is None else bad, cat_dir / split / name / f"{i:03d}.png")
-            if mask is not None:
-                _save_png(mask, cat_dir / "ground_truth" / name / f"{i:03d}_mask.png")
-        marker["categories"][category] = {"params": params, "complete": True}
-        _write_marker(root, marker)
+        def render(split: str, defect: str | None, i: int, category: str = category) -> tuple[Array, Array | None]:
+            clean, bad, mask = render_sample(category, defect, file_seed(seed, category, split, defect or "good", i), size)
+            return (clean if bad is None else bad), mask
+
+        _write_category(
+            root, marker, category, params, n_train, n_test_good, n_per_defect, render, desc="demo data", progress=progress
+        )
     return root
 
 
@@ -911,7 +946,6 @@ def generate_drifted_set(
     from the normal demo data's ("drift/..."), so no image repeats. Idempotent and deterministic
     like :func:`generate_demo_dataset`.
     """
-    from tqdm import tqdm
 
     root = Path(root)
     for c in categories:
@@ -931,30 +965,16 @@ def generate_drifted_set(
             "n_test_good": n_test_good,
             "n_per_defect": n_per_defect,
         }
-        counts = expected_counts(category, n_confirm, n_test_good, n_per_defect)
-        cat_dir = root / category
-        entry = marker["categories"].get(category)
-        if isinstance(entry, dict) and entry.get("complete") and entry.get("params") == params and _is_complete(cat_dir, counts):
-            continue
-        if cat_dir.exists():
-            if entry is None and any(cat_dir.iterdir()):
-                raise DatasetError(f"{cat_dir} exists and was not written by the demo generator; choose another folder")
-            shutil.rmtree(cat_dir)
-        marker["categories"][category] = {"params": params, "complete": False}
-        _write_marker(root, marker)
-        jobs: list[tuple[str, str | None, int]] = [("train", None, i) for i in range(n_confirm)]
-        jobs += [("test", None, i) for i in range(n_test_good)]
-        jobs += [("test", d, i) for d in DEFECT_TYPES[category] for i in range(n_per_defect)]
-        for folder in counts:
-            (cat_dir / folder).mkdir(parents=True, exist_ok=True)
-        for split, defect, i in tqdm(jobs, desc=f"drifted demo data: {category}", unit="img", disable=not progress, leave=False):
-            name = defect or "good"
-            image, mask = render_drifted(category, defect, file_seed(seed, category, f"drift/{split}", name, i), size, drift)
-            _save_png(image, cat_dir / split / name / f"{i:03d}.png")
-            if mask is not None:
-                _save_png(mask, cat_dir / "ground_truth" / name / f"{i:03d}_mask.png")
-        marker["categories"][category] = {"params": params, "complete": True}
-        _write_marker(root, marker)
+
+        def render(
+            split: str, defect: str | None, i: int, category: str = category, drift: Drift = drift
+        ) -> tuple[Array, Array | None]:
+            return render_drifted(category, defect, file_seed(seed, category, f"drift/{split}", defect or "good", i), size, drift)
+
+        _write_category(
+            root, marker, category, params, n_confirm, n_test_good, n_per_defect, render,
+            desc="drifted demo data", progress=progress,
+        )  # fmt: skip
     return root
 
 
