@@ -36,6 +36,20 @@ def test_recalibration_arithmetic_on_a_hand_made_case() -> None:
     assert p.proposed == pytest.approx(5.5) and p.reviewed_before.missed == 1 and p.reviewed_after.missed == 0
 
 
+def test_reviews_that_agree_with_the_current_threshold_do_not_move_it() -> None:
+    # training's threshold (5.0) sits above the highest calibration good (4.0); five confirmed goods
+    # below it: no error to fix, so it stays (it used to drop to just above 4.2 and raise false alarms)
+    reviewed = [(i, 0, s) for i, s in enumerate([3.0, 3.5, 4.2, 2.0, 1.5], start=1)]
+    p = recalibration.propose(5.0, reviewed, [1.0, 2.0, 4.0])
+    assert p.ok and p.proposed == 5.0 and "stays where it is" in p.notes[0]
+    # a false alarm at 6.0 does move it, just above that good
+    p = recalibration.propose(5.0, [*reviewed, (6, 0, 6.0)], [1.0, 2.0, 4.0])
+    assert 6.0 < p.proposed < 6.0001 and p.reviewed_after.false_alarms == 0
+    # with defects, the current threshold is kept when it ties with the widest-gap cut
+    assert recalibration.best_threshold([1.0, 2.0], [5.0, 6.0], current=4.5) == 4.5
+    assert recalibration.best_threshold([1.0, 2.0], [5.0, 6.0], current=5.5) == pytest.approx(3.5)
+
+
 def test_too_few_reviews_are_refused_plainly() -> None:
     p = recalibration.propose(4.5, [(1, 0, 5.0), (2, 0, 6.0)], [1.0, 2.0])
     assert not p.ok and p.proposed is None and "too few reviews" in p.refusal and "at least 5" in p.refusal
