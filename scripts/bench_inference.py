@@ -4,7 +4,9 @@
 
 Paths, all on the same decoded test images of the same trained model (the newest version):
 
-* ``inspect-torch``: Inspect's ``Detector.predict`` on the torch module;
+* ``inspect-torch``: Inspect's ``Detector.predict`` on the torch module (CPU: PatchCore's backbone
+  frozen, :mod:`core.inference.accelerate`);
+* ``inspect-torch-eager``: the same with anomalib's eager module (Inspect before the freeze);
 * ``inspect-openvino``: the same Detector on the version's OpenVINO export
   (``python -m core export --model M --category C`` first);
 * ``anomalib-openvino``: anomalib's ``OpenVINOInferencer`` on anomalib's own export of the same
@@ -38,7 +40,7 @@ import torch
 
 #: Targets of issue 12, ms per image single-image on 2 cores (checked against inspect-openvino).
 TARGETS_MS = {"patchcore": 25.0, "efficientad": 100.0}
-PATHS = ("inspect-torch", "inspect-openvino", "anomalib-openvino", "anomalib-torch")
+PATHS = ("inspect-torch", "inspect-torch-eager", "inspect-openvino", "anomalib-openvino", "anomalib-torch")
 BASELINE = "anomalib-openvino"
 
 
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.inference.detector import load_detector
 
     torch_detector = load_detector(args.model, args.category, device="cpu", runtime="torch")
+    eager_detector = load_detector(args.model, args.category, device="cpu", runtime="torch", accelerate=False)
     ov_detector = load_detector(args.model, args.category, runtime="openvino")
     meta = torch_detector.meta
     items = parity_images(args.data_root or meta.data_root, args.category)
@@ -164,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         calls: dict[str, Callable] = {
             "inspect-torch": inspect_path(torch_detector),
+            "inspect-torch-eager": inspect_path(eager_detector),
             "inspect-openvino": inspect_path(ov_detector),
-            **anomalib_paths(torch_detector.module, Path(tmp), images[0].shape[:2]),
+            **anomalib_paths(eager_detector.module, Path(tmp), images[0].shape[:2]),
         }
         return run(args, calls, images)
 
@@ -211,7 +215,7 @@ def report(
     head += f"{'x single':>10}" + "".join(f"{f'x @{b}':>8}" for b in throughput) + f"{'max |Δscore|':>14}"
     print()
     print(head)
-    reference = np.array(scores["inspect-torch"])
+    reference = np.array(scores["inspect-torch-eager"])
     for name in single:
         med = statistics.median(single[name])
         row = f"{name:<20}{med:>11.1f}{percentile(single[name], 95):>9.1f}"

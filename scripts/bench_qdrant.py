@@ -7,8 +7,11 @@ app builds it in a child process once a collection passes ``edge_store.HNSW_THRE
 here it is forced, so every size gets it). Queries run in a fresh child process pinned to
 ``--cpus`` (default two cores): the store is opened there (``open s``: start-up cost), ``--queries``
 random vectors are searched top-k on the ``defect`` vector with the app's filter (label anomalous,
-query hash excluded) and without, and the child's peak memory above its baseline after imports
-is reported (``mem MB``), with the folder's size on disk.
+query hash excluded) and without, and the child's resident memory after the queries above what it
+held before opening the store is reported (``mem MB``: anonymous + file-backed pages, so Edge's
+Rust allocations and its memory-mapped segments count; ``anon MB``: the anonymous part alone),
+with the folder's size on disk. (Peak RSS, ``ru_maxrss``, read 0 for Edge: the imports' peak was
+higher than anything the store added.)
 
 ``page ms`` (Edge only, ``--page-check``): the worst latency of a page's store calls (a filtered
 top-5 search and a count, back to back from another thread, as a page does) while 50 uploads
@@ -28,7 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -86,10 +88,21 @@ def pin(cpus: str) -> None:
 # -- the child process: open, query, memory ---------------------------------------------------
 
 
+def resident_mb() -> dict[str, float]:
+    """This process's resident memory now (``/proc/self/status``): total and anonymous, in MB."""
+    fields = {}
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon"):
+                fields[key] = int(value.split()[0]) / 1024
+    return {"total": fields.get("VmRSS", 0.0), "anon": fields.get("RssAnon", 0.0)}
+
+
 def query_child(args: argparse.Namespace) -> int:
     pin(args.cpus)
     set_engine(args.engine)
-    base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = resident_mb()
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # local mode: "not recommended above 20,000 points"
@@ -116,7 +129,9 @@ def query_child(args: argparse.Namespace) -> int:
         out[f"{mode}_med"] = 1000 * float(np.percentile(latencies, 50))
         out[f"{mode}_p95"] = 1000 * float(np.percentile(latencies, 95))
         out[f"{mode}_n"] = len(latencies)
-    out["mem_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024
+    after = resident_mb()
+    out["mem_mb"] = after["total"] - base["total"]
+    out["anon_mb"] = after["anon"] - base["anon"]
     store.close()
     print(json.dumps(out))
     return 0
@@ -229,11 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--dir", type=Path, default=None, help="parent folder for the temporary stores")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--memory",
+        default="default",
+        help="Edge memory placement of the new stores: default (edge_store.SHARD_MEMORY), pinned (Edge's own default) or cached",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--engine", default="edge", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return query_child(args)
+    if args.memory != "default":  # written into each new shard's config; the query child reads it from there
+        edge_store.SHARD_MEMORY = {"pinned": None, "cached": "Cached"}[args.memory]
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
@@ -242,10 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--vectors must include 'defect'")
     print(
         f"{len(dims)} named vectors x {args.dims} dims, cosine; top-{args.k}; up to {args.queries} queries per size "
-        f"and mode (at most {args.max_query_seconds:g} s each), query process on cpus {args.cpus or 'all'}"
+        f"and mode (at most {args.max_query_seconds:g} s each), query process on cpus {args.cpus or 'all'}; "
+        f"Edge memory placement: {edge_store.SHARD_MEMORY or 'Edge default (RAM)'}"
     )
     header = (
-        f"{'engine':<6} | {'points':>8} | {'index s':>8} | {'HNSW s':>7} | {'open s':>6} | {'disk MB':>7} | {'mem MB':>7} | "
+        f"{'engine':<6} | {'points':>8} | {'index s':>8} | {'HNSW s':>7} | {'open s':>6} | {'disk MB':>7} | {'mem MB':>7} | {'anon MB':>7} | "
         f"{'filtered med/p95 ms':>19} | {'n':>4} | {'no filter med/p95 ms':>20} | {'n':>4} | {'page ms':>7}"
     )
     print(header)
@@ -262,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 page = "-" if r["page_ms"] is None else f"{r['page_ms']:.0f}"
                 print(
                     f"{engine:<6} | {n:>8} | {r['upsert_s']:>8.1f} | {hnsw:>7} | {r['open_s']:>6.2f} | {r['disk_mb']:>7.0f} | "
-                    f"{r['mem_mb']:>7.0f} | {r['f_med']:>9.1f} / {r['f_p95']:>7.1f} | {r['f_n']:>4} | "
+                    f"{r['mem_mb']:>7.0f} | {r['anon_mb']:>7.0f} | {r['f_med']:>9.1f} / {r['f_p95']:>7.1f} | {r['f_n']:>4} | "
                     f"{r['p_med']:>10.1f} / {r['p_p95']:>7.1f} | {r['p_n']:>4} | {page:>7}",
                     flush=True,
                 )

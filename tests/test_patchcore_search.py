@@ -66,3 +66,51 @@ def test_trained_model_scores_the_test_set_as_anomalib_does(app_env: Path, tiny_
         assert f.raw_score == pytest.approx(r.raw_score, rel=1e-4)
         assert f.verdict() == r.verdict()
         torch.testing.assert_close(torch.from_numpy(f.anomaly_map), torch.from_numpy(r.anomaly_map), rtol=1e-4, atol=1e-4)
+
+
+def test_separable_blur_gives_anomalibs_map() -> None:
+    """The map's Gaussian blur as two 1-D passes equals anomalib's 2-D convolution (float rounding)."""
+    from anomalib.models.components.filters.blur import GaussianBlur2d
+    from anomalib.models.image.patchcore.anomaly_map import AnomalyMapGenerator
+
+    from core.models.patchcore.blur import SeparableGaussianBlur2d
+
+    blur = AnomalyMapGenerator().blur
+    maps = torch.rand(3, 1, 64, 80, generator=torch.Generator().manual_seed(1)) * 5
+    reference = blur(maps)
+    blur.__class__ = SeparableGaussianBlur2d
+    assert blur.factors() is not None
+    torch.testing.assert_close(blur(maps), reference, rtol=1e-5, atol=1e-5)
+    # a kernel that is not a product of two 1-D kernels falls back to the 2-D convolution
+    odd = GaussianBlur2d(sigma=(2.0, 2.0), channels=1)
+    odd.kernel = odd.kernel.clone()
+    odd.kernel[0, 0, 0, 0] += 0.05
+    expected = odd(maps)
+    odd.__class__ = SeparableGaussianBlur2d
+    assert odd.factors() is None
+    assert torch.equal(odd(maps), expected)
+
+
+def test_frozen_backbone_gives_the_eager_features_and_scores(tiny_patchcore) -> None:
+    """A CPU Detector runs PatchCore's frozen backbone; scores equal the eager module's (issue 12)."""
+    import numpy as np
+    from conftest import TINY_CATEGORY
+
+    from core.inference.accelerate import is_frozen
+    from core.inference.detector import load_detector
+
+    frozen = load_detector("patchcore", TINY_CATEGORY, device="cpu")
+    eager = load_detector("patchcore", TINY_CATEGORY, device="cpu", accelerate=False)
+    assert is_frozen(frozen.module) and not is_frozen(eager.module)
+    # what a new version saves is anomalib's state dict, key for key and value for value
+    frozen_state, eager_state = frozen.module.state_dict(), eager.module.state_dict()
+    assert list(frozen_state) == list(eager_state)
+    assert all(torch.equal(frozen_state[k], eager_state[k]) for k in eager_state)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (96, 112, 3), dtype=np.uint8) for _ in range(3)]
+    for got, want in zip(
+        frozen.predict_batch(images, with_features=True), eager.predict_batch(images, with_features=True), strict=True
+    ):
+        assert abs(got.raw_score - want.raw_score) <= 1e-3 * max(1.0, abs(want.raw_score))
+        assert got.verdict() == want.verdict()
+        torch.testing.assert_close(got.patch_features, want.patch_features, rtol=1e-3, atol=1e-3)

@@ -162,7 +162,7 @@ def export_model(
     if precision not in PRECISIONS:
         raise InspectError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     _require_exporters(fmt)
-    reference = load_detector(model, category, device="cpu", models_dir=models_dir, version=version)
+    reference = load_detector(model, category, device="cpu", models_dir=models_dir, version=version, accelerate=False)
     images = parity_images(data_root or reference.meta.data_root, category, max_images)
     folder = registry.version_files(model, category, reference.version, models_dir).folder
     image_size = int(reference.meta.config.get("image_size") or 256)

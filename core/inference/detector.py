@@ -19,6 +19,7 @@ import torch
 
 from core import registry
 from core.errors import ConfigError
+from core.inference.accelerate import freeze_patchcore_backbone
 from core.inference.device import pick_device
 from core.inference.runtime import (
     ExportMissingError,
@@ -174,6 +175,7 @@ def load_detector(
     models_dir: Path | None = None,
     runtime: str | None = "torch",
     version: str | None = None,
+    accelerate: bool = True,
 ) -> Detector:
     """Build the module from its metadata and load its checkpoint (no download, no training).
 
@@ -182,7 +184,9 @@ def load_detector(
     "openvino" runs the version's OpenVINO export (``python -m core export``) on the CPU instead of
     the torch module; a missing export or a missing OpenVINO is a one-line error. ``runtime=None``
     takes the version's own choice (``python -m core export --use``), falling back to torch with a
-    warning when that export cannot run here: the app then still shows the model.
+    warning when that export cannot run here: the app then still shows the model. ``accelerate``:
+    on the CPU, PatchCore's backbone is frozen for inference (:mod:`core.inference.accelerate`,
+    same features within 1e-3); ``False`` keeps anomalib's eager module (export, benchmarks).
     """
     if runtime is not None:
         check_runtime(runtime)
@@ -196,7 +200,12 @@ def load_detector(
     folder = registry.version_files(model, category, version, models_dir).folder if runtime != "torch" else None
     wanted = runtime or (chosen_runtime(folder) if folder is not None else "torch")
     if wanted == "torch":
-        return Detector(module, meta, pick_device(device), version=version)
+        chosen = pick_device(device)
+        if accelerate and model == "patchcore" and chosen.type == "cpu":
+            why_not = freeze_patchcore_backbone(module, int(meta.config.get("image_size") or 256))
+            if why_not:
+                log.warning("%s/%s %s keeps its eager backbone: %s", model, category, version, why_not)
+        return Detector(module, meta, chosen, version=version)
     size = int(meta.config.get("image_size") or 256)
     try:
         engine = load_engine(folder, image_size=size, checkpoint_sha256=meta.checkpoint.get("sha256"))

@@ -66,6 +66,11 @@ _DONE = ".done"
 _COPIED = ".copied"
 #: Longest a write waits for an HNSW build to finish copying the live shard.
 COPY_WAIT_S = 300.0
+#: Where a shard keeps vectors, HNSW graphs, payload indexes and ids: None (Edge's default, read
+#: into RAM when the shard is loaded) or a ``qe.Memory`` name ("Cached": memory-mapped, paged in
+#: on use). Loading holds the GIL, so what loading reads decides how long the app's pages stall
+#: when a new HNSW generation is swapped in (README, "Similar defects at scale").
+SHARD_MEMORY: str | None = None
 
 
 def edge_root(path: Path) -> Path:
@@ -82,13 +87,21 @@ def _is_lock_error(exc: BaseException) -> bool:
     return "WouldBlock" in str(exc) or "Resource temporarily unavailable" in str(exc)
 
 
+def _memory() -> dict[str, Any]:
+    """Memory placement of vectors and HNSW graphs (see :data:`SHARD_MEMORY`)."""
+    return {} if SHARD_MEMORY is None else {"memory": getattr(qe.Memory, SHARD_MEMORY)}
+
+
 def _config(dims: Mapping[str, int]) -> qe.EdgeConfig:
     """A shard config: cosine named vectors, HNSW only for segments past the threshold."""
     threshold_kb = max(1, HNSW_THRESHOLD * max(dims.values()) * 4 // 1024)
+    memory = _memory()
+    placement = {} if SHARD_MEMORY is None else {"payload_memory": memory["memory"], "id_tracker_memory": memory["memory"]}
     return qe.EdgeConfig(
-        vectors={name: qe.EdgeVectorParams(size=int(size), distance=qe.Distance.Cosine) for name, size in dims.items()},
-        hnsw_config=qe.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=10_000),
+        vectors={name: qe.EdgeVectorParams(size=int(size), distance=qe.Distance.Cosine, **memory) for name, size in dims.items()},
+        hnsw_config=qe.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=10_000, **memory),
         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=threshold_kb, default_segment_number=1),
+        **placement,
     )
 
 

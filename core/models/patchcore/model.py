@@ -18,6 +18,7 @@ from anomalib.models import Patchcore
 from core.errors import ConfigError
 from core.models.backbones import DEFAULT_BACKBONE, load_pretrained_weights, resolve_backbone
 from core.models.common import check_image_size, make_pre_processor
+from core.models.patchcore.blur import SeparableGaussianBlur2d
 from core.models.patchcore.search import FastPatchcoreModel
 
 MIN_PATCHCORE_SIZE = 64  # 4x4 positions at stride 16
@@ -62,14 +63,17 @@ class PatchcoreConfig:
 
 
 class OfflinePatchcore(Patchcore):
-    """anomalib's Patchcore with a fast coreset selection (:mod:`core.models.patchcore.coreset`) and
-    a fast nearest-neighbour search (:mod:`core.models.patchcore.search`): same answers as anomalib's."""
+    """anomalib's Patchcore with a fast coreset selection (:mod:`core.models.patchcore.coreset`),
+    a fast nearest-neighbour search (:mod:`core.models.patchcore.search`) and a separable map blur
+    (:mod:`core.models.patchcore.blur`): same answers as anomalib's."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # The torch model is anomalib's; only its search method differs (FastPatchcoreModel adds no
         # state, so the state dict and every other method stay anomalib's).
         self.model.__class__ = FastPatchcoreModel
+        # and the map's Gaussian blur runs as two 1-D passes (core/models/patchcore/blur.py): same values
+        self.model.anomaly_map_generator.blur.__class__ = SeparableGaussianBlur2d
 
     def fit(self) -> None:  # anomalib: self.model.subsample_embedding(ratio) with KCenterGreedy
         from core.models.patchcore.coreset import subsample_memory_bank
