@@ -15,7 +15,9 @@ higher than anything the store added.)
 
 ``page ms`` (Edge only, ``--page-check``): the worst latency of a page's store calls (a filtered
 top-5 search and a count, back to back from another thread, as a page does) while 50 uploads
-are indexed one by one and a new HNSW generation is built and swapped in.
+are indexed one by one and a new HNSW generation is built and swapped in; one figure per
+``--page-think`` (the page's mean pause between calls: 0.02 s polls without pause, so the process
+is never idle and the swap runs in a page call once overdue; 2 s is an inspector clicking).
 
 Local mode is exact brute force in Python and loads everything at open; it is run up to
 ``--local-max`` points (default 100,000). 1M points may use fewer queries (``--queries``); the
@@ -154,12 +156,19 @@ def fill(store: SimilarityStore, n: int, dims: dict[str, int], args: argparse.Na
     return upsert_s
 
 
-def page_check(store: SimilarityStore, n: int, dims: dict[str, int]) -> float:
-    """Worst page call (filtered top-5 + count) while uploads are indexed and HNSW is rebuilt."""
+def page_check(store: SimilarityStore, n: int, dims: dict[str, int], think_s: float) -> float:
+    """Worst page call (filtered top-5 + count) while uploads are indexed and HNSW is rebuilt.
+
+    The page pauses ``think_s`` between calls (exponentially distributed, fixed seed: an inspector
+    clicking); at or below 0.05 it polls every 20 ms and never lets the process be idle. The new
+    generation is swapped in by the process itself, as in the app (``edge_store``: the idle thread,
+    or a page call once the swap is overdue), not forced by this script.
+    """
     name = store.name(MODEL, CATEGORY)
     stop = threading.Event()
     worst = [0.0]
     query = np.random.default_rng(5).standard_normal(dims["defect"], dtype=np.float32)
+    pauses = np.random.default_rng(11)
 
     def page() -> None:
         while not stop.is_set():
@@ -167,7 +176,7 @@ def page_check(store: SimilarityStore, n: int, dims: dict[str, int]) -> float:
             store.similar(MODEL, CATEGORY, vector=query, k=5, label="anomalous")
             store.count(MODEL, CATEGORY)
             worst[0] = max(worst[0], time.perf_counter() - t0)
-            time.sleep(0.02)
+            stop.wait(pauses.exponential(think_s) if think_s > 0.05 else 0.02)
 
     thread = threading.Thread(target=page)
     thread.start()
@@ -176,9 +185,14 @@ def page_check(store: SimilarityStore, n: int, dims: dict[str, int]) -> float:
         for rec in uploads:
             store.upsert(MODEL, CATEGORY, [rec])
             time.sleep(0.01)
-        with store.backend.engine.lock:
-            store.backend.engine.start_build(name)  # in a child process, as the app does
-        store.backend.wait_for_build(name)
+        engine = store.backend.engine
+        with engine.lock:
+            engine.start_build(name)  # in a child process, as the app does
+        deadline = time.monotonic() + 600 + edge_store.SWAP_DEADLINE_S
+        while engine.build_pending(name) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if engine.build_pending(name):
+            raise RuntimeError("the HNSW generation was not swapped in within 10 minutes")
     finally:
         stop.set()
         thread.join()
@@ -205,7 +219,7 @@ def bench(engine: str, n: int, args: argparse.Namespace, dims: dict[str, int], r
             store.backend.build_hnsw(store.name(MODEL, CATEGORY))
             build_s = time.perf_counter() - t0
             if args.page_check:
-                page_ms = page_check(store, n, dims)
+                page_ms = [page_check(store, n, dims, float(t)) for t in args.page_think.split(",")]
         store.close()
         edge_store.release_all()
     disk_mb = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
@@ -241,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", default="0,1", help="cores the query process is pinned to ('' for all)")
     parser.add_argument("--max-query-seconds", type=float, default=120.0, help="query time budget per size and mode")
     parser.add_argument("--page-check", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--page-think",
+        default="0.02,2",
+        help="comma-separated mean pauses (s) between a page's calls: one page check each (0.02: never idle)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--dir", type=Path, default=None, help="parent folder for the temporary stores")
     parser.add_argument("--seed", type=int, default=0)
@@ -282,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 r = bench(engine, n, args, dims, Path(tmp))
                 rows.append(r)
                 hnsw = "-" if r["build_s"] is None else f"{r['build_s']:.1f}"
-                page = "-" if r["page_ms"] is None else f"{r['page_ms']:.0f}"
+                page = "-" if r["page_ms"] is None else " / ".join(f"{ms:.0f}" for ms in r["page_ms"])
                 print(
                     f"{engine:<6} | {n:>8} | {r['upsert_s']:>8.1f} | {hnsw:>7} | {r['open_s']:>6.2f} | {r['disk_mb']:>7.0f} | "
                     f"{r['mem_mb']:>7.0f} | {r['anon_mb']:>7.0f} | {r['f_med']:>9.1f} / {r['f_p95']:>7.1f} | {r['f_n']:>4} | "

@@ -4,6 +4,7 @@ local mode, a held or corrupt folder (one clear message, nothing deleted)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,56 @@ def test_hnsw_switch_over_keeps_the_exact_top5(tmp_path, monkeypatch):
     with SimilarityStore.open(path) as store:  # the HNSW generation is what reopens
         assert store.backend.info(store.name(MODEL, CATEGORY))["indexed_vectors"] > 0
         assert store.count(MODEL, CATEGORY) == 900
+
+
+def _wait(predicate, timeout_s: float = 240.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_finished_generation_is_swapped_in_while_idle_not_by_a_page_call(tmp_path, monkeypatch):
+    """Loading a generation holds the GIL, so a page's store call must not be the one that does it."""
+    monkeypatch.setattr(edge_store, "HNSW_THRESHOLD", 200)
+    monkeypatch.setattr(edge_store, "SWAP_DEADLINE_S", 3600.0)
+    monkeypatch.setattr(edge_store, "SWAP_IDLE_S", 3600.0)  # idle thread: not yet
+    path = tmp_path / "qdrant"
+    data = records(300, dim=32)
+    with SimilarityStore.open(path) as store:
+        name = store.name(MODEL, CATEGORY)
+        store.upsert(MODEL, CATEGORY, data)  # passes the size: a build starts
+        engine = store.backend.engine
+        coll = engine.collection(name)
+        first = coll.generation
+        with engine.lock:
+            target = json.loads((coll.folder / "build.json").read_text())["generation"]
+        assert _wait(lambda: (coll.folder / f"{target}.done").is_file())
+        for _ in range(5):  # page calls after the build finished: served by the old generation
+            store.similar(MODEL, CATEGORY, point_id=data[1].id, k=5, label="anomalous")
+            assert coll.generation == first and engine.build_pending(name)
+        monkeypatch.setattr(edge_store, "SWAP_IDLE_S", 0.2)  # now the idle thread may
+        assert _wait(lambda: coll.generation == target, timeout_s=30)
+        assert not engine.build_pending(name)
+        assert store.backend.info(name)["indexed_vectors"] > 0 and store.count(MODEL, CATEGORY) == 300
+
+
+def test_a_process_that_is_never_idle_still_gets_its_hnsw_generation(tmp_path, monkeypatch):
+    monkeypatch.setattr(edge_store, "HNSW_THRESHOLD", 200)
+    monkeypatch.setattr(edge_store, "SWAP_IDLE_S", 3600.0)
+    monkeypatch.setattr(edge_store, "SWAP_DEADLINE_S", 0.0)  # overdue as soon as it is done
+    path = tmp_path / "qdrant"
+    with SimilarityStore.open(path) as store:
+        name = store.name(MODEL, CATEGORY)
+        store.upsert(MODEL, CATEGORY, records(300, dim=32))
+        coll = store.backend.engine.collection(name)
+        first = coll.generation
+        assert _wait(lambda: store.count(MODEL, CATEGORY) == 300 and coll.generation != first)
+        assert store.backend.info(name)["indexed_vectors"] > 0
 
 
 # -- migration from local mode --------------------------------------------------------------------
