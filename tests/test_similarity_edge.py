@@ -105,6 +105,28 @@ def test_collection_held_by_another_process_is_reported_as_locked(tmp_path):
     assert run(code, str(path)).stdout.startswith("opened")  # free once this process lets go
 
 
+def test_an_idle_holder_lets_go_when_another_process_asks(tmp_path):
+    """The app keeps shards open (loading one stalls its pages); a job that needs one asks for it."""
+    path = tmp_path / "qdrant"
+    with SimilarityStore.open(path) as store:
+        store.upsert(MODEL, CATEGORY, records(6))
+        name = store.name(MODEL, CATEGORY)
+    engine = edge_store.engine_for(path)
+    assert engine.collection(name).shard is not None  # still held, idle
+    assert edge_store.IDLE_CLOSE_S >= 300  # so only the request can free it within the wait below
+    code = (
+        "import sys, time; from core.similarity.store import SimilarityStore\n"
+        "t = time.monotonic(); s = SimilarityStore.open(sys.argv[1], lock_wait_s=120)\n"
+        "print(s.count('patchcore', 'tile'), round(time.monotonic() - t, 1))\n"
+    )
+    done = run(code, str(path))
+    assert done.returncode == 0, done.stderr
+    count, waited = done.stdout.split()
+    assert int(count) == 6 and float(waited) < 60
+    assert engine.collection(name).shard is None
+    assert not list((edge_store.edge_root(path) / name).glob("want.*"))  # the request is withdrawn
+
+
 # -- HNSW switch-over ---------------------------------------------------------------------------
 
 

@@ -17,9 +17,12 @@ Layout under the embedded folder ``P`` (``INSPECT_QDRANT_PATH``)::
 **One handle per process.** Edge admits one handle per shard folder (the WAL is locked), and
 opening or closing a shard holds the GIL for a few hundred milliseconds at 20k points. So each
 process keeps its shards open in :data:`_ENGINES` and every :class:`EdgeBackend` of that process
-shares them (the app and the API run in one process, ``server.py``). Shards unused for
-:data:`IDLE_CLOSE_S` are closed so that another process (an ``index`` job) can open them; a process
-that finds a shard held waits up to its ``lock_wait_s``, then raises :class:`StoreLockedError`.
+shares them (the app and the API run in one process, ``server.py``). Loading a shard holds the
+GIL (hundreds of milliseconds at 100k points), so the app keeps them open: a process that finds a
+shard held (an ``index`` job) leaves a ``want.<pid>`` file in the collection's folder while it
+waits up to its ``lock_wait_s``, and the holder closes its shards at its next idle moment
+(:data:`SWAP_IDLE_S`), then raises :class:`StoreLockedError` if still held. Shards unused for
+:data:`IDLE_CLOSE_S` are closed anyway (a process that never gets the file, e.g. an older one).
 
 **HNSW in the background.** Below :data:`HNSW_THRESHOLD` points a collection is searched exactly
 (plain index). Building HNSW holds the GIL for the whole build (tens of seconds at 100k points),
@@ -65,13 +68,14 @@ HNSW_M, HNSW_EF_CONSTRUCT = 16, 100
 #: Payload fields with a keyword index: what queries and counts filter on.
 INDEXED_FIELDS: tuple[str, ...] = ("category", "label", "defect_type", "split", "sha256")
 #: Seconds a process keeps an unused shard open before closing it (frees it for other processes).
-IDLE_CLOSE_S = 60.0
+IDLE_CLOSE_S = 900.0
 EDGE_DIR = "edge"
 _CURRENT = "CURRENT"
 _BUILD = "build.json"
 _JOURNAL = "journal.jsonl"
 _DONE = ".done"
 _COPIED = ".copied"
+_WANT = "want."
 #: Longest a write waits for an HNSW build to finish copying the live shard.
 COPY_WAIT_S = 300.0
 #: Where a shard keeps vectors, HNSW graphs, payload indexes and ids: None (Edge's default, read
@@ -219,18 +223,23 @@ class EdgeEngine:
             if not folder.is_dir():
                 raise self._corrupt(coll.folder, f"{_CURRENT} names {generation}, which is missing")
             deadline = time.monotonic() + lock_wait_s
-            while True:
-                try:
-                    coll.shard = qe.EdgeShard.load(str(folder))
-                    break
-                except Exception as exc:
-                    if not _is_lock_error(exc):
-                        raise self._corrupt(folder, _one_line(exc)) from exc
-                    if time.monotonic() >= deadline:
-                        from core.similarity.store import StoreLockedError, _locked_message
+            want = coll.folder / f"{_WANT}{os.getpid()}"
+            try:
+                while True:
+                    try:
+                        coll.shard = qe.EdgeShard.load(str(folder))
+                        break
+                    except Exception as exc:
+                        if not _is_lock_error(exc):
+                            raise self._corrupt(folder, _one_line(exc)) from exc
+                        if time.monotonic() >= deadline:
+                            from core.similarity.store import StoreLockedError, _locked_message
 
-                        raise StoreLockedError(_locked_message(self.path)) from exc
-                    time.sleep(0.5)
+                            raise StoreLockedError(_locked_message(self.path)) from exc
+                        want.touch()  # asks the holder to let go at its next idle moment
+                        time.sleep(0.5)
+            finally:
+                want.unlink(missing_ok=True)
             coll.generation = generation
         if loading or self._swap_overdue(coll):
             self._finish_build(name, coll)
@@ -404,6 +413,23 @@ class EdgeEngine:
         # closing a shard holds the GIL (~0.1 s): the reaper closes and deletes it once the process is idle
         self.retired.append((old, coll.folder / str(old_generation)))
 
+    def wanted(self) -> bool:
+        """Whether another live process waits for one of this engine's loaded shards."""
+        for coll in self.collections.values():
+            if coll.shard is None:
+                continue
+            for marker in coll.folder.glob(_WANT + "*"):
+                try:
+                    pid = int(marker.name[len(_WANT) :])
+                    if pid != os.getpid():
+                        os.kill(pid, 0)
+                        return True
+                except (ValueError, ProcessLookupError):
+                    marker.unlink(missing_ok=True)  # left by a process that is gone
+                except OSError:
+                    return True  # alive, owned by another user
+        return False
+
     def build_pending(self, name: str) -> bool:
         """Whether an HNSW build of ``name`` is running or waits to be swapped in."""
         return (self.collection(name).folder / _BUILD).is_file()
@@ -426,7 +452,7 @@ _REAPER: threading.Thread | None = None
 
 def _reap() -> None:
     """Swap in finished HNSW generations and drop retired ones while the process is idle; close
-    engines nobody has used for IDLE_CLOSE_S (frees their folders for other processes)."""
+    engines another process asks for (``want.<pid>``) or nobody has used for IDLE_CLOSE_S."""
     while True:
         time.sleep(REAP_TICK_S)
         with _ENGINES_LOCK:
@@ -437,9 +463,10 @@ def _reap() -> None:
                     if time.monotonic() - engine.last_used > SWAP_IDLE_S:
                         engine.finish_ready_builds()  # loading holds the GIL: only while no page asks
                         engine.drop_retired()
-                    idle = time.monotonic() - engine.last_used > IDLE_CLOSE_S
+                    idle_s = time.monotonic() - engine.last_used
                     building = any(engine.build_pending(n) for n in list(engine.collections))
-                    if engine.users == 0 and idle and not building:
+                    wanted = idle_s > SWAP_IDLE_S and engine.wanted()
+                    if engine.users == 0 and (idle_s > IDLE_CLOSE_S or wanted) and not building:
                         engine.close()
                         del _ENGINES[key]
                 finally:

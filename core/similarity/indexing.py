@@ -71,7 +71,7 @@ UPSERT_BATCH = 64
 #: hold it for milliseconds to a second; only an in-process index run holds it longer.
 STORE_WAIT_S = 120.0
 #: How long an index run waits for another process (the app) to release an Edge collection: the
-#: app closes shards it has not used for ``edge_store.IDLE_CLOSE_S``.
+#: app lets go at its next idle moment once asked (``edge_store``: ``want.<pid>``).
 INDEX_LOCK_WAIT_S = 90.0
 
 
