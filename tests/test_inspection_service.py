@@ -24,10 +24,13 @@ def _test_images(root: Path, n_defect: int = 2) -> list[Path]:
     return [*sorted((test_dir / "good").glob("*.png"))[:1], *defects]
 
 
-def _backbone_calls(detector) -> list[int]:
-    calls = [0]
-    detector.module.model.feature_extractor.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    return calls
+def _backbone_images(detector) -> list[int]:
+    """How many images the backbone has run on (a CPU batch runs in micro-batches: count images, not calls)."""
+    seen = [0]
+    detector.module.model.feature_extractor.register_forward_hook(
+        lambda _m, args, _o: seen.__setitem__(0, seen[0] + args[0].shape[0])
+    )
+    return seen
 
 
 def test_features_from_the_prediction_pass_equal_a_separate_pass(detector, tiny_data_root: Path) -> None:
@@ -56,8 +59,27 @@ def test_a_batch_scores_like_images_one_at_a_time(detector, tiny_data_root: Path
         np.testing.assert_allclose(b.anomaly_map, s.anomaly_map, atol=1e-5)
 
 
+def test_cpu_micro_batches_give_the_whole_batchs_outputs(detector, tiny_data_root: Path, monkeypatch) -> None:
+    from core.data.image_io import load_image
+    from core.inference import detector as detector_module
+    from core.inference.detector import to_tensor
+
+    tensors = [to_tensor(load_image(p)) for p in _test_images(tiny_data_root, n_defect=3)]
+    monkeypatch.setattr(detector_module, "CPU_MICRO_BATCH", 64)
+    whole = detector.run_batch(tensors, with_features=True)
+    for step in (1, 3):
+        monkeypatch.setattr(detector_module, "CPU_MICRO_BATCH", step)
+        seen = _backbone_images(detector)
+        parts = detector.run_batch(tensors, with_features=True)
+        assert seen[0] == len(tensors)
+        for got, ref in zip(parts[:2], whole[:2], strict=True):
+            torch.testing.assert_close(got.pred_score, ref.pred_score, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(got.anomaly_map, ref.anomaly_map, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(parts[2], whole[2], atol=1e-4, rtol=1e-4)
+
+
 def test_inspect_images_runs_the_backbone_once_and_indexes_defects(detector, app_index, tiny_data_root: Path) -> None:
-    """Three images, one of them good: one backbone call, three history rows, the DEFECTs indexed."""
+    """Three images, one of them good: each through the backbone once, three history rows, the DEFECTs indexed."""
     from core.data.image_io import load_image, sha256_of
     from core.history import History
     from core.services import inspection
@@ -65,9 +87,9 @@ def test_inspect_images_runs_the_backbone_once_and_indexes_defects(detector, app
     paths = _test_images(tiny_data_root)
     items = [(p.name, load_image(p), sha256_of(p.read_bytes() + b"service-test")) for p in paths]
     history = History()
-    calls = _backbone_calls(detector)
+    seen = _backbone_images(detector)
     results = inspection.inspect_images(detector, items, history=history)
-    assert calls[0] == 1
+    assert seen[0] == 3
     assert [r.inspection_id is not None for r in results] == [True] * 3
     assert all(r.model_version.startswith("v") for r in results)
     for result in results:

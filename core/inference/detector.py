@@ -35,6 +35,12 @@ from core.models import build_model, get_spec
 
 log = logging.getLogger(__name__)
 
+#: On the CPU the torch module takes a batch this many images at a time (GPU: whole batches).
+#: Measured on 2 cores (README, "Inference speed"): EfficientNet-Lite0's depthwise convolutions run
+#: slower per image in a batch of 8 than one by one (their activations outgrow the caches), so a
+#: batch is a loop here; what batching still buys is decoding off the scoring thread.
+CPU_MICRO_BATCH = 1
+
 
 @dataclass
 class Prediction:
@@ -111,17 +117,20 @@ class Detector:
         if self.engine is not None:
             return self._run_engine(images, with_features)
         processed = self._pre_process(images)
+        step = CPU_MICRO_BATCH if self.device.type == "cpu" else processed.shape[0]
+        chunks = torch.split(processed, max(1, step))
         with self._run_lock:
             if not with_features:
-                raw = self.module.model(processed)
+                raw = _concat([self.module.model(chunk) for chunk in chunks])
                 return raw, self.module.post_processor(raw), None
             captured: list = []
             hook = self._spec.capture_target(self.module).register_forward_hook(lambda _m, _i, out: captured.append(out))
             try:
-                raw = self.module.model(processed)
+                raw = _concat([self.module.model(chunk) for chunk in chunks])
             finally:
                 hook.remove()
-            return raw, self.module.post_processor(raw), self._spec.features_from_capture(self.module, captured[0])
+            features = torch.cat([self._spec.features_from_capture(self.module, out) for out in captured])
+            return raw, self.module.post_processor(raw), features
 
     def _run_engine(self, images: torch.Tensor | list[torch.Tensor], with_features: bool):
         """The exported model's outputs in the torch path's form (raw and normalised batches)."""
@@ -165,6 +174,19 @@ class Detector:
             )
             for i in range(len(images_rgb))
         ]
+
+
+def _concat(outputs: list):
+    """One batch from the per-chunk outputs of anomalib's torch model (a NamedTuple of tensors/None)."""
+    if len(outputs) == 1:
+        return outputs[0]
+    first = outputs[0]
+    return type(first)(
+        *(
+            None if value is None else torch.cat([getattr(out, name) for out in outputs])
+            for name, value in first._asdict().items()
+        )
+    )
 
 
 def load_detector(
