@@ -111,10 +111,12 @@ def query_child(args: argparse.Namespace) -> int:
         store = SimilarityStore.open(Path(args.child))
         store.count(MODEL, CATEGORY)  # Edge loads a shard on first use
     open_s = time.perf_counter() - t0
+    points = store.count(MODEL, CATEGORY)
+    info = store.backend.info(store.name(MODEL, CATEGORY)) if args.engine == "edge" else {}
     dims = store.dims(MODEL, CATEGORY) or {}
     queries = np.random.default_rng(args.seed + 1).standard_normal((args.queries, dims["defect"]), dtype=np.float32)
     store.similar(MODEL, CATEGORY, vector=queries[0], k=args.k)  # warm-up
-    out = {"open_s": open_s}
+    out = {"open_s": open_s, "points": points, "indexed_vectors": info.get("indexed_vectors")}
     for mode, filtered in (("f", True), ("p", False)):
         latencies: list[float] = []
         deadline = time.perf_counter() + args.max_query_seconds
@@ -308,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['p_med']:>10.1f} / {r['p_p95']:>7.1f} | {r['p_n']:>4} | {page:>7}",
                     flush=True,
                 )
+                hnsw_note = "" if r["indexed_vectors"] is None else f", {r['indexed_vectors']} vectors in HNSW"
+                print(f"         (the query process saw {r['points']} points{hnsw_note})", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

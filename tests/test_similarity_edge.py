@@ -162,6 +162,30 @@ def test_hnsw_switch_over_keeps_the_exact_top5(tmp_path, monkeypatch):
         assert store.count(MODEL, CATEGORY) == 900
 
 
+def test_updates_and_deletes_of_old_points_hold_after_the_hnsw_switch_over(tmp_path, monkeypatch):
+    """Edge skips an operation older than a point's version: a new generation that lost the
+    write-ahead log would number its operations from scratch and silently drop these."""
+    monkeypatch.setattr(edge_store, "HNSW_THRESHOLD", 200)
+    path = tmp_path / "qdrant"
+    data = records(240, dim=32)
+    with SimilarityStore.open(path) as store:
+        for rec in data:  # one operation each, as uploads come: versions up to ~240
+            store.upsert(MODEL, CATEGORY, [rec])
+        name = store.name(MODEL, CATEGORY)
+        assert store.backend.wait_for_build(name, timeout_s=240)
+        assert store.backend.info(name)["indexed_vectors"] > 0
+        backend = store.backend
+        for rec in (data[0], data[120], data[-1]):
+            _pid, vectors, payload = backend.retrieve(name, [rec.id], True, True)[0]
+            backend.upsert(name, [(rec.id, {k: v.tolist() for k, v in vectors.items()}, dict(payload, label="relabelled"))])
+        gone = [data[1].id, data[-2].id]
+        with backend.engine.lock:
+            backend.engine.shard(name).update(edge_store.qe.UpdateOperation.delete_points(gone))
+        got = {pid: payload["label"] for pid, _v, payload in backend.retrieve(name, [r.id for r in data], True, False)}
+    assert [got[r.id] for r in (data[0], data[120], data[-1])] == ["relabelled"] * 3
+    assert not set(gone) & set(got) and len(got) == 238
+
+
 def _wait(predicate, timeout_s: float = 240.0) -> bool:
     import time
 

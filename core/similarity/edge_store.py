@@ -35,7 +35,7 @@ then; a crashed build is noticed and started again.
 
 **When the swap happens.** Loading a shard holds the GIL for its whole length (measured: 430 ms at
 100k points, of which about 85 ms is the segments and the rest Edge replaying the write-ahead log
-it keeps after a flush), so any page served by this process waits that long if the swap runs in
+it keeps after a flush; the copy must keep that log, see :mod:`core.similarity.hnsw_build`), so any page served by this process waits that long if the swap runs in
 its call. The idle-close thread therefore swaps a finished generation in once the process has
 made no store call for :data:`SWAP_IDLE_S`; a store call does it itself only when the shard is
 being loaded anyway, or when a finished generation has waited :data:`SWAP_DEADLINE_S` without an
@@ -241,7 +241,7 @@ class EdgeEngine:
             finally:
                 want.unlink(missing_ok=True)
             coll.generation = generation
-        if loading or self._swap_overdue(coll):
+        if loading or self._build_needs_attention(coll):
             self._finish_build(name, coll)
         return coll.shard
 
@@ -367,13 +367,17 @@ class EdgeEngine:
         (coll.folder / _JOURNAL).unlink(missing_ok=True)
         coll.child = None
 
-    def _swap_overdue(self, coll: _Collection) -> bool:
-        """Whether a finished generation has waited SWAP_DEADLINE_S for an idle moment."""
+    def _build_needs_attention(self, coll: _Collection) -> bool:
+        """Whether a store call must deal with the build now: a finished generation that has waited
+        SWAP_DEADLINE_S for an idle moment, or a build whose process died (cheap to abandon)."""
+        build_file = coll.folder / _BUILD
+        if not build_file.is_file():
+            return False
         try:
-            target = str(json.loads((coll.folder / _BUILD).read_text())["generation"])
+            target = str(json.loads(build_file.read_text())["generation"])
             done_at = (coll.folder / (target + _DONE)).stat().st_mtime
         except (OSError, ValueError, KeyError):
-            return False  # no build, or not finished
+            return not self._build_alive(coll)  # not finished: only a dead build needs us
         return time.time() - done_at >= SWAP_DEADLINE_S
 
     def _finish_build(self, name: str, coll: _Collection) -> None:
