@@ -18,11 +18,11 @@ Layout under the embedded folder ``P`` (``INSPECT_QDRANT_PATH``)::
 opening or closing a shard holds the GIL for a few hundred milliseconds at 20k points. So each
 process keeps its shards open in :data:`_ENGINES` and every :class:`EdgeBackend` of that process
 shares them (the app and the API run in one process, ``server.py``). Loading a shard holds the
-GIL (hundreds of milliseconds at 100k points), so the app keeps them open: a process that finds a
+GIL (hundreds of milliseconds at 100k points), so the app keeps them open. A process that finds a
 shard held (an ``index`` job) leaves a ``want.<pid>`` file in the collection's folder while it
-waits up to its ``lock_wait_s``, and the holder closes its shards at its next idle moment
-(:data:`SWAP_IDLE_S`), then raises :class:`StoreLockedError` if still held. Shards unused for
-:data:`IDLE_CLOSE_S` are closed anyway (a process that never gets the file, e.g. an older one).
+waits up to its ``lock_wait_s``; the holder closes its shards at its next idle moment
+(:data:`SWAP_IDLE_S`). A waiter still refused at its deadline raises :class:`StoreLockedError`.
+Shards unused for :data:`IDLE_CLOSE_S` are closed anyway.
 
 **HNSW in the background.** Below :data:`HNSW_THRESHOLD` points a collection is searched exactly
 (plain index). Building HNSW holds the GIL for the whole build (tens of seconds at 100k points),
@@ -35,8 +35,8 @@ then; a crashed build is noticed and started again.
 
 **When the swap happens.** Loading a shard holds the GIL for its whole length (measured: 430 ms at
 100k points, of which about 85 ms is the segments and the rest Edge replaying the write-ahead log
-it keeps after a flush; the copy must keep that log, see :mod:`core.similarity.hnsw_build`), so any page served by this process waits that long if the swap runs in
-its call. The idle-close thread therefore swaps a finished generation in once the process has
+it keeps after a flush; the copy must keep that log, see :mod:`core.similarity.hnsw_build`), so
+any page served by this process waits that long if the swap runs in its call. The idle-close thread therefore swaps a finished generation in once the process has
 made no store call for :data:`SWAP_IDLE_S`; a store call does it itself only when the shard is
 being loaded anyway, or when a finished generation has waited :data:`SWAP_DEADLINE_S` without an
 idle moment (a process that never pauses still gets its HNSW index).
