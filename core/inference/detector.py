@@ -106,7 +106,8 @@ class Detector:
 
     @torch.inference_mode()
     def run_batch(self, images: torch.Tensor | list[torch.Tensor], *, with_features: bool = False):
-        """Raw and normalised outputs (and patch features) for [0, 1] images, in ONE forward pass.
+        """Raw and normalised outputs (and patch features) for [0, 1] images, each image through the
+        network once (on the CPU one :data:`CPU_MICRO_BATCH` at a time).
 
         ``images``: a 1x3xHxW / Bx3xHxW tensor, or a list of 1x3xHxW tensors of any sizes (each is
         pre-processed, i.e. resized, on its own and the batch is stacked after). With
