@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -187,8 +188,6 @@ def test_updates_and_deletes_of_old_points_hold_after_the_hnsw_switch_over(tmp_p
 
 
 def _wait(predicate, timeout_s: float = 240.0) -> bool:
-    import time
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
