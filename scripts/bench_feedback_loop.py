@@ -87,7 +87,19 @@ def ensure_bottle(shared: Path) -> None:
         train("patchcore", "bottle", data_root=bottle_root(shared), progress=False)
 
 
-def bench(category: str, shared: Path) -> list[dict]:
+def _explain(
+    category: str, what: str, t: float, parts: dict[str, list[float]] | None, s_o: list[float], o_labels: list[int]
+) -> None:
+    """Where a threshold comes from and the faintest original defects beside it (``--explain``)."""
+    defects = sorted(s for s, lab in zip(s_o, o_labels, strict=True) if lab == 1)[:4]
+    goods = max(s for s, lab in zip(s_o, o_labels, strict=True) if lab == 0)
+    line = f"  [{category} {what}] threshold {t:.3f}"
+    if parts is not None:
+        line += f" = max(held-out goods {max(parts['held_out_goods']):.3f}, new goods leave-one-out {max(parts['new_goods_leave_one_out']):.3f})"
+    print(f"{line}; faintest original defects {', '.join(f'{d:.3f}' for d in defects)}; highest original good {goods:.3f}")
+
+
+def bench(category: str, shared: Path, explain: bool = False) -> list[dict]:
     det = load_detector("patchcore", category)
     cal = det.meta.calibration
     goods_files, _ = profile.reference_images(det.meta.data_root, category)
@@ -134,14 +146,22 @@ def bench(category: str, shared: Path) -> list[dict]:
         )
 
     row("before", 0, cal.image_threshold, base_o, base_d)
+    if explain:
+        print(f"  [{category}] training's threshold source: {cal.source}")
+        print(
+            f"  [{category}] held-out goods (all {len(base_h)} of the calibration split) under the trained bank: highest {max(base_h):.3f}"
+        )
+        _explain(category, "before", cal.image_threshold, None, base_o, o_labels)
     for n in COUNTS:
         reviewed = [(i, 0, s) for i, s in enumerate(base_p[:n])]
         prop = recalibration.propose(cal.image_threshold, reviewed, base_h)
         row("recalibrate", n, prop.proposed, base_o, base_d)
     for n in COUNTS:
         growth = bank_update.grow(det, pool[:n])
-        new_cal, _ = bank_update.refreshed_calibration(det, growth, emb_h, cal, "bench")
+        new_cal, parts = bank_update.refreshed_calibration(det, growth, emb_h, cal, "bench")
         s_o, _ = bank_update.score(det, emb_o, growth.bank)
+        if explain:
+            _explain(category, f"update-bank {n}", new_cal.image_threshold, parts, s_o, o_labels)
         s_d, _ = bank_update.score(det, emb_d, growth.bank)
         row("update-bank", n, new_cal.image_threshold, s_o, s_d)
     return rows
@@ -151,6 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--categories", nargs="+", default=["tile", "leather", "grid", "bottle"])
     parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_ad"))
+    parser.add_argument("--explain", action="store_true", help="print where each threshold comes from and the faintest defects")
     args = parser.parse_args()
     shared = Path(args.shared)
     rows = []
@@ -161,7 +182,7 @@ def main() -> None:
                 print("bottle: skipped (no ../shared/data/mvtec_ad/bottle)")
                 continue
             ensure_bottle(shared)
-        rows += bench(category, shared)
+        rows += bench(category, shared, args.explain)
         print(f"[{category}: {time.perf_counter() - started:.0f} s]", flush=True)
     print(
         "| category | drifted data | after | confirmed goods | false alarms, drifted goods | detection, drifted defects "
