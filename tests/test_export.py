@@ -123,8 +123,7 @@ def test_an_export_that_disagrees_is_refused_and_not_kept(exported: Path, monkey
     class Drifting(OpenVINOEngine):
         def infer(self, images, *, with_features=False):
             out = super().infer(images, with_features=with_features)
-            out.pred_score = out.pred_score + 0.01
-            return out
+            return out._replace(pred_score=out.pred_score + 0.01)
 
     monkeypatch.setattr(exporter, "_write_file", copy_export)
     monkeypatch.setattr(exporter, "OpenVINOEngine", Drifting)

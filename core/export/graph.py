@@ -23,33 +23,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from anomalib.models.components.base.export_mixin import ExportMixin
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from lightning.pytorch import LightningModule
 
+from core.inference.outputs import ModelOutputs
 from core.models import get_spec
-
-#: The exported model's outputs, in this order (names in the ONNX / OpenVINO file).
-OUTPUT_NAMES = ("pred_score", "pred_label", "anomaly_map", "pred_mask", "raw_score", "raw_anomaly_map", "features")
-
-
-class ExportOutputs(NamedTuple):
-    """anomalib's ``InferenceBatch`` fields (normalised, thresholded) and Inspect's raw extras."""
-
-    pred_score: torch.Tensor
-    pred_label: torch.Tensor
-    anomaly_map: torch.Tensor
-    pred_mask: torch.Tensor
-    raw_score: torch.Tensor
-    raw_anomaly_map: torch.Tensor
-    features: torch.Tensor
 
 
 class ExportGraph(ExportMixin, LightningModule):
-    """A trained anomalib module as one exportable forward: [0, 1] RGB batch -> :class:`ExportOutputs`.
+    """A trained anomalib module as one exportable forward: [0, 1] RGB batch -> :class:`~core.inference.outputs.ModelOutputs`.
 
     Inherits anomalib's ``to_onnx`` / ``to_openvino`` unchanged (they need a LightningModule whose
     forward returns a NamedTuple: its field names become the output names).
@@ -60,7 +46,7 @@ class ExportGraph(ExportMixin, LightningModule):
         self.inner = module
         self._spec = get_spec(model_name)
 
-    def forward(self, images: torch.Tensor) -> ExportOutputs:  # type: ignore[override]
+    def forward(self, images: torch.Tensor) -> ModelOutputs:  # type: ignore[override]
         inner = self.inner
         processed = inner.pre_processor(images)
         captured: list[Any] = []
@@ -73,7 +59,7 @@ class ExportGraph(ExportMixin, LightningModule):
         normalised = inner.post_processor(raw)
         features = self._spec.features_from_capture(inner, captured[0])
         raw_map = raw.anomaly_map if raw.anomaly_map.dim() == 4 else raw.anomaly_map.unsqueeze(1)
-        return ExportOutputs(
+        return ModelOutputs(
             pred_score=normalised.pred_score,
             pred_label=normalised.pred_label,
             anomaly_map=normalised.anomaly_map,

@@ -12,7 +12,6 @@ the torch runtime works as before.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 
 from core.errors import InspectError
 from core.export import RUNTIMES
+from core.inference.outputs import ModelOutputs
 
 #: The export manifest beside the model file (format, precision, checkpoint, parity figures).
 MANIFEST = "export.json"
@@ -75,19 +75,6 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-@dataclass
-class EngineOutputs:
-    """One batch through the exported model, as torch tensors (scores B, maps Bx1xHxW)."""
-
-    pred_score: torch.Tensor
-    pred_label: torch.Tensor
-    anomaly_map: torch.Tensor
-    pred_mask: torch.Tensor
-    raw_score: torch.Tensor
-    raw_anomaly_map: torch.Tensor
-    features: torch.Tensor | None
-
-
 class OpenVINOEngine:
     """An exported model (OpenVINO IR, or ONNX read by OpenVINO) compiled for the CPU.
 
@@ -112,25 +99,25 @@ class OpenVINOEngine:
         # An output tensor may carry several names (ONNX read by OpenVINO): index it by each.
         self._outputs = {name: out for out in self._compiled.outputs for name in out.get_names()}
 
-    def infer(self, images: torch.Tensor, *, with_features: bool = False) -> EngineOutputs:
+    def infer(self, images: torch.Tensor, *, with_features: bool = False) -> ModelOutputs:
         """Run a Bx3xSxS float batch (S = the export's input size), in slices of :data:`MAX_BATCH`."""
         parts = [self._infer(images[i : i + MAX_BATCH], with_features) for i in range(0, images.shape[0], MAX_BATCH)]
         if len(parts) == 1:
             return parts[0]
         fields = {}
-        for name in EngineOutputs.__dataclass_fields__:
+        for name in ModelOutputs._fields:
             values = [getattr(part, name) for part in parts]
             fields[name] = None if values[0] is None else torch.cat(values)
-        return EngineOutputs(**fields)
+        return ModelOutputs(**fields)
 
-    def _infer(self, images: torch.Tensor, with_features: bool) -> EngineOutputs:
+    def _infer(self, images: torch.Tensor, with_features: bool) -> ModelOutputs:
         self._request.infer({0: np.ascontiguousarray(images.detach().cpu().float().numpy())})
 
         def get(name: str) -> torch.Tensor:
             return torch.from_numpy(np.array(self._request.get_tensor(self._outputs[name]).data, copy=True))
 
         has_features = with_features and "features" in self._outputs
-        return EngineOutputs(
+        return ModelOutputs(
             pred_score=get("pred_score").reshape(-1),
             pred_label=get("pred_label").reshape(-1),
             anomaly_map=get("anomaly_map"),
