@@ -128,6 +128,39 @@ def test_an_idle_holder_lets_go_when_another_process_asks(tmp_path):
     assert not list((edge_store.edge_root(path) / name).glob("want.*"))  # the request is withdrawn
 
 
+def test_a_shard_with_the_old_indexes_loses_them_and_still_excludes_the_query_by_hash(tmp_path, monkeypatch):
+    """Shards made before the query image was excluded by id carry keyword indexes on sha256 and
+    category (they made loading 5x slower); loading drops them, and a vector query still never
+    returns its own image."""
+    import qdrant_edge as qe
+
+    path = tmp_path / "qdrant"
+    monkeypatch.setattr(edge_store, "INDEXED_FIELDS", (*edge_store.INDEXED_FIELDS, "category", "sha256"))  # the old layout
+    data = records(12)
+    with SimilarityStore.open(path) as store:
+        store.upsert(MODEL, CATEGORY, data)
+    edge_store.release_all()
+    folder = edge_store.edge_root(path) / collection_name(MODEL, CATEGORY)
+    shard_dir = folder / (folder / "CURRENT").read_text().strip()
+    shard = qe.EdgeShard.load(str(shard_dir))
+    assert {"category", "sha256"} <= set(shard.info().payload_schema)
+    shard.close()
+    monkeypatch.undo()
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    monkeypatch.setenv("INSPECT_QDRANT_BACKEND", "edge")
+
+    query = data[1]
+    with SimilarityStore.open(path) as store:
+        hits = store.similar(MODEL, CATEGORY, vector=query.vectors["defect"], k=11, exclude_sha256=query.payload["sha256"])
+        assert len(hits) == 11 and query.id not in {h.id for h in hits}
+        unexcluded = store.similar(MODEL, CATEGORY, vector=query.vectors["defect"], k=1)
+        assert unexcluded[0].id == query.id  # the exclusion, not the vector, kept it out
+    edge_store.release_all()
+    shard = qe.EdgeShard.load(str(shard_dir))
+    assert set(shard.info().payload_schema) == set(edge_store.INDEXED_FIELDS)
+    shard.close()
+
+
 # -- HNSW switch-over ---------------------------------------------------------------------------
 
 
@@ -221,7 +254,27 @@ def test_finished_generation_is_swapped_in_while_idle_not_by_a_page_call(tmp_pat
         assert store.backend.info(name)["indexed_vectors"] > 0 and store.count(MODEL, CATEGORY) == 300
 
 
-def test_a_process_that_is_never_idle_still_gets_its_hnsw_generation(tmp_path, monkeypatch):
+def test_a_process_that_is_never_idle_gets_its_hnsw_generation_loaded_off_the_page_calls(tmp_path, monkeypatch):
+    """Page calls without a pause: the idle-close thread still loads the finished generation once it
+    is overdue, outside the engine's lock, so no page call is the one that loads it."""
+    import threading
+    import types
+
+    import qdrant_edge as qe
+
+    loads: list[tuple[str, str]] = []
+
+    class Shards:
+        def __getattr__(self, attr: str):
+            return getattr(qe.EdgeShard, attr)
+
+        def load(self, path: str, *args):
+            loads.append((Path(path).name, threading.current_thread().name))
+            return qe.EdgeShard.load(path, *args)
+
+    proxy = types.SimpleNamespace(**{k: getattr(qe, k) for k in dir(qe) if not k.startswith("_")})
+    proxy.EdgeShard = Shards()
+    monkeypatch.setattr(edge_store, "qe", proxy)
     monkeypatch.setattr(edge_store, "HNSW_THRESHOLD", 200)
     monkeypatch.setattr(edge_store, "SWAP_IDLE_S", 3600.0)
     monkeypatch.setattr(edge_store, "SWAP_DEADLINE_S", 0.0)  # overdue as soon as it is done
@@ -231,7 +284,12 @@ def test_a_process_that_is_never_idle_still_gets_its_hnsw_generation(tmp_path, m
         store.upsert(MODEL, CATEGORY, records(300, dim=32))
         coll = store.backend.engine.collection(name)
         first = coll.generation
-        assert _wait(lambda: store.count(MODEL, CATEGORY) == 300 and coll.generation != first)
+        target = json.loads((coll.folder / "build.json").read_text())["generation"]
+        deadline = time.monotonic() + 60
+        while coll.generation == first and time.monotonic() < deadline:  # a page that never pauses
+            assert store.count(MODEL, CATEGORY) == 300
+        assert coll.generation == target
+        assert [thread for gen, thread in loads if gen == target] == ["edge-idle-close"]
         assert store.backend.info(name)["indexed_vectors"] > 0
 
 

@@ -14,25 +14,18 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Conditions:
     """Points whose payload ``key == value`` for every ``equals`` item, whose ``key`` is one of
-    ``any_of[key]``, that are not in ``exclude_ids`` and have none of ``exclude_equals``."""
+    ``any_of[key]`` and that are not in ``exclude_ids``."""
 
     equals: Mapping[str, str] = field(default_factory=dict)
     any_of: Mapping[str, Sequence[str]] = field(default_factory=dict)
     exclude_ids: Sequence[str] = ()
-    exclude_equals: Sequence[tuple[str, str]] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.equals or self.any_of or self.exclude_ids or self.exclude_equals)
+        return not (self.equals or self.any_of or self.exclude_ids)
 
 
-def search_conditions(
-    label: str | None, defect_type: str | None, exclude_ids: Sequence[str], exclude_sha256: set[str]
-) -> Conditions:
-    """Candidates with that label and defect type (None: any), without the excluded ids and hashes."""
+def search_conditions(label: str | None, defect_type: str | None, exclude_ids: Sequence[str]) -> Conditions:
+    """Candidates with that label and defect type (None: any), without the excluded ids."""
     equals = {key: value for key, value in (("label", label), ("defect_type", defect_type)) if value is not None}
-    return Conditions(
-        equals=equals,
-        exclude_ids=tuple(str(i) for i in exclude_ids),
-        exclude_equals=tuple(("sha256", sha) for sha in sorted(exclude_sha256)),
-    )
+    return Conditions(equals=equals, exclude_ids=tuple(str(i) for i in exclude_ids))

@@ -33,13 +33,16 @@ their ids to the journal. When the child is done, the new generation is loaded, 
 replayed into it, ``CURRENT`` pointed at it and the old one dropped. Searches stay exact until
 then; a crashed build is noticed and started again.
 
-**When the swap happens.** Loading a shard holds the GIL for its whole length (measured: 430 ms at
-100k points, of which about 85 ms is the segments and the rest Edge replaying the write-ahead log
-it keeps after a flush; the copy must keep that log, see :mod:`core.similarity.hnsw_build`), so
-any page served by this process waits that long if the swap runs in its call. The idle-close thread therefore swaps a finished generation in once the process has
-made no store call for :data:`SWAP_IDLE_S`; a store call does it itself only when the shard is
-being loaded anyway, or when a finished generation has waited :data:`SWAP_DEADLINE_S` without an
-idle moment (a process that never pauses still gets its HNSW index).
+**When the swap happens.** Loading a shard holds the GIL for its whole length (measured with
+``scripts/bench_edge_load.py``: ~82 ms at 100k points; ~400 ms while shards kept keyword indexes
+on ``sha256`` and ``category``, see :data:`INDEXED_FIELDS`), so a page served by this process meanwhile waits that
+long, whoever loads. The load is therefore done by the idle-close thread and never under the
+engine's lock: once the process has made no store call for :data:`SWAP_IDLE_S`, or once a finished
+generation has waited :data:`SWAP_DEADLINE_S` for such a moment (a process that never pauses), the
+thread loads it, then takes the lock only for the short part (replaying the journal, pointing
+``CURRENT`` at it). A page then waits at most the load's GIL time, not the whole swap. A store
+call swaps itself only when it loads the shard anyway, or if the thread has not managed it
+:data:`SWAP_FALLBACK_S` after the build finished.
 """
 
 from __future__ import annotations
@@ -65,8 +68,12 @@ from core.similarity.conditions import Conditions
 HNSW_THRESHOLD = 20_000
 #: HNSW graph parameters (Qdrant's defaults).
 HNSW_M, HNSW_EF_CONSTRUCT = 16, 100
-#: Payload fields with a keyword index: what queries and counts filter on.
-INDEXED_FIELDS: tuple[str, ...] = ("category", "label", "defect_type", "split", "sha256")
+#: Payload fields with a keyword index: what queries and counts filter on. Each index lengthens a
+#: shard's load, all of it with the GIL held (``scripts/bench_edge_load.py``, 100k points: ~400 ms
+#: with ``sha256`` and ``category`` indexed as well, ~105 ms with ``category``, ~82 ms without
+#: either). Neither is needed: the query image is excluded by its point id, and a collection holds
+#: one category. Shards made with them lose them when loaded (:func:`drop_unused_indexes`).
+INDEXED_FIELDS: tuple[str, ...] = ("label", "defect_type", "split")
 #: Seconds a process keeps an unused shard open before closing it (frees it for other processes).
 IDLE_CLOSE_S = 900.0
 EDGE_DIR = "edge"
@@ -85,8 +92,10 @@ COPY_WAIT_S = 300.0
 SHARD_MEMORY: str | None = None
 #: A finished HNSW generation is swapped in by the idle-close thread after this long without a store call.
 SWAP_IDLE_S = 1.0
-#: ... or by the next store call once it has waited this long (a process that is never idle).
+#: ... or by the idle-close thread anyway once it has waited this long (a process that is never idle).
 SWAP_DEADLINE_S = 30.0
+#: ... or by a store call, if the thread has not managed it this long after the build finished.
+SWAP_FALLBACK_S = 120.0
 #: How often the idle-close thread looks at the engines.
 REAP_TICK_S = 0.5
 
@@ -129,8 +138,18 @@ def _filter(cond: Conditions | None) -> qe.Filter | None:
     must: list[Any] = [qe.FieldCondition(key=k, match=qe.MatchValue(v)) for k, v in cond.equals.items()]
     must += [qe.FieldCondition(key=k, match=qe.MatchAny(list(v))) for k, v in cond.any_of.items()]
     must_not: list[Any] = [qe.HasIdCondition(set(cond.exclude_ids))] if cond.exclude_ids else []
-    must_not += [qe.FieldCondition(key=k, match=qe.MatchValue(v)) for k, v in cond.exclude_equals]
     return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+def drop_unused_indexes(shard: qe.EdgeShard) -> bool:
+    """Remove payload indexes that no query uses any more (a shard made before this version kept
+    one on ``sha256``); True if one was removed. The next load of the shard is then the faster one."""
+    unused = [name for name in shard.info().payload_schema if name not in INDEXED_FIELDS]
+    for name in unused:
+        shard.update(qe.UpdateOperation.delete_field_index(name))
+    if unused:
+        shard.flush()
+    return bool(unused)
 
 
 def _vectors(value: Any) -> dict[str, np.ndarray]:
@@ -146,6 +165,8 @@ class _Collection:
         self.generation: str | None = None
         self.dims: dict[str, int] | None = None
         self.child: subprocess.Popen | None = None
+        #: A finished generation loaded by the idle-close thread, waiting for the swap: (name, shard).
+        self.preloaded: tuple[str, qe.EdgeShard] | None = None
 
     def current(self) -> str | None:
         pointer = self.folder / _CURRENT
@@ -241,6 +262,7 @@ class EdgeEngine:
             finally:
                 want.unlink(missing_ok=True)
             coll.generation = generation
+            drop_unused_indexes(coll.shard)
         if loading or self._build_needs_attention(coll):
             self._finish_build(name, coll)
         return coll.shard
@@ -270,6 +292,8 @@ class EdgeEngine:
         if coll.child is not None and coll.child.poll() is None:
             coll.child.kill()
             coll.child.wait()
+        if coll.preloaded is not None:
+            coll.preloaded[1].close()
         if coll.shard is not None:
             coll.shard.close()
         if not coll.folder.is_dir():
@@ -280,6 +304,9 @@ class EdgeEngine:
     def close(self) -> None:
         self.drop_retired()
         for coll in self.collections.values():
+            if coll.preloaded is not None:
+                coll.preloaded[1].close()
+                coll.preloaded = None
             if coll.shard is not None:
                 coll.shard.close()
                 coll.shard = None
@@ -369,7 +396,7 @@ class EdgeEngine:
 
     def _build_needs_attention(self, coll: _Collection) -> bool:
         """Whether a store call must deal with the build now: a finished generation that has waited
-        SWAP_DEADLINE_S for an idle moment, or a build whose process died (cheap to abandon)."""
+        SWAP_FALLBACK_S without the idle-close thread swapping it, or a build whose process died."""
         build_file = coll.folder / _BUILD
         if not build_file.is_file():
             return False
@@ -378,7 +405,7 @@ class EdgeEngine:
             done_at = (coll.folder / (target + _DONE)).stat().st_mtime
         except (OSError, ValueError, KeyError):
             return not self._build_alive(coll)  # not finished: only a dead build needs us
-        return time.time() - done_at >= SWAP_DEADLINE_S
+        return time.time() - done_at >= SWAP_FALLBACK_S
 
     def _finish_build(self, name: str, coll: _Collection) -> None:
         """Swap in a finished HNSW generation: load it, replay the journal, point CURRENT at it."""
@@ -396,7 +423,13 @@ class EdgeEngine:
             return
         if coll.child is not None:
             coll.child.wait()
-        new = qe.EdgeShard.load(str(coll.folder / target))
+        preloaded, coll.preloaded = coll.preloaded, None
+        if preloaded is not None and preloaded[0] == target:
+            new = preloaded[1]
+        else:
+            if preloaded is not None:
+                preloaded[1].close()
+            new = qe.EdgeShard.load(str(coll.folder / target))
         journal = coll.folder / _JOURNAL
         ids = list(dict.fromkeys(json.loads(line) for line in journal.read_text().splitlines())) if journal.is_file() else []
         if ids:
@@ -407,7 +440,8 @@ class EdgeEngine:
                 new.update(qe.UpdateOperation.upsert_points(points))
             if gone:
                 new.update(qe.UpdateOperation.delete_points(gone))
-        new.flush()
+        # no flush here (it would lengthen the swap that page calls wait for): the replayed writes
+        # are in the new generation's write-ahead log, and the next build flushes before copying
         old, old_generation = coll.shard, coll.generation
         _write_atomic(coll.folder / _CURRENT, target)
         coll.shard, coll.generation, coll.child = new, target, None
@@ -416,6 +450,40 @@ class EdgeEngine:
             (coll.folder / (target + marker)).unlink(missing_ok=True)
         # closing a shard holds the GIL (~0.1 s): the reaper closes and deletes it once the process is idle
         self.retired.append((old, coll.folder / str(old_generation)))
+
+    def swaps_due(self, idle: bool) -> list[tuple[str, str]]:
+        """(collection, generation) of finished builds the idle-close thread should load now: all of
+        them while the process is idle, else those that waited SWAP_DEADLINE_S. Reads without the
+        lock: :meth:`swap_in` checks again under it."""
+        due = []
+        for name, coll in list(self.collections.items()):
+            build_file = coll.folder / _BUILD
+            if coll.shard is None or coll.preloaded is not None or not build_file.is_file():
+                continue
+            try:
+                target = str(json.loads(build_file.read_text())["generation"])
+                done_at = (coll.folder / (target + _DONE)).stat().st_mtime
+            except (OSError, ValueError, KeyError):
+                continue
+            if idle or time.time() - done_at >= SWAP_DEADLINE_S:
+                due.append((name, target))
+        return due
+
+    def swap_in(self, name: str, target: str, shard: qe.EdgeShard) -> bool:
+        """Swap in a generation the idle-close thread loaded outside the lock, if it is still the one
+        waiting (else close it). Call under the lock; True if swapped."""
+        coll = self.collections.get(name)
+        build_file = coll.folder / _BUILD if coll is not None else None
+        try:
+            current = str(json.loads(build_file.read_text())["generation"]) if build_file is not None else None
+        except (OSError, ValueError, KeyError):
+            current = None
+        if coll is None or coll.shard is None or coll.preloaded is not None or current != target:
+            shard.close()
+            return False
+        coll.preloaded = (target, shard)
+        self._finish_build(name, coll)
+        return coll.generation == target
 
     def wanted(self) -> bool:
         """Whether another live process waits for one of this engine's loaded shards."""
@@ -460,12 +528,16 @@ def _reap() -> None:
     while True:
         time.sleep(REAP_TICK_S)
         with _ENGINES_LOCK:
+            engines = list(_ENGINES.items())
+        for _key, engine in engines:
+            _swap_due_generations(engine)
+        with _ENGINES_LOCK:
             for key, engine in list(_ENGINES.items()):
                 if not engine.lock.acquire(blocking=False):
                     continue
                 try:
                     if time.monotonic() - engine.last_used > SWAP_IDLE_S:
-                        engine.finish_ready_builds()  # loading holds the GIL: only while no page asks
+                        engine.finish_ready_builds()  # one the thread could not preload (e.g. a new one)
                         engine.drop_retired()
                     idle_s = time.monotonic() - engine.last_used
                     building = any(engine.build_pending(n) for n in list(engine.collections))
@@ -475,6 +547,20 @@ def _reap() -> None:
                         del _ENGINES[key]
                 finally:
                     engine.lock.release()
+
+
+def _swap_due_generations(engine: EdgeEngine) -> None:
+    """Load finished generations outside the engine's lock (pages go on meanwhile, slowed only by
+    the GIL the load holds), then swap each in under the lock (a journal replay: milliseconds)."""
+    # read without the lock (a busy process may hold it almost always); swap_in checks again under it
+    due = engine.swaps_due(idle=time.monotonic() - engine.last_used > SWAP_IDLE_S)
+    for name, target in due:
+        try:
+            shard = qe.EdgeShard.load(str(engine.root / name / target))
+        except Exception:  # noqa: BLE001 - left to the store call's own load, which reports it
+            continue
+        with engine.lock:
+            engine.swap_in(name, target, shard)
 
 
 def engine_for(path: Path) -> EdgeEngine:

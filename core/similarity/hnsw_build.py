@@ -54,8 +54,11 @@ def copy(live: Path, folder: Path, attempts: int = 3) -> None:
 def build(folder: Path) -> None:
     import qdrant_edge as qe
 
+    from core.similarity.edge_store import drop_unused_indexes
+
     shard = qe.EdgeShard.load(str(folder))
     try:
+        drop_unused_indexes(shard)  # the generation the app will load: without an index it no longer uses
         shard.optimize()
         shard.flush()
     finally:

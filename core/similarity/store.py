@@ -34,8 +34,8 @@ because:
   deployment ever gets there, only :func:`collection_name` and the filters here change.
 
 Within a collection, queries filter by ``label`` and ``defect_type`` and exclude the query image
-by id and by ``sha256``; on a server those fields get keyword payload indexes (embedded mode has
-no payload indexes and scans).
+by id (an image's id follows from its ``sha256``, so excluding the id excludes the hash); those
+fields get keyword payload indexes (not in qdrant-client's local mode, which scans).
 
 Point ids are ``uuid5(model, category, sha256 of the image bytes)``: indexing the same image twice
 overwrites one point instead of adding a second, and the query image can be excluded by id.
@@ -88,8 +88,10 @@ from core.settings import get_settings
 from core.similarity.conditions import Conditions, search_conditions
 from core.similarity.payload import CasePayload
 
-#: Payload fields that queries filter on; keyword-indexed on a server.
-INDEXED_FIELDS: tuple[str, ...] = ("category", "label", "defect_type", "split", "sha256")
+#: Payload fields that queries filter on; keyword-indexed on a server and in Edge. Not ``sha256``
+#: (the query image is excluded by its point id, which the hash decides: :func:`point_id`) and not
+#: ``category`` (a collection holds one): each index made loading an Edge shard slower (README).
+INDEXED_FIELDS: tuple[str, ...] = ("label", "defect_type", "split")
 #: What the messages tell the user to run to rebuild the store.
 REINDEX_HINT = "re-run `python -m core index`"
 
@@ -259,6 +261,9 @@ def point_id(image_bytes_sha256: str, model: str, category: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, f"{model}\x1f{category}\x1f{sha}"))
 
 
+_id_of_hash = point_id  # for SimilarityStore.similar, whose keyword argument is named point_id
+
+
 @dataclass
 class Record:
     """One image to index: its point id, named vectors and payload (the stored JSON object)."""
@@ -357,7 +362,6 @@ def _client_filter(cond: Conditions | None) -> models.Filter | None:
     must: list[models.Condition] = [_field_is(k, v) for k, v in cond.equals.items()]
     must += [models.FieldCondition(key=k, match=models.MatchAny(any=list(v))) for k, v in cond.any_of.items()]
     must_not: list[models.Condition] = [models.HasIdCondition(has_id=list(cond.exclude_ids))] if cond.exclude_ids else []
-    must_not += [_field_is(k, v) for k, v in cond.exclude_equals]
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
@@ -698,7 +702,10 @@ class SimilarityStore:
             excluded_sha.update([stored_sha] if stored_sha else [])
         else:
             query = _as_vector(vector, using, dims[using])
-        cond = search_conditions(label, defect_type, excluded_ids, excluded_sha)
+        # within (model, category) a hash has exactly one point id (upsert refuses any other), so
+        # excluding that id excludes every point of the hash, without a payload index on it
+        excluded_ids += [_id_of_hash(sha, model, category) for sha in sorted(excluded_sha) if _SHA256.match(sha)]
+        cond = search_conditions(label, defect_type, excluded_ids)
         found = self.backend.query(name, query.tolist(), using, cond, k, exact=exact)
         return [Hit(id=pid, score=score, payload=payload) for pid, score, payload in found]
 
