@@ -2,7 +2,8 @@
 
 Loading a shard (``EdgeShard.load``) is what the app does when it swaps in a new HNSW generation
 (:mod:`core.similarity.edge_store`). This script builds one shard as the app's store does (two
-named 152-d cosine vectors, the keyword payload indexes, HNSW built), then loads copies of it while
+named 152-d cosine vectors, uuid ids and the app's payload, its keyword payload indexes, HNSW
+built), then loads copies of it while
 a Python thread ticks every millisecond: the ticker's longest gap is how long every other thread
 (every page of the app) waited. Copies are loaded as built (with the write-ahead log the HNSW copy
 must keep, see :mod:`core.similarity.hnsw_build`) and with the log removed, alternately.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import qdrant_edge as qe
+from bench_qdrant import make_records  # scripts/ is on sys.path when this script runs
 
 from core.similarity import edge_store
 
@@ -35,22 +37,9 @@ def build(folder: Path, n: int, fields: tuple[str, ...], batch: int = 256) -> fl
     for field in fields:
         shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
     rng = np.random.default_rng(0)
-    for start in range(0, n, batch):
-        points = [
-            qe.Point(
-                i,
-                {name: rng.standard_normal(size).astype(np.float32) for name, size in DIMS.items()},
-                {
-                    "category": "bottle",
-                    "label": "anomalous" if i % 5 else "good",
-                    "defect_type": f"t{i % 4}",
-                    "split": "test",
-                    "sha256": f"{i:064x}",
-                },
-            )
-            for i in range(start, min(n, start + batch))
-        ]
-        shard.update(qe.UpdateOperation.upsert_points(points))
+    for start in range(0, n, batch):  # the app's points: uuid ids, its payload (bench_qdrant's records)
+        records = make_records(start, min(n, start + batch), DIMS, rng)
+        shard.update(qe.UpdateOperation.upsert_points([qe.Point(r.id, dict(r.vectors), dict(r.payload)) for r in records]))
     shard.flush()
     started = time.perf_counter()
     shard.optimize()
@@ -96,8 +85,10 @@ def main() -> None:
     parser.add_argument(
         "--memory", choices=["default", "cached"], default="default", help="edge_store.SHARD_MEMORY for the shard"
     )
+    parser.add_argument("--on-disk-payload", action="store_true", help="keep payloads on disk (edge_store.ON_DISK_PAYLOAD)")
     args = parser.parse_args()
     edge_store.SHARD_MEMORY = None if args.memory == "default" else "Cached"
+    edge_store.ON_DISK_PAYLOAD = args.on_disk_payload
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "built"
         print(f"building {args.points} points (HNSW), keyword indexes on {', '.join(args.fields) or 'nothing'} ...", flush=True)

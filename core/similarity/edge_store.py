@@ -90,6 +90,8 @@ COPY_WAIT_S = 300.0
 #: on use). Loading holds the GIL, so what loading reads decides how long the app's pages stall
 #: when a new HNSW generation is swapped in (README, "Similar defects at scale").
 SHARD_MEMORY: str | None = None
+#: Keep payloads on disk (Edge's ``on_disk_payload``) instead of reading them into RAM at load.
+ON_DISK_PAYLOAD: bool | None = None
 #: A finished HNSW generation is swapped in by the idle-close thread after this long without a store call.
 SWAP_IDLE_S = 1.0
 #: ... or by the idle-close thread anyway once it has waited this long (a process that is never idle).
@@ -128,6 +130,7 @@ def _config(dims: Mapping[str, int]) -> qe.EdgeConfig:
         vectors={name: qe.EdgeVectorParams(size=int(size), distance=qe.Distance.Cosine, **memory) for name, size in dims.items()},
         hnsw_config=qe.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=10_000, **memory),
         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=threshold_kb, default_segment_number=1),
+        on_disk_payload=ON_DISK_PAYLOAD,
         **placement,
     )
 
