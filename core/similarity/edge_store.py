@@ -34,7 +34,7 @@ replayed into it, ``CURRENT`` pointed at it and the old one dropped. Searches st
 then; a crashed build is noticed and started again.
 
 **When the swap happens.** Loading a shard holds the GIL for its whole length (measured with
-``scripts/bench_edge_load.py``: ~82 ms at 100k points; ~400 ms while shards kept keyword indexes
+``scripts/bench_edge_load.py``: ~85 ms at 100k points; ~370 ms while shards kept keyword indexes
 on ``sha256`` and ``category``, see :data:`INDEXED_FIELDS`), so a page served by this process meanwhile waits that
 long, whoever loads. The load is therefore done by the idle-close thread and never under the
 engine's lock: once the process has made no store call for :data:`SWAP_IDLE_S`, or once a finished
@@ -69,9 +69,8 @@ HNSW_THRESHOLD = 20_000
 #: HNSW graph parameters (Qdrant's defaults).
 HNSW_M, HNSW_EF_CONSTRUCT = 16, 100
 #: Payload fields with a keyword index: what queries and counts filter on. Each index lengthens a
-#: shard's load, all of it with the GIL held (``scripts/bench_edge_load.py``, 100k points: ~400 ms
-#: with ``sha256`` and ``category`` indexed as well, ~105 ms with ``category``, ~82 ms without
-#: either). Neither is needed: the query image is excluded by its point id, and a collection holds
+#: shard's load, all of it with the GIL held (``scripts/bench_edge_load.py``, 100k points: 366 ms
+#: median with ``sha256`` and ``category`` indexed as well, 85 ms without them). Neither is needed: the query image is excluded by its point id, and a collection holds
 #: one category. Shards made with them lose them when loaded (:func:`drop_unused_indexes`).
 INDEXED_FIELDS: tuple[str, ...] = ("label", "defect_type", "split")
 #: Seconds a process keeps an unused shard open before closing it (frees it for other processes).
@@ -145,8 +144,8 @@ def _filter(cond: Conditions | None) -> qe.Filter | None:
 
 
 def drop_unused_indexes(shard: qe.EdgeShard) -> bool:
-    """Remove payload indexes that no query uses any more (a shard made before this version kept
-    one on ``sha256``); True if one was removed. The next load of the shard is then the faster one."""
+    """Remove payload indexes that no query uses any more (shards made before this version have
+    them on ``sha256`` and ``category``); True if one was removed. The next load of the shard is then the faster one."""
     unused = [name for name in shard.info().payload_schema if name not in INDEXED_FIELDS]
     for name in unused:
         shard.update(qe.UpdateOperation.delete_field_index(name))
