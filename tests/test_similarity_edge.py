@@ -130,7 +130,7 @@ def test_an_idle_holder_lets_go_when_another_process_asks(tmp_path):
 
 def test_a_shard_with_the_old_indexes_loses_them_and_still_excludes_the_query_by_hash(tmp_path, monkeypatch):
     """Shards made before the query image was excluded by id carry keyword indexes on sha256 and
-    category (they made loading 5x slower); loading drops them, and a vector query still never
+    category (they made loading 4x slower); loading drops them, and a vector query still never
     returns its own image."""
     import qdrant_edge as qe
 
