@@ -167,7 +167,7 @@ class _Collection:
         self.generation: str | None = None
         self.dims: dict[str, int] | None = None
         self.child: subprocess.Popen | None = None
-        #: A finished generation loaded by the idle-close thread, waiting for the swap: (name, shard).
+        #: A finished generation loaded by the idle-close thread, waiting for the swap: (generation, shard).
         self.preloaded: tuple[str, qe.EdgeShard] | None = None
 
     def current(self) -> str | None:
@@ -539,7 +539,6 @@ def _reap() -> None:
                     continue
                 try:
                     if time.monotonic() - engine.last_used > SWAP_IDLE_S:
-                        engine.finish_ready_builds()  # one the thread could not preload (e.g. a new one)
                         engine.drop_retired()
                     idle_s = time.monotonic() - engine.last_used
                     building = any(engine.build_pending(n) for n in list(engine.collections))
