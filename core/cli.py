@@ -475,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", nargs="+")
     p.add_argument("--category", nargs="+")
     p.add_argument("--k", type=int, default=5)
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="rank by the descriptors' cosine alone, without the metric learned from the gallery's labels (printed, not saved)",
+    )
     p.set_defaults(func=cmd_eval_similar)
 
     p = sub.add_parser(

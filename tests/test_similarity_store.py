@@ -211,7 +211,7 @@ def test_leave_one_out_evaluation_through_the_store(store):
     records = mixed_records(30)
     store.upsert(MODEL, CATEGORY, records)
     items = [EvalItem.from_payload(r.id, r.payload) for r in records]
-    result = evaluate_retrieval(items, neighbours_from_store(store, MODEL), k=5)
+    result = evaluate_retrieval(items, neighbours_from_store(store.similar, MODEL), k=5)
     assert result["n_queries"] == 20
     for descriptor in ("global", "defect"):
         entry = result["descriptors"][descriptor]

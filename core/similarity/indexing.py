@@ -39,6 +39,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ from core.data.layout import ANOMALOUS, DATASET_SPLITS, CategoryImage, category_
 from core.errors import StoreError
 from core.evaluation.results import entry_key, load_results_checked, update_results
 from core.inference.detector import Detector, Prediction, load_detector
-from core.similarity import manifest, pending
+from core.similarity import label_metric, manifest, pending
 from core.similarity.embeddings import descriptors
 from core.similarity.payload import DESCRIPTORS, INSPECTED, INSPECTION_SPLIT, CasePayload
 from core.similarity.retrieval_eval import EvalItem, evaluate_retrieval, neighbours_from_store
@@ -560,8 +561,15 @@ def similar_to_image(
     vectors, _ = describe(detector, image_rgb, prediction)
     using = using or best_descriptor(detector.meta.model, detector.meta.category)
     with open_store() as store:
-        return store.similar(
-            detector.meta.model, detector.meta.category, vector=vectors[using], using=using, k=k, exclude_sha256=sha256, **filters
+        return label_metric.similar(
+            store,
+            detector.meta.model,
+            detector.meta.category,
+            vector=vectors[using],
+            using=using,
+            k=k,
+            exclude_sha256=sha256,
+            **filters,
         )
 
 
@@ -571,7 +579,7 @@ def similar_to_point(
     """The k most similar stored cases to a stored point (never the point itself)."""
     using = using or best_descriptor(model, category)
     with open_store() as store:
-        return store.similar(model, category, point_id=point_id, using=using, k=k, **filters)
+        return label_metric.similar(store, model, category, point_id=point_id, using=using, k=k, **filters)
 
 
 def all_points(
@@ -592,12 +600,19 @@ def gallery(model: str, category: str, *, defect_type: str | None = None) -> lis
 
 
 def eval_similar(
-    models: Sequence[str] | None = None, categories: Sequence[str] | None = None, *, k: int = 5, report: Report = _quiet
+    models: Sequence[str] | None = None,
+    categories: Sequence[str] | None = None,
+    *,
+    k: int = 5,
+    plain: bool = False,
+    report: Report = _quiet,
 ) -> dict[str, Any]:
     """precision@k per descriptor for each indexed (model, category); written to the results file.
 
     Leave-one-out over the dataset's images: each anomalous test image queries all other indexed
     images of its category. Inspected uploads are left out so the figure describes the dataset.
+    The ranking is the app's (:mod:`core.similarity.label_metric`, fitted without the query);
+    ``plain`` measures the descriptors' cosine order alone instead (printed, not written).
     """
     entries = {}
     with open_store() as store:
@@ -606,10 +621,11 @@ def eval_similar(
             items = [EvalItem.from_payload(pid, case) for pid, case in cases if case.is_dataset]
             if not items:
                 continue
+            search = store.similar if plain else partial(label_metric.similar, store)
             entries[entry_key(meta.model, meta.category)] = evaluate_retrieval(
-                items, _dataset_neighbours(neighbours_from_store(store, meta.model)), k=k
+                items, _dataset_neighbours(neighbours_from_store(search, meta.model)), k=k
             )
-    if entries:
+    if entries and not plain:
         update_results("retrieval", entries)
     return entries
 
@@ -649,7 +665,9 @@ def index_cli(args: argparse.Namespace) -> None:
 
 
 def eval_similar_cli(args: argparse.Namespace) -> None:
-    entries = eval_similar(args.model, args.category, k=args.k, report=lambda line: print(f"warning: {line}", file=sys.stderr))
+    entries = eval_similar(
+        args.model, args.category, k=args.k, plain=args.plain, report=lambda line: print(f"warning: {line}", file=sys.stderr)
+    )
     if not entries:
         from core.errors import InspectError
 

@@ -177,10 +177,12 @@ def evaluate_retrieval(
     return result
 
 
-def neighbours_from_store(store: Any, model: str) -> NeighboursFn:
-    """A ``neighbours_fn`` that asks a ``SimilarityStore`` by stored point id (leave-one-out)."""
+def neighbours_from_store(search: Callable[..., list[Any]], model: str) -> NeighboursFn:
+    """A ``neighbours_fn`` that asks ``search`` (``SimilarityStore.similar`` or a function with its
+    keywords, e.g. :func:`core.similarity.label_metric.similar` bound to a store) by stored point
+    id (leave-one-out)."""
 
     def neighbours(item: EvalItem, descriptor: str, k: int) -> list[Any]:
-        return store.similar(model, item.category, point_id=item.id, using=descriptor, k=k)
+        return search(model, item.category, point_id=item.id, using=descriptor, k=k)
 
     return neighbours
