@@ -188,6 +188,7 @@ def show_hits(view: View, query: similar.SimilarQuery) -> None:
     if not query.hits:
         st.info("No similar past case in the index (is it built for this model and category?).")
         return
+    st.caption(similar.ranking_note(view.model, view.category))
     cols = st.columns(len(query.hits))
     for i, (col, hit) in enumerate(zip(cols, query.hits, strict=True), start=1):
         with col:

@@ -37,6 +37,8 @@ def test_clicking_a_past_defect_lists_five_similar_cases(app_test, app_index):
     assert len(captions) == K
     scores = [float(c.split()[1]) for c in captions]
     assert scores == sorted(scores, reverse=True)  # best first
+    # The page says how the cases are ordered (learned from the gallery's labels, or plain cosine).
+    assert len([c for c in at.caption if c.value.startswith("Ranked by ")]) == 1
     # Each case shows its picture and its heatmap.
     assert len(at.get("image")) >= 2 * (K + 1)
     # "Only past defects" leaves good parts out.

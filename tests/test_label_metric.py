@@ -3,7 +3,7 @@
 Synthetic gallery: each defect type differs from the others in two small directions, while a large
 nuisance (lighting, position: anything the descriptor carries that is not the defect's kind) fills
 six others. Plain cosine then ranks by nuisance and mixes the types; the learned directions
-separate them. The same store calls run as in the app (qdrant-client local mode here).
+separate them. The same store calls run as in the app, on both engines.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from core.similarity import label_metric
+from core.similarity import edge_store, label_metric
 from core.similarity.retrieval_eval import EvalItem, evaluate_retrieval, neighbours_from_store
 from core.similarity.store import SimilarityStore, make_record
 
@@ -22,20 +22,17 @@ DIM = 8
 TYPE_MEANS = {"good": [0, 0], "crack": [3, 0], "hole": [0, 3], "stain": [-3, -3]}
 
 
-@pytest.fixture(autouse=True)
-def local_mode(monkeypatch):
+@pytest.fixture(params=["local", "edge"])
+def store(request, tmp_path, monkeypatch):
+    """The same store calls on qdrant-client's local mode (the server API) and on Qdrant Edge."""
     monkeypatch.delenv("QDRANT_URL", raising=False)
-    monkeypatch.setenv("INSPECT_QDRANT_BACKEND", "local")
+    monkeypatch.setenv("INSPECT_QDRANT_BACKEND", request.param)
     label_metric.forget()
-    yield
-    label_metric.forget()
-
-
-@pytest.fixture
-def store(tmp_path):
     s = SimilarityStore.open(tmp_path / "qdrant")
     yield s
     s.close()
+    edge_store.release_all()
+    label_metric.forget()
 
 
 def vector(kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -101,6 +98,11 @@ def test_hits_respect_k_filters_and_never_return_the_query(store):
     assert all(h.payload["label"] == "anomalous" for h in hits)
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
+    # the hits' vectors came with the search (no second read) and are the stored ones
+    returned = store.similar(MODEL, CATEGORY, point_id=query.id, k=3, with_vector=True)
+    stored = {r.id: r.vectors["defect"] for r in store.get(MODEL, CATEGORY, [h.id for h in returned], with_vectors=True)}
+    for hit in returned:
+        assert np.allclose(hit.vector / np.linalg.norm(hit.vector), stored[hit.id] / np.linalg.norm(stored[hit.id]), atol=1e-6)
     by_vector = label_metric.similar(
         store, MODEL, CATEGORY, vector=query.vectors["defect"], k=5, exclude_sha256=query.payload["sha256"]
     )

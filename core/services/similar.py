@@ -32,6 +32,7 @@ __all__ = [
     "index_problem",
     "load_case_image",
     "query_pictures",
+    "ranking_note",
     "similar_cases",
     "stored_case",
 ]
@@ -73,6 +74,20 @@ def case_caption(payload: dict[str, Any], similarity: float | None = None) -> st
     if score is not None:
         parts.append(f"score {score:.2f}")
     return " · ".join(parts)
+
+
+def ranking_note(model: str, category: str) -> str:
+    """How the hits are ordered: by the metric learned from the gallery's labels, or plain cosine."""
+    from core.similarity import indexing, label_metric
+
+    try:
+        with indexing.open_store() as store:
+            learned = label_metric.ranks_with_labels(store, model, category, indexing.best_descriptor(model, category))
+    except InspectError:  # the store's problems are shown with the search itself
+        return ""
+    if learned:
+        return "Ranked by what the gallery's named defect types teach (a metric learned from them) and the descriptor's cosine."
+    return "Ranked by the descriptor's cosine (the gallery has fewer than two named defect types to learn from)."
 
 
 def case_source(payload: dict[str, Any]) -> str:

@@ -666,18 +666,27 @@ class EdgeBackend:
         return [(str(r.id), _vectors(r.vector), dict(r.payload or {})) for r in found]
 
     def query(
-        self, name: str, vector: list[float], using: str, cond: Conditions | None, k: int, *, exact: bool = False
-    ) -> list[tuple[str, float, dict[str, Any]]]:
+        self,
+        name: str,
+        vector: list[float],
+        using: str,
+        cond: Conditions | None,
+        k: int,
+        *,
+        exact: bool = False,
+        with_vector: bool = False,
+    ) -> list[tuple[str, float, dict[str, Any], dict[str, np.ndarray]]]:
         request = qe.QueryRequest(
             limit=k,
             query=qe.Query.Nearest(vector, using=using),
             filter=_filter(cond),
             with_payload=True,
+            with_vector=[using] if with_vector else None,
             params=qe.SearchParams(exact=True) if exact else None,
         )
         with self.engine.lock:
             found = self._shard(name).query(request)
-        return [(str(p.id), float(p.score), dict(p.payload or {})) for p in found]
+        return [(str(p.id), float(p.score), dict(p.payload or {}), _vectors(p.vector) if with_vector else {}) for p in found]
 
     def scroll(
         self, name: str, offset: str | None, limit: int, with_vectors: bool = False, cond: Conditions | None = None

@@ -18,9 +18,10 @@ cosine order is returned unchanged. ``MIX`` was chosen on bottle, grid and leath
 held out and improved as well.
 
 Scale: Qdrant returns the ``POOL`` nearest candidates by plain cosine (HNSW, filters applied), and
-only those are re-ranked; the fit uses at most ``MAX_PER_CLASS`` cases per class, is cached per
-collection and refitted when the collection has grown by ``REFIT_GROWTH`` (or without the query,
-when the query is itself one of the fitted cases: a case must not vote for its own type).
+only those are re-ranked; the fit reads at most ``MAX_PER_CLASS`` cases per class (``MAX_DEFECTS``
+defects in all), is cached per collection and refitted when the collection has grown by
+``REFIT_GROWTH`` (or without the query, when the query is itself one of the fitted cases: a case
+must not vote for its own type).
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ from core.similarity.store import point_id as id_of_hash
 MIX = 0.9
 #: Candidates Qdrant returns for re-ranking (all of them in a gallery this small or smaller).
 POOL = 500
-#: The fit uses at most this many cases per class (the first by point id: deterministic).
+#: The fit uses at most this many cases per class, and defects of all types together (the first
+#: by point id: deterministic).
 MAX_PER_CLASS = 500
+MAX_DEFECTS = 5000
 #: Named defect types, and cases of each, needed before the labels may reorder anything.
 MIN_TYPES = 2
 MIN_PER_TYPE = 2
@@ -84,19 +87,27 @@ def case_class(payload: dict[str, Any]) -> str | None:
 
 
 def labelled_points(store: SimilarityStore, model: str, category: str, using: str) -> Labelled:
-    """Every named case of a collection (at most ``MAX_PER_CLASS`` per class), with its vector."""
+    """The named cases of a collection with their vectors: at most ``MAX_PER_CLASS`` goods and
+    ``MAX_DEFECTS`` defects, read in point-id order, which is a hash of the image (uuid5): a
+    fixed, effectively random sample. The reads stop there, so a fit costs the same at 10k and 1M
+    points."""
     ids: list[str] = []
     vectors: list[np.ndarray] = []
     classes: list[str] = []
     per_class: dict[str, int] = {}
-    for rec in store.points(model, category, with_vectors=True):
-        cls = case_class(rec.payload)
-        if cls is None or per_class.get(cls, 0) >= MAX_PER_CLASS or using not in (rec.vectors or {}):
-            continue
-        per_class[cls] = per_class.get(cls, 0) + 1
-        ids.append(rec.id)
-        vectors.append(np.asarray(rec.vectors[using], dtype=np.float64))
-        classes.append(cls)
+    for label, cap in ((GOOD, MAX_PER_CLASS), (ANOMALOUS, MAX_DEFECTS)):
+        taken = 0
+        for rec in store.points(model, category, label=label, with_vectors=True, batch=256):
+            if taken >= cap:
+                break
+            cls = case_class(rec.payload)
+            if cls is None or per_class.get(cls, 0) >= MAX_PER_CLASS or using not in (rec.vectors or {}):
+                continue
+            per_class[cls] = per_class.get(cls, 0) + 1
+            taken += 1
+            ids.append(rec.id)
+            vectors.append(np.asarray(rec.vectors[using], dtype=np.float64))
+            classes.append(cls)
     matrix = _unit(np.stack(vectors)) if vectors else np.zeros((0, 0))
     return Labelled(ids=tuple(ids), vectors=matrix, classes=tuple(classes))
 
@@ -185,6 +196,7 @@ def similar(
         using=using,
         k=max(k, POOL),
         exclude_sha256=exclude_sha256,
+        with_vector=True,
         **filters,
     )
     entry = _fitted(store, model, category, using) if len(pool) > 1 else None
@@ -197,9 +209,8 @@ def similar(
     if vector is None:
         stored = store.get(model, category, [str(point_id)], with_vectors=True)
         vector = np.asarray(stored[0].vectors[using], dtype=np.float64)
-    records = {r.id: r for r in store.get(model, category, [h.id for h in pool], with_vectors=True)}
-    pool = [h for h in pool if h.id in records]
-    scores = mixed_scores(lda, np.asarray(vector, dtype=np.float64), np.stack([records[h.id].vectors[using] for h in pool]))
+    pool = [h for h in pool if h.vector is not None]
+    scores = mixed_scores(lda, np.asarray(vector, dtype=np.float64), np.stack([h.vector for h in pool]))
     order = np.argsort(-scores, kind="stable")[:k]
     return [Hit(id=pool[i].id, score=float(scores[i]), payload=pool[i].payload) for i in order]
 

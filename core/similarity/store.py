@@ -317,6 +317,8 @@ class Hit:
     id: str
     score: float
     payload: dict[str, Any]
+    #: The stored query-side vector (``using``), only when asked for (``similar(with_vector=True)``).
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def case(self) -> CasePayload:
@@ -439,8 +441,16 @@ class ClientBackend:
         return [(str(p.id), _np_vectors(p.vector), dict(p.payload or {})) for p in found]
 
     def query(
-        self, name: str, vector: list[float], using: str, cond: Conditions | None, k: int, *, exact: bool = False
-    ) -> list[tuple[str, float, dict[str, Any]]]:
+        self,
+        name: str,
+        vector: list[float],
+        using: str,
+        cond: Conditions | None,
+        k: int,
+        *,
+        exact: bool = False,
+        with_vector: bool = False,
+    ) -> list[tuple[str, float, dict[str, Any], dict[str, np.ndarray]]]:
         with self._errors():
             response = self.client.query_points(
                 name,
@@ -449,10 +459,13 @@ class ClientBackend:
                 query_filter=_client_filter(cond),
                 limit=k,
                 with_payload=True,
-                with_vectors=False,
+                with_vectors=[using] if with_vector else False,
                 search_params=models.SearchParams(exact=True) if exact else None,
             )
-        return [(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+        return [
+            (str(p.id), float(p.score), dict(p.payload or {}), _np_vectors(p.vector) if with_vector else {})
+            for p in response.points
+        ]
 
     def scroll(
         self, name: str, offset: str | None, limit: int, with_vectors: bool = False, cond: Conditions | None = None
@@ -675,6 +688,7 @@ class SimilarityStore:
         exclude_ids: Sequence[str] = (),
         exclude_sha256: str | None = None,
         exact: bool = False,
+        with_vector: bool = False,
     ) -> list[Hit]:
         """The ``k`` stored images most similar to a query, best first.
 
@@ -682,7 +696,8 @@ class SimilarityStore:
         ``using`` vector is fetched first. The query image is never returned: its id and its
         ``sha256`` (the stored one for a point id query, ``exclude_sha256`` for a vector query) are
         excluded, as are ``exclude_ids``. ``label`` and ``defect_type`` restrict the candidates.
-        ``exact`` bypasses HNSW (brute force; what HNSW results are checked against).
+        ``exact`` bypasses HNSW (brute force; what HNSW results are checked against);
+        ``with_vector`` returns each hit's stored ``using`` vector too (a re-ranking needs it).
         Returns an empty list when nothing is indexed for (model, category).
         """
         _check_query(vector, point_id, k, label)
@@ -706,8 +721,11 @@ class SimilarityStore:
         # excluding that id excludes every point of the hash, without a payload index on it
         excluded_ids += [_id_of_hash(sha, model, category) for sha in sorted(excluded_sha) if _SHA256.match(sha)]
         cond = search_conditions(label, defect_type, excluded_ids)
-        found = self.backend.query(name, query.tolist(), using, cond, k, exact=exact)
-        return [Hit(id=pid, score=score, payload=payload) for pid, score, payload in found]
+        found = self.backend.query(name, query.tolist(), using, cond, k, exact=exact, with_vector=with_vector)
+        return [
+            Hit(id=pid, score=score, payload=payload, vector=vectors.get(using) if with_vector else None)
+            for pid, score, payload, vectors in found
+        ]
 
     def _stored_vector(self, name: str, point_id: str, using: str) -> tuple[np.ndarray, str | None]:
         """The ``using`` vector of a stored point and its payload ``sha256``; LookupError if absent."""
