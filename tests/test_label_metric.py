@@ -146,7 +146,8 @@ def test_a_gallery_without_named_types_keeps_the_plain_cosine_order(store):
     assert not label_metric.ranks_with_labels(store, MODEL, CATEGORY)
 
 
-def test_the_fit_is_refreshed_once_the_collection_has_grown(store):
+def test_the_fit_is_refreshed_once_the_collection_has_grown(store, monkeypatch):
+    monkeypatch.setattr(label_metric, "CHECK_EVERY_S", 0.0)  # count at every call
     store.upsert(MODEL, CATEGORY, records(["good"] * 20 + ["crack"] * 6, seed=1))
     assert not label_metric.ranks_with_labels(store, MODEL, CATEGORY)  # one named type: nothing to learn
     store.upsert(MODEL, CATEGORY, records(["hole"] * 6, seed=2, start=100))

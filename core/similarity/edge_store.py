@@ -675,18 +675,22 @@ class EdgeBackend:
         *,
         exact: bool = False,
         with_vector: bool = False,
+        with_payload: bool = True,
     ) -> list[tuple[str, float, dict[str, Any], dict[str, np.ndarray]]]:
         request = qe.QueryRequest(
             limit=k,
             query=qe.Query.Nearest(vector, using=using),
             filter=_filter(cond),
-            with_payload=True,
+            with_payload=with_payload,
             with_vector=[using] if with_vector else None,
             params=qe.SearchParams(exact=True) if exact else None,
         )
         with self.engine.lock:
             found = self._shard(name).query(request)
-        return [(str(p.id), float(p.score), dict(p.payload or {}), _vectors(p.vector) if with_vector else {}) for p in found]
+        return [
+            (str(p.id), float(p.score), dict(p.payload or {}) if with_payload else {}, _vectors(p.vector) if with_vector else {})
+            for p in found
+        ]
 
     def scroll(
         self, name: str, offset: str | None, limit: int, with_vectors: bool = False, cond: Conditions | None = None

@@ -27,6 +27,7 @@ must not vote for its own type).
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -50,8 +51,10 @@ MAX_DEFECTS = 5000
 #: Named defect types, and cases of each, needed before the labels may reorder anything.
 MIN_TYPES = 2
 MIN_PER_TYPE = 2
-#: Refit once the collection has this much more (or fewer) points than at the last fit.
+#: Refit once the collection has this much more (or fewer) points than at the last fit; the count
+#: is checked at most every ``CHECK_EVERY_S``.
 REFIT_GROWTH = 0.05
+CHECK_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ class _Fitted:
     count: int
     labelled: Labelled
     lda: LinearDiscriminantAnalysis | None
+    checked: float  # time.monotonic() of the last count check
 
 
 _cache: dict[tuple[str, str, str, str], _Fitted] = {}
@@ -153,13 +157,18 @@ _cache_lock = threading.Lock()
 def _fitted(store: SimilarityStore, model: str, category: str, using: str) -> _Fitted:
     """The collection's cached fit, refitted when the collection has grown or shrunk enough."""
     key = (store.location, model, category, using)
-    count = store.count(model, category)
+    now = time.monotonic()
     with _cache_lock:
         entry = _cache.get(key)
+        if entry is not None and now - entry.checked < CHECK_EVERY_S:
+            return entry
+    count = store.count(model, category)  # an exact count: milliseconds at 100k points, so not per query
+    with _cache_lock:
         if entry is not None and abs(count - entry.count) <= REFIT_GROWTH * max(entry.count, 1):
+            entry.checked = now
             return entry
     labelled = labelled_points(store, model, category, using)
-    entry = _Fitted(count=count, labelled=labelled, lda=fit(labelled))
+    entry = _Fitted(count=count, labelled=labelled, lda=fit(labelled), checked=now)
     with _cache_lock:
         _cache[key] = entry
     return entry
@@ -185,34 +194,30 @@ def similar(
 ) -> list[Hit]:
     """:meth:`SimilarityStore.similar`, re-ranked by the learned metric where the gallery allows.
 
-    Hits keep Qdrant's payloads; their ``score`` is the mixed score when re-ranked (else Qdrant's
+    Hits carry Qdrant's payloads; their ``score`` is the mixed score when re-ranked (else Qdrant's
     cosine). The query is never returned and never part of the fit that ranks its neighbours.
     """
-    pool = store.similar(
-        model,
-        category,
-        vector=vector,
-        point_id=point_id,
-        using=using,
-        k=max(k, POOL),
-        exclude_sha256=exclude_sha256,
-        with_vector=True,
-        **filters,
-    )
-    entry = _fitted(store, model, category, using) if len(pool) > 1 else None
-    if entry is None or entry.lda is None:
-        return pool[:k]
+    query = {"vector": vector, "point_id": point_id, "using": using, "exclude_sha256": exclude_sha256, **filters}
+    entry = _fitted(store, model, category, using)
     self_id = point_id or (id_of_hash(exclude_sha256, model, category) if exclude_sha256 else None)
-    lda = fit(entry.labelled, exclude_id=self_id) if self_id in set(entry.labelled.ids) else entry.lda
+    lda = entry.lda
+    if lda is not None and self_id in set(entry.labelled.ids):
+        lda = fit(entry.labelled, exclude_id=self_id)
     if lda is None:
-        return pool[:k]
+        return store.similar(model, category, k=k, **query)
+    # the pool without payloads (their conversion costs more than the search): only the k kept
+    # are read back with theirs
+    pool = store.similar(model, category, k=max(k, POOL), with_vector=True, with_payload=False, **query)
+    pool = [h for h in pool if h.vector is not None]
+    if not pool:
+        return []
     if vector is None:
         stored = store.get(model, category, [str(point_id)], with_vectors=True)
         vector = np.asarray(stored[0].vectors[using], dtype=np.float64)
-    pool = [h for h in pool if h.vector is not None]
     scores = mixed_scores(lda, np.asarray(vector, dtype=np.float64), np.stack([h.vector for h in pool]))
     order = np.argsort(-scores, kind="stable")[:k]
-    return [Hit(id=pool[i].id, score=float(scores[i]), payload=pool[i].payload) for i in order]
+    payloads = {r.id: r.payload for r in store.get(model, category, [pool[i].id for i in order])}
+    return [Hit(id=pool[i].id, score=float(scores[i]), payload=payloads.get(pool[i].id, {})) for i in order]
 
 
 def ranks_with_labels(store: SimilarityStore, model: str, category: str, using: str = "defect") -> bool:

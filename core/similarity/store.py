@@ -450,6 +450,7 @@ class ClientBackend:
         *,
         exact: bool = False,
         with_vector: bool = False,
+        with_payload: bool = True,
     ) -> list[tuple[str, float, dict[str, Any], dict[str, np.ndarray]]]:
         with self._errors():
             response = self.client.query_points(
@@ -458,7 +459,7 @@ class ClientBackend:
                 using=using,
                 query_filter=_client_filter(cond),
                 limit=k,
-                with_payload=True,
+                with_payload=with_payload,
                 with_vectors=[using] if with_vector else False,
                 search_params=models.SearchParams(exact=True) if exact else None,
             )
@@ -689,6 +690,7 @@ class SimilarityStore:
         exclude_sha256: str | None = None,
         exact: bool = False,
         with_vector: bool = False,
+        with_payload: bool = True,
     ) -> list[Hit]:
         """The ``k`` stored images most similar to a query, best first.
 
@@ -697,7 +699,9 @@ class SimilarityStore:
         ``sha256`` (the stored one for a point id query, ``exclude_sha256`` for a vector query) are
         excluded, as are ``exclude_ids``. ``label`` and ``defect_type`` restrict the candidates.
         ``exact`` bypasses HNSW (brute force; what HNSW results are checked against);
-        ``with_vector`` returns each hit's stored ``using`` vector too (a re-ranking needs it).
+        ``with_vector`` returns each hit's stored ``using`` vector too (a re-ranking needs it);
+        ``with_payload=False`` leaves payloads out (empty dicts): a re-ranking of hundreds of
+        candidates reads the payloads of the few it keeps.
         Returns an empty list when nothing is indexed for (model, category).
         """
         _check_query(vector, point_id, k, label)
@@ -721,7 +725,9 @@ class SimilarityStore:
         # excluding that id excludes every point of the hash, without a payload index on it
         excluded_ids += [_id_of_hash(sha, model, category) for sha in sorted(excluded_sha) if _SHA256.match(sha)]
         cond = search_conditions(label, defect_type, excluded_ids)
-        found = self.backend.query(name, query.tolist(), using, cond, k, exact=exact, with_vector=with_vector)
+        found = self.backend.query(
+            name, query.tolist(), using, cond, k, exact=exact, with_vector=with_vector, with_payload=with_payload
+        )
         return [
             Hit(id=pid, score=score, payload=payload, vector=vectors.get(using) if with_vector else None)
             for pid, score, payload, vectors in found

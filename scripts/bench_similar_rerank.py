@@ -1,0 +1,96 @@
+"""What the Similar page's re-ranking by the learned metric costs (core/similarity/label_metric.py).
+
+Fills an Edge collection like bench_qdrant.py's (random 152-d vectors, 20% defects of four types),
+builds HNSW once past the threshold, then times filtered top-5 queries plain
+(``SimilarityStore.similar``) and re-ranked (``label_metric.similar``) for each candidate pool,
+the read and fit of the named cases, and a query by a point that is itself one of them.
+
+    .venv/bin/python scripts/bench_similar_rerank.py --points 100000 --pools 100 500
+
+The store stays in ``--folder`` (default /tmp/bench_rerank_<points>) and is reused when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.pop("QDRANT_URL", None)
+os.environ["INSPECT_QDRANT_BACKEND"] = "edge"
+
+import bench_qdrant as bq  # noqa: E402  (the same records as the scale benchmark)
+
+from core.similarity import label_metric  # noqa: E402
+from core.similarity.edge_store import HNSW_THRESHOLD  # noqa: E402
+from core.similarity.store import SimilarityStore  # noqa: E402
+
+DIMS = {"global": 152, "defect": 152}  # EfficientNet-Lite0 blocks.2 + blocks.4, as in bench_qdrant.py
+
+
+def timed(fn, queries: np.ndarray) -> tuple[float, float]:
+    """(median, p95) ms of ``fn(query)`` over ``queries``, after one warm-up call."""
+    fn(queries[0])
+    times = []
+    for q in queries:
+        start = time.perf_counter()
+        fn(q)
+        times.append(1000 * (time.perf_counter() - start))
+    times.sort()
+    return times[len(times) // 2], times[int(0.95 * len(times))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--pools", type=int, nargs="+", default=[100, label_metric.POOL])
+    parser.add_argument("--queries", type=int, default=60)
+    parser.add_argument("--folder", type=Path)
+    args = parser.parse_args()
+    folder = args.folder or Path(f"/tmp/bench_rerank_{args.points}")
+    fresh = not folder.exists()
+    store = SimilarityStore.open(folder)
+    name = store.name(bq.MODEL, bq.CATEGORY)
+    if fresh:
+        rng = np.random.default_rng(0)
+        start = time.perf_counter()
+        for first in range(0, args.points, 2000):
+            store.upsert(bq.MODEL, bq.CATEGORY, bq.make_records(first, min(args.points, first + 2000), DIMS, rng))
+        print(f"filled {args.points} points in {time.perf_counter() - start:.1f} s")
+        if args.points >= HNSW_THRESHOLD:
+            start = time.perf_counter()
+            store.backend.build_hnsw(name)
+            print(f"HNSW built in {time.perf_counter() - start:.1f} s")
+    print("collection:", store.backend.info(name))
+    start = time.perf_counter()
+    labelled = label_metric.labelled_points(store, bq.MODEL, bq.CATEGORY, "defect")
+    read = time.perf_counter()
+    label_metric.fit(labelled)
+    print(
+        f"read {len(labelled.ids)} named cases: {1000 * (read - start):.0f} ms; fit: {1000 * (time.perf_counter() - read):.0f} ms"
+    )
+    queries = np.random.default_rng(1).standard_normal((args.queries, 152)).astype(np.float32)
+    median, p95 = timed(lambda v: store.similar(bq.MODEL, bq.CATEGORY, vector=v, k=5, label="anomalous"), queries)
+    print(f"plain top-5 (defects)         median {median:5.1f} ms  p95 {p95:5.1f} ms")
+    for pool in args.pools:
+        label_metric.POOL = pool
+        median, p95 = timed(
+            lambda v: label_metric.similar(store, bq.MODEL, bq.CATEGORY, vector=v, k=5, label="anomalous"), queries
+        )
+        print(f"re-ranked, pool {pool:4d}          median {median:5.1f} ms  p95 {p95:5.1f} ms")
+    member = labelled.ids[-1]
+    median, _ = timed(
+        lambda _: label_metric.similar(store, bq.MODEL, bq.CATEGORY, point_id=member, k=5, label="anomalous"), queries[:10]
+    )
+    print(f"query by a fitted case (refit without it)  median {median:.1f} ms")
+    store.close()
+
+
+if __name__ == "__main__":
+    main()
