@@ -48,6 +48,8 @@ POOL = 500
 #: by point id: deterministic).
 MAX_PER_CLASS = 500
 MAX_DEFECTS = 5000
+#: Points read per label at most while looking for named cases.
+MAX_SCAN = 20_000
 #: Named defect types, and cases of each, needed before the labels may reorder anything.
 MIN_TYPES = 2
 MIN_PER_TYPE = 2
@@ -100,8 +102,8 @@ def labelled_points(store: SimilarityStore, model: str, category: str, using: st
     per_class: dict[str, int] = {}
     for label, cap in ((GOOD, MAX_PER_CLASS), (ANOMALOUS, MAX_DEFECTS)):
         taken = 0
-        for rec in store.points(model, category, label=label, with_vectors=True, batch=256):
-            if taken >= cap:
+        for scanned, rec in enumerate(store.points(model, category, label=label, with_vectors=True, batch=256)):
+            if taken >= cap or scanned >= MAX_SCAN:  # many unnamed uploads must not make it a full scan
                 break
             cls = case_class(rec.payload)
             if cls is None or per_class.get(cls, 0) >= MAX_PER_CLASS or using not in (rec.vectors or {}):
