@@ -21,6 +21,7 @@ PY=${PYTHON:-python3}
 DEV=${DEVICE:-cuda}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 INSPECT_AUTOTRAIN=0
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"  # scripts/ import core/ (no editable install there)
 exec > >(tee -a "$OUT/gpu_log.txt") 2>&1
 stamp() { echo "[$(date +%T)] $*"; }
 
