@@ -152,3 +152,17 @@ def test_the_fit_is_refreshed_once_the_collection_has_grown(store, monkeypatch):
     assert not label_metric.ranks_with_labels(store, MODEL, CATEGORY)  # one named type: nothing to learn
     store.upsert(MODEL, CATEGORY, records(["hole"] * 6, seed=2, start=100))
     assert label_metric.ranks_with_labels(store, MODEL, CATEGORY)
+
+
+def test_a_collection_re_indexed_with_new_vectors_is_refitted(store, monkeypatch):
+    """A retrained model re-indexed elsewhere: same ids, same count, other vectors."""
+    monkeypatch.setattr(label_metric, "CHECK_EVERY_S", 0.0)
+    store.upsert(MODEL, CATEGORY, records(GALLERY, seed=1))
+    before = label_metric._fitted(store, MODEL, CATEGORY, "defect")  # noqa: SLF001
+    assert label_metric._fitted(store, MODEL, CATEGORY, "defect") is before  # noqa: SLF001 - unchanged: cached
+    store.delete_collection(MODEL, CATEGORY)
+    store.upsert(MODEL, CATEGORY, records(GALLERY, seed=2))  # same images (ids), new features
+    after = label_metric._fitted(store, MODEL, CATEGORY, "defect")  # noqa: SLF001
+    assert after is not before
+    assert after.labelled.ids == before.labelled.ids
+    assert not np.allclose(after.labelled.vectors, before.labelled.vectors)

@@ -20,7 +20,7 @@ held out and improved as well.
 Scale: Qdrant returns the ``POOL`` nearest candidates by plain cosine (HNSW, filters applied), and
 only those are re-ranked; the fit reads at most ``MAX_PER_CLASS`` cases per class (``MAX_DEFECTS``
 defects in all), is cached per collection and refitted when the collection has grown by
-``REFIT_GROWTH`` (or without the query, when the query is itself one of the fitted cases: a case
+``REFIT_GROWTH`` or was re-indexed with new features (or without the query, when the query is itself one of the fitted cases: a case
 must not vote for its own type).
 """
 
@@ -156,19 +156,35 @@ _cache: dict[tuple[str, str, str, str], _Fitted] = {}
 _cache_lock = threading.Lock()
 
 
+def _still_current(store: SimilarityStore, model: str, category: str, using: str, entry: _Fitted) -> bool:
+    """Whether the collection is still the one fitted: about as many points, and its first fitted
+    case unchanged. A retrained model re-indexed by another process (``python -m core index``)
+    keeps the point ids and count of the same images but not their vectors."""
+    count = store.count(model, category)  # an exact count: milliseconds at 100k points, so not per query
+    if abs(count - entry.count) > REFIT_GROWTH * max(entry.count, 1):
+        return False
+    if not entry.labelled.ids:
+        return True
+    found = store.get(model, category, [entry.labelled.ids[0]], with_vectors=True)
+    if not found or using not in (found[0].vectors or {}):
+        return False
+    return bool(np.allclose(_unit(np.asarray(found[0].vectors[using])[None, :])[0], entry.labelled.vectors[0], atol=1e-5))
+
+
 def _fitted(store: SimilarityStore, model: str, category: str, using: str) -> _Fitted:
-    """The collection's cached fit, refitted when the collection has grown or shrunk enough."""
+    """The collection's cached fit, refitted when the collection has changed (see
+    :func:`_still_current`, checked at most every ``CHECK_EVERY_S``)."""
     key = (store.location, model, category, using)
     now = time.monotonic()
     with _cache_lock:
         entry = _cache.get(key)
         if entry is not None and now - entry.checked < CHECK_EVERY_S:
             return entry
-    count = store.count(model, category)  # an exact count: milliseconds at 100k points, so not per query
-    with _cache_lock:
-        if entry is not None and abs(count - entry.count) <= REFIT_GROWTH * max(entry.count, 1):
+    if entry is not None and _still_current(store, model, category, using, entry):
+        with _cache_lock:
             entry.checked = now
-            return entry
+        return entry
+    count = store.count(model, category)
     labelled = labelled_points(store, model, category, using)
     entry = _Fitted(count=count, labelled=labelled, lda=fit(labelled), checked=now)
     with _cache_lock:
