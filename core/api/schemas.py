@@ -156,7 +156,10 @@ class SimilarCase(BaseModel):
     """A past case near the query, most similar first."""
 
     point_id: str
-    similarity: float = Field(description="cosine similarity of the descriptors")
+    similarity: float = Field(
+        description="similarity to the query: the descriptors' cosine, or, where the gallery has named defect "
+        "types to learn from, 0.9 x the cosine in the learned (LDA) space + 0.1 x the descriptors' cosine"
+    )
     label: str = Field(description="good or anomalous")
     defect_type: str
     source: str = Field(description="where it comes from: dataset split/type/file, or an inspected upload")
