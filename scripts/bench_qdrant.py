@@ -7,7 +7,9 @@ app builds it in a child process once a collection passes ``edge_store.HNSW_THRE
 here it is forced, so every size gets it). Queries run in a fresh child process pinned to
 ``--cpus`` (default two cores): the store is opened there (``open s``: start-up cost), ``--queries``
 random vectors are searched top-k on the ``defect`` vector with the app's filter (label anomalous,
-query hash excluded) and without, and the child's resident memory after the queries above what it
+query hash excluded) and without, and filtered again as the Similar page asks
+(``re-ranked``: ``label_metric.similar``, the 500 nearest re-ranked by the metric learned from the
+points' defect types), and the child's resident memory after the queries above what it
 held before opening the store is reported (``mem MB``: anonymous + file-backed pages, so Edge's
 Rust allocations and its memory-mapped segments count; ``anon MB``: the anonymous part alone),
 with the folder's size on disk. (Peak RSS, ``ru_maxrss``, read 0 for Edge: the imports' peak was
@@ -42,6 +44,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from core.similarity import edge_store  # noqa: E402
+from core.similarity import edge_store, label_metric  # noqa: E402
 from core.similarity.store import SimilarityStore, make_record  # noqa: E402
 
 MODEL, CATEGORY = "bench", "synthetic"
@@ -118,7 +121,12 @@ def query_child(args: argparse.Namespace) -> int:
     queries = np.random.default_rng(args.seed + 1).standard_normal((args.queries, dims["defect"]), dtype=np.float32)
     store.similar(MODEL, CATEGORY, vector=queries[0], k=args.k)  # warm-up
     out = {"open_s": open_s, "points": points, "indexed_vectors": info.get("indexed_vectors")}
-    for mode, filtered in (("f", True), ("p", False)):
+
+    def reranked(model: str, category: str, **kwargs: Any) -> list:
+        return label_metric.similar(store, model, category, **kwargs)
+
+    label_metric.similar(store, MODEL, CATEGORY, vector=queries[0], k=args.k, label="anomalous")  # warm-up: the fit
+    for mode, filtered, search in (("f", True, store.similar), ("p", False, store.similar), ("r", True, reranked)):
         latencies: list[float] = []
         deadline = time.perf_counter() + args.max_query_seconds
         for j, vector in enumerate(queries):
@@ -126,7 +134,7 @@ def query_child(args: argparse.Namespace) -> int:
                 {"label": "anomalous", "exclude_sha256": hashlib.sha256(f"bench-{j}".encode()).hexdigest()} if filtered else {}
             )
             t1 = time.perf_counter()
-            hits = store.similar(MODEL, CATEGORY, vector=vector, using="defect", k=args.k, **kwargs)
+            hits = search(MODEL, CATEGORY, vector=vector, using="defect", k=args.k, **kwargs)
             latencies.append(time.perf_counter() - t1)
             assert len(hits) == args.k
             if time.perf_counter() > deadline:
@@ -298,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     header = (
         f"{'engine':<6} | {'points':>8} | {'index s':>8} | {'HNSW s':>7} | {'open s':>6} | {'disk MB':>7} | {'mem MB':>7} | {'anon MB':>7} | "
-        f"{'filtered med/p95 ms':>19} | {'n':>4} | {'no filter med/p95 ms':>20} | {'n':>4} | {'page ms':>7}"
+        f"{'filtered med/p95 ms':>19} | {'n':>4} | {'no filter med/p95 ms':>20} | {'n':>4} | {'re-ranked med/p95 ms':>20} | "
+        f"{'page ms':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -315,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{engine:<6} | {n:>8} | {r['upsert_s']:>8.1f} | {hnsw:>7} | {r['open_s']:>6.2f} | {r['disk_mb']:>7.0f} | "
                     f"{r['mem_mb']:>7.0f} | {r['anon_mb']:>7.0f} | {r['f_med']:>9.1f} / {r['f_p95']:>7.1f} | {r['f_n']:>4} | "
-                    f"{r['p_med']:>10.1f} / {r['p_p95']:>7.1f} | {r['p_n']:>4} | {page:>7}",
+                    f"{r['p_med']:>10.1f} / {r['p_p95']:>7.1f} | {r['p_n']:>4} | {r['r_med']:>10.1f} / {r['r_p95']:>7.1f} | "
+                    f"{page:>7}",
                     flush=True,
                 )
                 hnsw_note = "" if r["indexed_vectors"] is None else f", {r['indexed_vectors']} vectors in HNSW"

@@ -82,7 +82,7 @@ def test_case_classes_come_from_labels_and_named_types_only():
 def test_the_learned_metric_finds_the_same_defect_type_where_plain_cosine_mixes_them(store):
     store.upsert(MODEL, CATEGORY, records(GALLERY))
     plain = p_at_5_same_type(store, store.similar)
-    learned = p_at_5_same_type(store, lambda *a, **kw: label_metric.similar(store, *a, **kw))
+    learned = p_at_5_same_type(store, lambda *a, **kw: label_metric.similar(store, *a, leave_one_out=True, **kw))
     assert plain < 0.6, plain  # the nuisance decides the plain order
     assert learned > 0.9, learned
     assert label_metric.ranks_with_labels(store, MODEL, CATEGORY)
@@ -109,7 +109,7 @@ def test_hits_respect_k_filters_and_never_return_the_query(store):
     assert query.id not in {h.id for h in by_vector}
 
 
-def test_the_query_is_left_out_of_the_fit_that_ranks_its_neighbours(store, monkeypatch):
+def test_leave_one_out_ranks_a_fitted_query_by_a_fit_without_it(store, monkeypatch):
     recs = records(GALLERY)
     store.upsert(MODEL, CATEGORY, recs)
     label_metric.similar(store, MODEL, CATEGORY, point_id=recs[0].id, k=5)  # warm the cached fit
@@ -118,9 +118,17 @@ def test_the_query_is_left_out_of_the_fit_that_ranks_its_neighbours(store, monke
     monkeypatch.setattr(
         label_metric, "fit", lambda labelled, exclude_id=None: seen.append(exclude_id) or real_fit(labelled, exclude_id)
     )
-    label_metric.similar(store, MODEL, CATEGORY, point_id=recs[40].id, k=5)
+    label_metric.similar(store, MODEL, CATEGORY, point_id=recs[39].id, k=5)  # the app: the cached fit
+    assert seen == []
+    label_metric.similar(store, MODEL, CATEGORY, point_id=recs[40].id, k=5, leave_one_out=True)
     label_metric.similar(
-        store, MODEL, CATEGORY, vector=recs[41].vectors["defect"], exclude_sha256=recs[41].payload["sha256"], k=5
+        store,
+        MODEL,
+        CATEGORY,
+        vector=recs[41].vectors["defect"],
+        exclude_sha256=recs[41].payload["sha256"],
+        k=5,
+        leave_one_out=True,
     )
     assert seen == [recs[40].id, recs[41].id]
     # a type with only the minimum of cases cannot be learned once its query is left out

@@ -621,7 +621,7 @@ def eval_similar(
             items = [EvalItem.from_payload(pid, case) for pid, case in cases if case.is_dataset]
             if not items:
                 continue
-            search = store.similar if plain else partial(label_metric.similar, store)
+            search = store.similar if plain else partial(label_metric.similar, store, leave_one_out=True)
             entries[entry_key(meta.model, meta.category)] = evaluate_retrieval(
                 items, _dataset_neighbours(neighbours_from_store(search, meta.model)), k=k
             )

@@ -20,8 +20,8 @@ held out and improved as well.
 Scale: Qdrant returns the ``POOL`` nearest candidates by plain cosine (HNSW, filters applied), and
 only those are re-ranked; the fit reads at most ``MAX_PER_CLASS`` cases per class (``MAX_DEFECTS``
 defects in all), is cached per collection and refitted when the collection has grown by
-``REFIT_GROWTH`` or was re-indexed with new features (or without the query, when the query is itself one of the fitted cases: a case
-must not vote for its own type).
+``REFIT_GROWTH`` or was re-indexed with new features. The evaluation ranks each query by a fit
+without it (``leave_one_out``), so a case never votes for its own type there.
 """
 
 from __future__ import annotations
@@ -208,18 +208,22 @@ def similar(
     using: str = "defect",
     k: int = 5,
     exclude_sha256: str | None = None,
+    leave_one_out: bool = False,
     **filters: Any,
 ) -> list[Hit]:
     """:meth:`SimilarityStore.similar`, re-ranked by the learned metric where the gallery allows.
 
     Hits carry Qdrant's payloads; their ``score`` is the mixed score when re-ranked (else Qdrant's
-    cosine). The query is never returned and never part of the fit that ranks its neighbours.
+    cosine). The query is never returned. ``leave_one_out``: a query that is itself one of the
+    fitted cases is ranked by a fit without it (a refit: tens of milliseconds), so its own label
+    cannot help find its type; the evaluation asks for it. The app does not: there a past case's
+    label is known, and using it is fair.
     """
     query = {"vector": vector, "point_id": point_id, "using": using, "exclude_sha256": exclude_sha256, **filters}
     entry = _fitted(store, model, category, using)
     self_id = point_id or (id_of_hash(exclude_sha256, model, category) if exclude_sha256 else None)
     lda = entry.lda
-    if lda is not None and self_id in set(entry.labelled.ids):
+    if leave_one_out and lda is not None and self_id in set(entry.labelled.ids):
         lda = fit(entry.labelled, exclude_id=self_id)
     if lda is None:
         return store.similar(model, category, k=k, **query)
