@@ -129,13 +129,14 @@ def test_an_idle_holder_lets_go_when_another_process_asks(tmp_path):
 
 
 def test_a_shard_with_the_old_indexes_loses_them_and_still_excludes_the_query_by_hash(tmp_path, monkeypatch):
-    """Shards made before the query image was excluded by id carry keyword indexes on sha256 and
-    category (they made loading 4x slower); loading drops them, and a vector query still never
+    """Shards made by earlier versions carry keyword indexes on sha256, category, defect_type and
+    split (they made loading up to 7x slower); loading drops them, and a vector query still never
     returns its own image."""
     import qdrant_edge as qe
 
     path = tmp_path / "qdrant"
-    monkeypatch.setattr(edge_store, "INDEXED_FIELDS", (*edge_store.INDEXED_FIELDS, "category", "sha256"))  # the old layout
+    old_layout = ("category", "label", "defect_type", "split", "sha256")
+    monkeypatch.setattr(edge_store, "INDEXED_FIELDS", old_layout)
     data = records(12)
     with SimilarityStore.open(path) as store:
         store.upsert(MODEL, CATEGORY, data)
@@ -143,7 +144,7 @@ def test_a_shard_with_the_old_indexes_loses_them_and_still_excludes_the_query_by
     folder = edge_store.edge_root(path) / collection_name(MODEL, CATEGORY)
     shard_dir = folder / (folder / "CURRENT").read_text().strip()
     shard = qe.EdgeShard.load(str(shard_dir))
-    assert {"category", "sha256"} <= set(shard.info().payload_schema)
+    assert set(old_layout) == set(shard.info().payload_schema)
     shard.close()
     monkeypatch.undo()
     monkeypatch.delenv("QDRANT_URL", raising=False)
@@ -157,7 +158,7 @@ def test_a_shard_with_the_old_indexes_loses_them_and_still_excludes_the_query_by
         assert unexcluded[0].id == query.id  # the exclusion, not the vector, kept it out
     edge_store.release_all()
     shard = qe.EdgeShard.load(str(shard_dir))
-    assert set(shard.info().payload_schema) == set(edge_store.INDEXED_FIELDS)
+    assert set(shard.info().payload_schema) == set(edge_store.INDEXED_FIELDS) == {"label"}
     shard.close()
 
 
@@ -290,6 +291,35 @@ def test_a_process_that_is_never_idle_gets_its_hnsw_generation_loaded_off_the_pa
             assert store.count(MODEL, CATEGORY) == 300
         assert coll.generation == target
         assert [thread for gen, thread in loads if gen == target] == ["edge-idle-close"]
+        assert store.backend.info(name)["indexed_vectors"] > 0
+
+
+def test_a_swap_that_meets_the_idle_thread_loading_the_same_generation_leaves_it_to_that_thread(tmp_path, monkeypatch):
+    """Edge admits one handle per shard folder. While the idle-close thread loads a finished
+    generation outside the lock, a store call that swaps under the lock (wait_for_build, a late
+    fallback) must not fail on the folder's lock: it leaves the swap to that thread."""
+    import qdrant_edge as qe
+
+    monkeypatch.setattr(edge_store, "HNSW_THRESHOLD", 200)
+    monkeypatch.setattr(edge_store, "SWAP_IDLE_S", 3600.0)  # the real idle thread stays out of it
+    monkeypatch.setattr(edge_store, "SWAP_DEADLINE_S", 3600.0)
+    path = tmp_path / "qdrant"
+    with SimilarityStore.open(path) as store:
+        name = store.name(MODEL, CATEGORY)
+        store.upsert(MODEL, CATEGORY, records(300, dim=32))
+        engine = store.backend.engine
+        coll = engine.collection(name)
+        target = json.loads((coll.folder / "build.json").read_text())["generation"]
+        deadline = time.monotonic() + 120
+        while not (coll.folder / (target + ".done")).is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = qe.EdgeShard.load(str(coll.folder / target))  # what the idle thread holds mid-load
+        with engine.lock:
+            engine.finish_ready_builds()  # used to raise "Can't init WAL: WouldBlock"
+            assert coll.generation != target and engine.build_pending(name)
+            assert engine.swap_in(name, target, held)  # the idle thread's half of the swap
+        assert coll.generation == target
+        assert store.count(MODEL, CATEGORY) == 300
         assert store.backend.info(name)["indexed_vectors"] > 0
 
 

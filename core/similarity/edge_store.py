@@ -34,8 +34,8 @@ replayed into it, ``CURRENT`` pointed at it and the old one dropped. Searches st
 then; a crashed build is noticed and started again.
 
 **When the swap happens.** Loading a shard holds the GIL for its whole length (measured with
-``scripts/bench_edge_load.py``: ~85 ms at 100k points; ~370 ms while shards kept keyword indexes
-on ``sha256`` and ``category``, see :data:`INDEXED_FIELDS`), so a page served by this process meanwhile waits that
+``scripts/bench_edge_load.py``: ~55 ms at 100k points with the one keyword index kept, ~370 ms
+with the five indexes shards once had, see :data:`INDEXED_FIELDS`), so a page served by this process meanwhile waits that
 long, whoever loads. The load is therefore done by the idle-close thread and never under the
 engine's lock: once the process has made no store call for :data:`SWAP_IDLE_S`, or once a finished
 generation has waited :data:`SWAP_DEADLINE_S` for such a moment (a process that never pauses), the
@@ -68,11 +68,16 @@ from core.similarity.conditions import Conditions
 HNSW_THRESHOLD = 20_000
 #: HNSW graph parameters (Qdrant's defaults).
 HNSW_M, HNSW_EF_CONSTRUCT = 16, 100
-#: Payload fields with a keyword index: what queries and counts filter on. Each index lengthens a
-#: shard's load, all of it with the GIL held (``scripts/bench_edge_load.py``, 100k points: 366 ms
-#: median with ``sha256`` and ``category`` indexed as well, 85 ms without them). Neither is needed: the query image is excluded by its point id, and a collection holds
-#: one category. Shards made with them lose them when loaded (:func:`drop_unused_indexes`).
-INDEXED_FIELDS: tuple[str, ...] = ("label", "defect_type", "split")
+#: Payload fields with a keyword index. Each index lengthens a shard's load, all of it with the GIL
+#: held (``scripts/bench_edge_load.py``, 100k points: 366 ms median with ``sha256``, ``category``,
+#: ``label``, ``defect_type`` and ``split`` indexed; 106 ms with the last three; 56 ms with
+#: ``label`` alone; 53 ms with none). ``label`` stays: the Similar page's query and the gallery
+#: filter on it. The others are filtered on only beside ``label`` (a defect type, which Edge then
+#: checks on the label index's candidates) or in counts and scrolls that tolerate a scan, the
+#: query image is excluded by its point id, and a collection holds one category. A Qdrant
+#: server keeps its indexes on all of them (``store.INDEXED_FIELDS``): it has no such stall.
+#: Shards made with more lose them when loaded (:func:`drop_unused_indexes`).
+INDEXED_FIELDS: tuple[str, ...] = ("label",)
 #: Seconds a process keeps an unused shard open before closing it (frees it for other processes).
 IDLE_CLOSE_S = 900.0
 EDGE_DIR = "edge"
@@ -144,8 +149,9 @@ def _filter(cond: Conditions | None) -> qe.Filter | None:
 
 
 def drop_unused_indexes(shard: qe.EdgeShard) -> bool:
-    """Remove payload indexes that no query uses any more (shards made before this version have
-    them on ``sha256`` and ``category``); True if one was removed. The next load of the shard is then the faster one."""
+    """Remove payload indexes not in :data:`INDEXED_FIELDS` (shards made by earlier versions have
+    them on ``sha256``, ``category``, ``defect_type`` and ``split``); True if one was removed. The
+    next load of the shard is then the faster one."""
     unused = [name for name in shard.info().payload_schema if name not in INDEXED_FIELDS]
     for name in unused:
         shard.update(qe.UpdateOperation.delete_field_index(name))
@@ -431,7 +437,12 @@ class EdgeEngine:
         else:
             if preloaded is not None:
                 preloaded[1].close()
-            new = qe.EdgeShard.load(str(coll.folder / target))
+            try:
+                new = qe.EdgeShard.load(str(coll.folder / target))
+            except Exception as exc:
+                if _is_lock_error(exc):  # the idle-close thread is loading it outside the lock: it swaps it in
+                    return
+                raise
         journal = coll.folder / _JOURNAL
         ids = list(dict.fromkeys(json.loads(line) for line in journal.read_text().splitlines())) if journal.is_file() else []
         if ids:
@@ -713,6 +724,7 @@ class EdgeBackend:
         """Build HNSW now (in a child process) and swap it in; for the benchmark and the tests."""
         with self.engine.lock:
             self.engine.start_build(name, wait=True)
+        self.wait_for_build(name)  # the idle-close thread may have been the one to load it
 
     def wait_for_build(self, name: str, timeout_s: float = 600.0) -> bool:
         """Wait for a background HNSW build to be swapped in; True when none is left."""
