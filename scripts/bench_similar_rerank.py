@@ -3,7 +3,8 @@
 Fills an Edge collection like bench_qdrant.py's (random 152-d vectors, 20% defects of four types),
 builds HNSW once past the threshold, then times filtered top-5 queries plain
 (``SimilarityStore.similar``) and re-ranked (``label_metric.similar``) for each candidate pool,
-the read and fit of the named cases, and a query by a point that is itself one of them.
+the read and fit of the named cases, a query by a point that is itself one of them, and the
+page's other store calls (a defect-type filter, the dataset count, the gallery's list of defects).
 
     .venv/bin/python scripts/bench_similar_rerank.py --points 100000 --pools 100 500
 
@@ -84,6 +85,17 @@ def main() -> None:
             lambda v: label_metric.similar(store, bq.MODEL, bq.CATEGORY, vector=v, k=5, label="anomalous"), queries
         )
         print(f"re-ranked, pool {pool:4d}          median {median:5.1f} ms  p95 {p95:5.1f} ms")
+    # the page's other store calls, which filter on fields without a keyword index on Edge
+    # (edge_store.INDEXED_FIELDS: label only)
+    median, p95 = timed(
+        lambda v: store.similar(bq.MODEL, bq.CATEGORY, vector=v, k=5, label="anomalous", defect_type=bq.DEFECT_TYPES[0]),
+        queries,
+    )
+    print(f"plain top-5, one defect type   median {median:5.1f} ms  p95 {p95:5.1f} ms")
+    median, p95 = timed(lambda _: store.count(bq.MODEL, bq.CATEGORY, splits=("train", "test")), queries[:20])
+    print(f"count of the dataset's points  median {median:5.1f} ms  p95 {p95:5.1f} ms")
+    median, p95 = timed(lambda _: sum(1 for _ in store.points(bq.MODEL, bq.CATEGORY, label="anomalous")), queries[:5])
+    print(f"gallery: every defect listed   median {median:5.1f} ms  (5 runs)")
     member = labelled.ids[-1]
     median, _ = timed(
         lambda _: label_metric.similar(store, bq.MODEL, bq.CATEGORY, point_id=member, k=5, label="anomalous", leave_one_out=True),
