@@ -442,3 +442,28 @@ def test_threads_of_one_process_wait_for_the_store_instead_of_being_refused(tmp_
             assert inner is store
     thread.join()
     assert order == ["first done", "second in"]
+
+
+def test_the_dataset_count_is_recounted_only_when_the_collection_total_changes() -> None:
+    """Counting by split scans every payload on Edge; the Similar page asks on every render."""
+    from core.similarity import manifest
+
+    class Store:
+        location = "/tmp/fake-store-for-the-count-cache"
+
+        def __init__(self) -> None:
+            self.total, self.dataset, self.split_counts = 10, 8, 0
+
+        def count(self, model: str, category: str, *, splits=None) -> int:
+            if splits is None:
+                return self.total
+            self.split_counts += 1
+            return self.dataset
+
+    store = Store()
+    assert manifest.dataset_points(store, MODEL, "cache-test") == 8
+    assert manifest.dataset_points(store, MODEL, "cache-test") == 8
+    assert store.split_counts == 1  # the total did not change: no second scan
+    store.total, store.dataset = 3, 1  # emptied or damaged: the total moves, so it is counted again
+    assert manifest.dataset_points(store, MODEL, "cache-test") == 1
+    assert store.split_counts == 2
