@@ -156,11 +156,10 @@ _cache: dict[tuple[str, str, str, str], _Fitted] = {}
 _cache_lock = threading.Lock()
 
 
-def _still_current(store: SimilarityStore, model: str, category: str, using: str, entry: _Fitted) -> bool:
-    """Whether the collection is still the one fitted: about as many points, and its first fitted
-    case unchanged. A retrained model re-indexed by another process (``python -m core index``)
-    keeps the point ids and count of the same images but not their vectors."""
-    count = store.count(model, category)  # an exact count: milliseconds at 100k points, so not per query
+def _still_current(store: SimilarityStore, model: str, category: str, using: str, entry: _Fitted, count: int) -> bool:
+    """Whether the collection (now ``count`` points) is still the one fitted: about as many points,
+    and its first fitted case unchanged. A retrained model re-indexed by another process
+    (``python -m core index``) keeps the point ids and count of the same images but not their vectors."""
     if abs(count - entry.count) > REFIT_GROWTH * max(entry.count, 1):
         return False
     if not entry.labelled.ids:
@@ -180,11 +179,11 @@ def _fitted(store: SimilarityStore, model: str, category: str, using: str) -> _F
         entry = _cache.get(key)
         if entry is not None and now - entry.checked < CHECK_EVERY_S:
             return entry
-    if entry is not None and _still_current(store, model, category, using, entry):
+    count = store.count(model, category)  # an exact count: milliseconds at 100k points, so not per query
+    if entry is not None and _still_current(store, model, category, using, entry, count):
         with _cache_lock:
             entry.checked = now
         return entry
-    count = store.count(model, category)
     labelled = labelled_points(store, model, category, using)
     entry = _Fitted(count=count, labelled=labelled, lda=fit(labelled), checked=now)
     with _cache_lock:
