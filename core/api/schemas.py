@@ -158,7 +158,8 @@ class SimilarCase(BaseModel):
     point_id: str
     similarity: float = Field(
         description="similarity to the query: the descriptors' cosine, or, where the gallery has named defect "
-        "types to learn from, 0.9 x the cosine in the learned (LDA) space + 0.1 x the descriptors' cosine"
+        "types to learn from, MIX x the cosine in the learned (LDA) space + (1 - MIX) x the descriptors' cosine "
+        "(MIX: core.similarity.label_metric.MIX)"
     )
     label: str = Field(description="good or anomalous")
     defect_type: str
