@@ -278,3 +278,75 @@ def test_history_button_grows_the_memory_bank(app_test, app_env: Path, tiny_data
     assert new.meta.lineage["inspections"] == sorted(ids)
     assert any("New version v0002" in s.value for s in at.success)
     assert at.button(key="history_update_bank").disabled  # those inspections are in the bank now
+
+
+# --- Training's threshold floor counts every held-out good ------------------------------------
+
+
+def test_the_training_floor_is_the_highest_of_every_held_out_good_file(tmp_path: Path) -> None:
+    """guard_thresholds scores the files it is given, all of them: the floor is their maximum."""
+    import torch
+    from PIL import Image
+
+    from core.training import guard_thresholds
+
+    paths = []
+    for i, level in enumerate([10, 200, 60, 30]):  # the brightest file is not among the first two
+        path = tmp_path / f"good_{i}.png"
+        Image.fromarray(np.full((16, 16, 3), level, dtype=np.uint8)).save(path)
+        paths.append(str(path))
+
+    class Raw:
+        def __init__(self, x: torch.Tensor) -> None:
+            self.pred_score = x.mean(dim=(1, 2, 3))  # the score is the image's brightness
+            self.anomaly_map = x.mean(dim=1)
+
+    class Post(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self._image_threshold = torch.tensor(0.05)
+            self._pixel_threshold = torch.tensor(0.05)
+            self.image_max, self.pixel_max = torch.tensor(0.1), torch.tensor(0.1)
+
+        @property
+        def image_threshold(self) -> torch.Tensor:
+            return self._image_threshold
+
+        @property
+        def pixel_threshold(self) -> torch.Tensor:
+            return self._pixel_threshold
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))  # guard_thresholds reads the device from it
+
+        def forward(self, x: torch.Tensor) -> Raw:
+            return Raw(x)
+
+    class Module(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = Model()
+            self.post_processor = Post()
+
+        def pre_processor(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    module = Module()
+    guard_thresholds(module, paths, batch=2)
+    assert float(module.post_processor.image_threshold) == pytest.approx(200 / 255, abs=1e-6)
+    assert float(module.post_processor.image_max) >= float(module.post_processor.image_threshold)
+
+
+def test_a_trained_threshold_is_above_every_held_out_good(tiny_patchcore, tiny_data_root: Path) -> None:
+    """Both halves of the calibration split are good parts (anomalib gives one half synthetic defects
+    for its F1 fit): training's image threshold is at least the raw score of each original."""
+    from core.inference.detector import load_detector
+    from core.learning import profile
+
+    det = load_detector("patchcore", TINY_CATEGORY)
+    goods, _ = profile.reference_images(str(tiny_data_root), TINY_CATEGORY)
+    assert len(goods) >= 2
+    scores = profile.raw_scores(det, goods)
+    assert det.meta.calibration.image_threshold >= max(scores) - 1e-4

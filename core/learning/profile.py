@@ -7,9 +7,9 @@ cached under ``<cache>/learning/`` by the checkpoint's sha256, so the same bytes
 scored twice and a new version never reuses an old one's numbers.
 
 The calibration split is the one training used (:func:`core.data.layout.make_datamodule`,
-seeded): the held-out 20% of ``train/good``; only its good half is used here, since its other
-half carries anomalib's synthetic Perlin defects, which are fainter than real ones
-(:func:`core.training.guard_thresholds` says why they are not trusted for the threshold).
+seeded): the held-out 20% of ``train/good``, all of it read from disk as goods (anomalib gives
+half of it synthetic Perlin defects for its F1 fit; the originals are still good parts, and
+:func:`core.training.guard_thresholds` floors training's threshold over the same files).
 """
 
 from __future__ import annotations
