@@ -7,8 +7,12 @@ built), then loads copies of it while
 a Python thread ticks every millisecond: the ticker's longest gap is how long every other thread
 (every page of the app) waited. Copies are loaded as built (with the write-ahead log the HNSW copy
 must keep, see :mod:`core.similarity.hnsw_build`) and with the log removed, alternately.
+With ``--host`` the copies are loaded in this process and opened by a shard host
+(:class:`core.similarity.edge_shard.RemoteShard`, what the app now does with a new generation),
+alternately: the ticker shows what each costs the app's other threads.
 
     python scripts/bench_edge_load.py --points 100000 --repeats 5
+    python scripts/bench_edge_load.py --points 1000000 --repeats 3 --host --no-hnsw
 """
 
 from __future__ import annotations
@@ -27,12 +31,17 @@ import qdrant_edge as qe
 from bench_qdrant import make_records  # scripts/ is on sys.path when this script runs
 
 from core.similarity import edge_store
+from core.similarity.conditions import Conditions
+from core.similarity.edge_shard import LocalShard, RemoteShard
 
 DIMS = {"defect": 152, "image": 152}
+#: With --host: (top-5 ms, 500-with-vectors ms) medians per place the shard is open.
+QUERIES: dict[str, list[tuple[float, float]]] = {"this process": [], "shard host": []}
+MEASURE_QUERIES = False
 
 
-def build(folder: Path, n: int, fields: tuple[str, ...], batch: int = 256) -> float:
-    """A shard of ``n`` points like the app's, HNSW built; returns the build seconds."""
+def build(folder: Path, n: int, fields: tuple[str, ...], batch: int = 256, hnsw: bool = True) -> float:
+    """A shard of ``n`` points like the app's, HNSW built (unless not ``hnsw``); returns the build seconds."""
     shard = qe.EdgeShard.create(str(folder), edge_store._config(DIMS))  # noqa: SLF001 - the app's own config
     for field in fields:
         shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
@@ -42,15 +51,34 @@ def build(folder: Path, n: int, fields: tuple[str, ...], batch: int = 256) -> fl
         shard.update(qe.UpdateOperation.upsert_points([qe.Point(r.id, dict(r.vectors), dict(r.payload)) for r in records]))
     shard.flush()
     started = time.perf_counter()
-    shard.optimize()
-    shard.flush()
+    if hnsw:
+        shard.optimize()
+        shard.flush()
     seconds = time.perf_counter() - started
     shard.close()
     return seconds
 
 
-def timed_load(folder: Path) -> tuple[float, float, int]:
-    """(load ms, the ticker thread's longest gap in ms, vectors in HNSW) of one load of ``folder``."""
+def timed_queries(shard: LocalShard | RemoteShard, n: int = 100) -> tuple[float, float]:
+    """Median ms of ``n`` top-5 searches filtered to anomalous (the app's query) and of ``n``
+    searches for the 500 nearest with their vectors (what the learned ranking reads)."""
+    rng = np.random.default_rng(1)
+    cond = Conditions(equals={"label": "anomalous"})
+    top5, pool = [], []
+    for _ in range(n):
+        vector = rng.standard_normal(DIMS["defect"]).astype(np.float32).tolist()
+        started = time.perf_counter()
+        shard.query(vector, "defect", cond, 5, False, False, True)
+        top5.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        shard.query(vector, "defect", cond, 500, False, True, False)
+        pool.append(time.perf_counter() - started)
+    return statistics.median(top5) * 1000, statistics.median(pool) * 1000
+
+
+def timed_load(folder: Path, host: bool = False) -> tuple[float, float, int]:
+    """(load ms, the ticker thread's longest gap in ms, vectors in HNSW) of one load of ``folder``,
+    in this process or (``host``) by a shard host, whose time includes starting its process."""
     gap, stop = [0.0], threading.Event()
 
     def tick() -> None:
@@ -65,13 +93,19 @@ def timed_load(folder: Path) -> tuple[float, float, int]:
     time.sleep(0.2)
     gap[0] = 0.0
     started = time.perf_counter()
-    shard = qe.EdgeShard.load(str(folder))
+    if host:
+        remote = RemoteShard.open(folder)
+    else:
+        shard = qe.EdgeShard.load(str(folder))
     load = time.perf_counter() - started
     time.sleep(0.05)
     stop.set()
     ticker.join()
-    indexed = shard.info().indexed_vectors_count
-    shard.close()
+    opened = remote if host else LocalShard(shard)
+    indexed = opened.info()["indexed_vectors"]
+    if MEASURE_QUERIES:
+        QUERIES["shard host" if host else "this process"].append(timed_queries(opened))
+    opened.close()
     return load * 1000, gap[0] * 1000, indexed
 
 
@@ -86,14 +120,21 @@ def main() -> None:
         "--memory", choices=["default", "cached"], default="default", help="edge_store.SHARD_MEMORY for the shard"
     )
     parser.add_argument("--on-disk-payload", action="store_true", help="keep payloads on disk (edge_store.ON_DISK_PAYLOAD)")
+    parser.add_argument("--host", action="store_true", help="compare a load in this process with a shard host's open")
+    parser.add_argument("--no-hnsw", action="store_true", help="skip the HNSW build (minutes at 1M points)")
     args = parser.parse_args()
     edge_store.SHARD_MEMORY = None if args.memory == "default" else "Cached"
     edge_store.ON_DISK_PAYLOAD = args.on_disk_payload
+    global MEASURE_QUERIES
+    MEASURE_QUERIES = args.host
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "built"
-        print(f"building {args.points} points (HNSW), keyword indexes on {', '.join(args.fields) or 'nothing'} ...", flush=True)
-        print(f"  HNSW build {build(source, args.points, tuple(args.fields)):.1f} s")
-        rows: dict[str, list[tuple[float, float, int]]] = {"with WAL": [], "WAL removed": []}
+        kind = "plain index" if args.no_hnsw else "HNSW"
+        print(f"building {args.points} points ({kind}), keyword indexes on {', '.join(args.fields) or 'nothing'} ...", flush=True)
+        seconds = build(source, args.points, tuple(args.fields), hnsw=not args.no_hnsw)
+        print("  HNSW build skipped" if args.no_hnsw else f"  HNSW build {seconds:.1f} s")
+        names = ("loaded in this process", "opened by a shard host") if args.host else ("with WAL", "WAL removed")
+        rows: dict[str, list[tuple[float, float, int]]] = {name: [] for name in names}
         for _ in range(args.repeats):
             for name in rows:
                 copy = Path(tmp) / "copy"
@@ -101,7 +142,7 @@ def main() -> None:
                 subprocess.run(["cp", "-r", "--sparse=always", str(source), str(copy)], check=True)
                 if name == "WAL removed":
                     shutil.rmtree(copy / "wal")
-                rows[name].append(timed_load(copy))
+                rows[name].append(timed_load(copy, host=name == "opened by a shard host"))
         print(f"{args.points} points, {args.repeats} loads each (alternating)")
         print("| shard | load ms, median (all) | longest stall of another thread, ms, median | vectors in HNSW |")
         print("|---|---:|---:|---:|")
@@ -110,6 +151,13 @@ def main() -> None:
             print(
                 f"| {name} | {statistics.median(loads):.0f} ({', '.join(map(str, loads))}) | {statistics.median(v[1] for v in values):.0f} | {values[0][2]} |"
             )
+        if args.host:
+            print("\n| shard open in | top-5 filtered, ms (median of medians) | 500 nearest with vectors, ms |")
+            print("|---|---:|---:|")
+            for name, values in QUERIES.items():
+                print(
+                    f"| {name} | {statistics.median(v[0] for v in values):.2f} | {statistics.median(v[1] for v in values):.2f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -22,14 +22,14 @@ DIM = 16
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def records(n: int, seed: int = 0, dim: int = DIM, model: str = MODEL):
+def records(n: int, seed: int = 0, dim: int = DIM, model: str = MODEL, category: str = CATEGORY):
     rng = np.random.default_rng(seed)
     kinds = [("good", "good", "train"), ("anomalous", "crack", "test"), ("anomalous", "hole", "test")]
     return [
         make_record(
             sha256=hashlib.sha256(f"e-{seed}-{i}".encode()).hexdigest(),
             model=model,
-            category=CATEGORY,
+            category=category,
             vectors={"global": rng.normal(size=dim), "defect": rng.normal(size=dim)},
             image_path=f"{i}.png",
             split=kinds[i % 3][2],
@@ -215,7 +215,7 @@ def test_updates_and_deletes_of_old_points_hold_after_the_hnsw_switch_over(tmp_p
             backend.upsert(name, [(rec.id, {k: v.tolist() for k, v in vectors.items()}, dict(payload, label="relabelled"))])
         gone = [data[1].id, data[-2].id]
         with backend.engine.lock:
-            backend.engine.shard(name).update(edge_store.qe.UpdateOperation.delete_points(gone))
+            backend.engine.shard(name).delete(gone)
         got = {pid: payload["label"] for pid, _v, payload in backend.retrieve(name, [r.id for r in data], True, False)}
     assert [got[r.id] for r in (data[0], data[120], data[-1])] == ["relabelled"] * 3
     assert not set(gone) & set(got) and len(got) == 238
@@ -231,7 +231,9 @@ def _wait(predicate, timeout_s: float = 240.0) -> bool:
 
 
 def test_finished_generation_is_swapped_in_while_idle_not_by_a_page_call(tmp_path, monkeypatch):
-    """Loading a generation holds the GIL, so a page's store call must not be the one that does it."""
+    """Loading a generation holds the GIL, so a page's store call must not be the one that does it
+    (the in-process swap, used where no shard host is, ``SWAP_IN_HOST = False``)."""
+    monkeypatch.setattr(edge_store, "SWAP_IN_HOST", False)
     monkeypatch.setattr(edge_store, "HNSW_THRESHOLD", 200)
     monkeypatch.setattr(edge_store, "SWAP_DEADLINE_S", 3600.0)
     monkeypatch.setattr(edge_store, "SWAP_IDLE_S", 3600.0)  # idle thread: not yet
@@ -257,7 +259,7 @@ def test_finished_generation_is_swapped_in_while_idle_not_by_a_page_call(tmp_pat
 
 def test_a_process_that_is_never_idle_gets_its_hnsw_generation_loaded_off_the_page_calls(tmp_path, monkeypatch):
     """Page calls without a pause: the idle-close thread still loads the finished generation once it
-    is overdue, outside the engine's lock, so no page call is the one that loads it."""
+    is overdue, outside the engine's lock, so no page call is the one that loads it (in-process swap)."""
     import threading
     import types
 
@@ -276,6 +278,7 @@ def test_a_process_that_is_never_idle_gets_its_hnsw_generation_loaded_off_the_pa
     proxy = types.SimpleNamespace(**{k: getattr(qe, k) for k in dir(qe) if not k.startswith("_")})
     proxy.EdgeShard = Shards()
     monkeypatch.setattr(edge_store, "qe", proxy)
+    monkeypatch.setattr(edge_store, "SWAP_IN_HOST", False)
     monkeypatch.setattr(edge_store, "HNSW_THRESHOLD", 200)
     monkeypatch.setattr(edge_store, "SWAP_IDLE_S", 3600.0)
     monkeypatch.setattr(edge_store, "SWAP_DEADLINE_S", 0.0)  # overdue as soon as it is done
@@ -297,9 +300,13 @@ def test_a_process_that_is_never_idle_gets_its_hnsw_generation_loaded_off_the_pa
 def test_a_swap_that_meets_the_idle_thread_loading_the_same_generation_leaves_it_to_that_thread(tmp_path, monkeypatch):
     """Edge admits one handle per shard folder. While the idle-close thread loads a finished
     generation outside the lock, a store call that swaps under the lock (wait_for_build, a late
-    fallback) must not fail on the folder's lock: it leaves the swap to that thread."""
+    fallback) must not fail on the folder's lock: it leaves the swap to that thread (in-process
+    swap; a shard host meets the same lock and is left the same way)."""
     import qdrant_edge as qe
 
+    from core.similarity.edge_shard import LocalShard
+
+    monkeypatch.setattr(edge_store, "SWAP_IN_HOST", False)
     monkeypatch.setattr(edge_store, "HNSW_THRESHOLD", 200)
     monkeypatch.setattr(edge_store, "SWAP_IDLE_S", 3600.0)  # the real idle thread stays out of it
     monkeypatch.setattr(edge_store, "SWAP_DEADLINE_S", 3600.0)
@@ -317,10 +324,130 @@ def test_a_swap_that_meets_the_idle_thread_loading_the_same_generation_leaves_it
         with engine.lock:
             engine.finish_ready_builds()  # used to raise "Can't init WAL: WouldBlock"
             assert coll.generation != target and engine.build_pending(name)
-            assert engine.swap_in(name, target, held)  # the idle thread's half of the swap
+            assert engine.swap_in(name, target, LocalShard(held))  # the idle thread's half of the swap
         assert coll.generation == target
         assert store.count(MODEL, CATEGORY) == 300
         assert store.backend.info(name)["indexed_vectors"] > 0
+
+
+def _build_and_wait_for_host(store, name: str, data: list, timeout_s: float = 120) -> None:
+    engine = store.backend.engine
+    coll = engine.collection(name)
+    first = coll.generation
+    store.upsert(MODEL, CATEGORY, data)  # passes the size: a build starts, then a host opens it
+    assert _wait(lambda: coll.generation != first and not engine.build_pending(name), timeout_s=timeout_s)
+
+
+def test_a_finished_generation_is_opened_in_a_shard_host_not_in_this_process(tmp_path, monkeypatch):
+    """The load of a new HNSW generation holds the GIL of the process that loads it, longer the
+    larger the gallery: it happens in a shard host, and the collection is then served from there
+    with the same answers."""
+    import os
+    import threading
+    import types
+
+    import qdrant_edge as qe
+
+    loads: list[str] = []
+
+    class Shards:
+        def __getattr__(self, attr: str):
+            return getattr(qe.EdgeShard, attr)
+
+        def load(self, path: str, *args):
+            loads.append(Path(path).name)
+            return qe.EdgeShard.load(path, *args)
+
+    proxy = types.SimpleNamespace(**{k: getattr(qe, k) for k in dir(qe) if not k.startswith("_")})
+    proxy.EdgeShard = Shards()
+    monkeypatch.setattr(edge_store, "qe", proxy)
+    monkeypatch.setattr(edge_store, "HNSW_THRESHOLD", 200)
+    data = records(300, dim=32)
+    path = tmp_path / "qdrant"
+    with SimilarityStore.open(path) as store:
+        name = store.name(MODEL, CATEGORY)
+        store.upsert(MODEL, CATEGORY, data[:10])  # exact search, in this process
+        engine = store.backend.engine
+        coll = engine.collection(name)
+        first = coll.generation
+        stop, counts = threading.Event(), []
+
+        def page() -> None:  # a page that never pauses while the build finishes and is swapped in
+            while not stop.is_set():
+                counts.append(store.count(MODEL, CATEGORY))
+
+        pager = threading.Thread(target=page)
+        pager.start()
+        try:
+            _build_and_wait_for_host(store, name, data[10:])
+        finally:
+            stop.set()
+            pager.join()
+        assert coll.generation != first and coll.shard.remote
+        assert coll.shard.process.pid != os.getpid() and coll.shard.process.poll() is None
+        assert coll.generation not in loads  # never loaded by this process
+        assert counts and counts == sorted(counts) and counts[-1] == 300  # never a point lost mid-swap
+        assert store.backend.info(name)["indexed_vectors"] > 0 and store.count(MODEL, CATEGORY) == 300
+        after = store.similar(MODEL, CATEGORY, point_id=data[1].id, k=5, label="anomalous")
+        ids = {r.id for r in data}
+        assert len(after) == 5 and {h.id for h in after} <= ids - {data[1].id}
+        assert [h.score for h in after] == sorted((h.score for h in after), reverse=True)
+        # writes, reads and deletes go through the host
+        store.upsert(MODEL, CATEGORY, records(3, seed=9, dim=32))
+        assert store.count(MODEL, CATEGORY) == 303
+        store.backend.engine.shard(name).delete([data[0].id])
+        assert store.count(MODEL, CATEGORY) == 302
+
+
+def test_the_next_rebuild_opens_a_fresh_host_and_the_old_one_exits_with_its_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(edge_store, "HNSW_THRESHOLD", 200)
+    monkeypatch.setattr(edge_store, "SWAP_IDLE_S", 0.2)  # the old generation goes at the first idle moment
+    path = tmp_path / "qdrant"
+    with SimilarityStore.open(path) as store:
+        name = store.name(MODEL, CATEGORY)
+        _build_and_wait_for_host(store, name, records(300, dim=32))
+        coll = store.backend.engine.collection(name)
+        old_host, old_generation = coll.shard, coll.generation
+        _build_and_wait_for_host(store, name, records(300, seed=5, dim=32))
+        assert coll.shard is not old_host and coll.shard.remote and coll.generation != old_generation
+        assert _wait(lambda: old_host.process.poll() is not None, timeout_s=30)
+        assert _wait(lambda: not (coll.folder / old_generation).exists(), timeout_s=30)
+        assert store.count(MODEL, CATEGORY) == 600
+
+
+def test_a_shard_host_that_dies_gives_one_clear_message_then_the_collection_reopens(tmp_path, monkeypatch):
+    from core.errors import StoreError
+
+    monkeypatch.setattr(edge_store, "HNSW_THRESHOLD", 200)
+    path = tmp_path / "qdrant"
+    data = records(300, dim=32)
+    with SimilarityStore.open(path) as store:
+        name = store.name(MODEL, CATEGORY)
+        _build_and_wait_for_host(store, name, data)
+        coll = store.backend.engine.collection(name)
+        dead = coll.shard.process
+        dead.kill()
+        dead.wait()
+        with pytest.raises(StoreError, match="stopped unexpectedly.*nothing was deleted"):
+            store.count(MODEL, CATEGORY)
+        assert store.count(MODEL, CATEGORY) == 300  # the live generation, opened again (by a new host)
+        assert coll.shard.remote and coll.shard.process.pid != dead.pid
+        assert store.backend.info(name)["indexed_vectors"] > 0
+
+
+def test_a_restarted_process_opens_a_built_generation_in_a_host_and_a_small_one_here(tmp_path, monkeypatch):
+    monkeypatch.setattr(edge_store, "HNSW_THRESHOLD", 200)
+    path = tmp_path / "qdrant"
+    with SimilarityStore.open(path) as store:
+        name = store.name(MODEL, CATEGORY)
+        _build_and_wait_for_host(store, name, records(300, dim=32))
+        store.upsert(MODEL, "grid", records(5, seed=2, dim=32, category="grid"))  # stays in its first generation
+        small = store.name(MODEL, "grid")
+    edge_store.release_all()  # as a restart: every handle closed, every host gone
+    with SimilarityStore.open(path) as store:
+        assert store.count(MODEL, CATEGORY) == 300 and store.count(MODEL, "grid") == 5
+        engine = store.backend.engine
+        assert engine.collection(name).shard.remote and not engine.collection(small).shard.remote
 
 
 # -- migration from local mode --------------------------------------------------------------------

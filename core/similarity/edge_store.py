@@ -4,7 +4,8 @@ Why Edge and not qdrant-client's local mode: local mode scans every point in Pyt
 payload filters point by point and loads the whole store at start; Edge has payload indexes and
 HNSW, keeps segments on disk (mmap) and answers a filtered top-5 over 100k points in
 milliseconds (README, "Similar defects at scale"). Its Python API changed between minor versions,
-so ``qdrant-edge-py`` is pinned in requirements.txt and used only in this module and
+so ``qdrant-edge-py`` is pinned in requirements.txt and used only in this module,
+:mod:`core.similarity.edge_shard`, :mod:`core.similarity.shard_host` and
 :mod:`core.similarity.hnsw_build`.
 
 Layout under the embedded folder ``P`` (``INSPECT_QDRANT_PATH``)::
@@ -22,7 +23,8 @@ GIL (hundreds of milliseconds at 100k points), so the app keeps them open. A pro
 shard held (an ``index`` job) leaves a ``want.<pid>`` file in the collection's folder while it
 waits up to its ``lock_wait_s``; the holder closes its shards at its next idle moment
 (:data:`SWAP_IDLE_S`). A waiter still refused at its deadline raises :class:`StoreLockedError`.
-Shards unused for :data:`IDLE_CLOSE_S` are closed anyway.
+Shards unused for :data:`IDLE_CLOSE_S` are closed anyway. A shard served by a shard host (below)
+is this process's handle all the same: the host is its child, and closes when it does.
 
 **HNSW in the background.** Below :data:`HNSW_THRESHOLD` points a collection is searched exactly
 (plain index). Building HNSW holds the GIL for the whole build (tens of seconds at 100k points),
@@ -33,15 +35,27 @@ their ids to the journal. When the child is done, the new generation is loaded, 
 replayed into it, ``CURRENT`` pointed at it and the old one dropped. Searches stay exact until
 then; a crashed build is noticed and started again.
 
-**When the swap happens.** Loading a shard holds the GIL for its whole length (measured with
-``scripts/bench_edge_load.py``: ~55 ms at 100k points with the one keyword index kept, ~370 ms
-with the five indexes shards once had, see :data:`INDEXED_FIELDS`), so a page served by this process meanwhile waits that
-long, whoever loads. The load is therefore done by the idle-close thread and never under the
-engine's lock: once the process has made no store call for :data:`SWAP_IDLE_S`, or once a finished
-generation has waited :data:`SWAP_DEADLINE_S` for such a moment (a process that never pauses), the
-thread loads it, then takes the lock only for the short part (replaying the journal, pointing
-``CURRENT`` at it). A page then waits at most the load's GIL time, not the whole swap. A store
-call swaps itself only when it loads the shard anyway, or if the thread has not managed it
+**Where the new generation is opened.** Loading a shard holds the GIL for its whole length
+(measured with ``scripts/bench_edge_load.py``: ~55 ms at 100k points with the one keyword index
+kept, ~220 ms at 1M; see :data:`INDEXED_FIELDS`), so a page served by a process that loads waits
+that long. A finished generation is therefore opened by a *shard host*, a process of its own
+(:class:`~core.similarity.edge_shard.RemoteShard`, :data:`SWAP_IN_HOST`), started by the idle-close
+thread as soon as the build is done; that thread waits on a socket, without the GIL. It then takes
+the engine's lock only for the short part (replaying the journal into the host, pointing
+``CURRENT`` at it), and the collection is served from the host from then on: a page waits for
+nothing but its own call (one message each way). The next rebuild opens its generation in a fresh
+host, and the old one closes its shard in its own process. A collection whose live generation
+came from an HNSW build is opened by a host on its first use as well (after a restart, or after
+letting another process have it); one still in its first generation (it never passed
+:data:`HNSW_THRESHOLD` points: a short load) is loaded in this process
+(:class:`~core.similarity.edge_shard.LocalShard`). If a host dies, the call that finds it says so
+and the next one opens the live generation again.
+
+Without a host (``SWAP_IN_HOST = False``), the idle-close thread loads the finished generation in
+this process, outside the engine's lock, once the process has made no store call for
+:data:`SWAP_IDLE_S` or once the generation has waited :data:`SWAP_DEADLINE_S` for such a moment (a
+process that never pauses), so a page waits at most the load's GIL time. Either way a store call
+swaps itself only when it loads the shard anyway, or if the thread has not managed it
 :data:`SWAP_FALLBACK_S` after the build finished.
 """
 
@@ -63,6 +77,7 @@ import qdrant_edge as qe
 
 from core.errors import StoreError
 from core.similarity.conditions import Conditions
+from core.similarity.edge_shard import LocalShard, RemoteShard
 
 #: Points from which a collection gets an HNSW index (below: exact search, fast enough).
 HNSW_THRESHOLD = 20_000
@@ -81,6 +96,8 @@ INDEXED_FIELDS: tuple[str, ...] = ("label",)
 #: Seconds a process keeps an unused shard open before closing it (frees it for other processes).
 IDLE_CLOSE_S = 900.0
 EDGE_DIR = "edge"
+#: A collection's first generation; every later one was made by an HNSW build.
+FIRST_GENERATION = "g000001"
 _CURRENT = "CURRENT"
 _BUILD = "build.json"
 _JOURNAL = "journal.jsonl"
@@ -104,6 +121,14 @@ SWAP_DEADLINE_S = 30.0
 SWAP_FALLBACK_S = 120.0
 #: How often the idle-close thread looks at the engines.
 REAP_TICK_S = 0.5
+#: Open a finished HNSW generation in a shard host process (:mod:`core.similarity.edge_shard`) and
+#: serve the collection from there, so that its load stalls no page of this process, whatever its
+#: size. False: load it here, at an idle moment (the behaviour before; kept for the tests of it).
+SWAP_IN_HOST = True
+#: After a host failed to open a generation, wait this long before the idle-close thread tries again.
+HOST_RETRY_S = 30.0
+
+Shard = LocalShard | RemoteShard
 
 
 def edge_root(path: Path) -> Path:
@@ -139,15 +164,6 @@ def _config(dims: Mapping[str, int]) -> qe.EdgeConfig:
     )
 
 
-def _filter(cond: Conditions | None) -> qe.Filter | None:
-    if cond is None or cond.empty:
-        return None
-    must: list[Any] = [qe.FieldCondition(key=k, match=qe.MatchValue(v)) for k, v in cond.equals.items()]
-    must += [qe.FieldCondition(key=k, match=qe.MatchAny(list(v))) for k, v in cond.any_of.items()]
-    must_not: list[Any] = [qe.HasIdCondition(set(cond.exclude_ids))] if cond.exclude_ids else []
-    return qe.Filter(must=must or None, must_not=must_not or None)
-
-
 def drop_unused_indexes(shard: qe.EdgeShard) -> bool:
     """Remove payload indexes not in :data:`INDEXED_FIELDS` (shards made by earlier versions have
     them on ``sha256``, ``category``, ``defect_type`` and ``split``); True if one was removed. The
@@ -160,21 +176,17 @@ def drop_unused_indexes(shard: qe.EdgeShard) -> bool:
     return bool(unused)
 
 
-def _vectors(value: Any) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v, dtype=np.float32) for k, v in value.items()} if isinstance(value, Mapping) else {}
-
-
 class _Collection:
     """One collection: its folder, live shard (loaded lazily) and HNSW build state."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.shard: qe.EdgeShard | None = None
+        self.shard: Shard | None = None
         self.generation: str | None = None
         self.dims: dict[str, int] | None = None
         self.child: subprocess.Popen | None = None
         #: A finished generation loaded by the idle-close thread, waiting for the swap: (generation, shard).
-        self.preloaded: tuple[str, qe.EdgeShard] | None = None
+        self.preloaded: tuple[str, Shard] | None = None
 
     def current(self) -> str | None:
         pointer = self.folder / _CURRENT
@@ -191,14 +203,21 @@ class EdgeEngine:
         self.collections: dict[str, _Collection] = {}
         self.users = 0
         self.last_used = time.monotonic()
-        #: Generations replaced by an HNSW build: closed and deleted when the process is idle.
-        self.retired: list[tuple[qe.EdgeShard, Path]] = []
+        #: Generations replaced by an HNSW build: closed and deleted when the process is idle
+        #: (one in a shard host closes in its own process; its folder goes once the host has exited).
+        self.retired: list[tuple[Shard, Path]] = []
+        #: (collection, generation) -> when a shard host last failed to open it.
+        self.host_failures: dict[tuple[str, str], float] = {}
 
     def drop_retired(self) -> None:
-        while self.retired:
-            shard, folder = self.retired.pop()
-            shard.close()
-            shutil.rmtree(folder, ignore_errors=True)
+        kept = []
+        for shard, folder in self.retired:
+            shard.close(wait=False)
+            if shard.exited():
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                kept.append((shard, folder))
+        self.retired = kept
 
     # -- shards ----------------------------------------------------------------------------
 
@@ -237,11 +256,13 @@ class EdgeEngine:
             raise self._corrupt(coll.folder, "the collection has no named vectors")
         return coll.dims
 
-    def shard(self, name: str, lock_wait_s: float = 0.0) -> qe.EdgeShard:
+    def shard(self, name: str, lock_wait_s: float = 0.0) -> Shard:
         """The live shard of ``name``, loaded on first use (waiting up to ``lock_wait_s`` for another
         process to release it); finishes a completed HNSW build first."""
         coll = self.collection(name)
         self.last_used = time.monotonic()
+        if isinstance(coll.shard, RemoteShard) and coll.shard.dead:
+            coll.shard = None  # its host stopped: load the live generation again
         loading = coll.shard is None
         if loading:
             generation = coll.current()
@@ -251,12 +272,15 @@ class EdgeEngine:
             folder = coll.folder / generation
             if not folder.is_dir():
                 raise self._corrupt(coll.folder, f"{_CURRENT} names {generation}, which is missing")
+            # a generation made by an HNSW build (the collection passed HNSW_THRESHOLD points) is
+            # opened by a shard host, as a swap would open it: its load would stall every page here
+            in_host = SWAP_IN_HOST and generation != FIRST_GENERATION
             deadline = time.monotonic() + lock_wait_s
             want = coll.folder / f"{_WANT}{os.getpid()}"
             try:
                 while True:
                     try:
-                        coll.shard = qe.EdgeShard.load(str(folder))
+                        opened = RemoteShard.open(folder) if in_host else LocalShard(qe.EdgeShard.load(str(folder)))
                         break
                     except Exception as exc:
                         if not _is_lock_error(exc):
@@ -270,7 +294,9 @@ class EdgeEngine:
             finally:
                 want.unlink(missing_ok=True)
             coll.generation = generation
-            drop_unused_indexes(coll.shard)
+            if isinstance(opened, LocalShard):
+                drop_unused_indexes(opened.shard)  # a host drops them itself
+            coll.shard = opened
         if loading or self._build_needs_attention(coll):
             self._finish_build(name, coll)
         return coll.shard
@@ -283,7 +309,7 @@ class EdgeEngine:
 
     def create(self, name: str, dims: Mapping[str, int]) -> None:
         coll = self.collection(name)
-        generation = "g000001"
+        generation = FIRST_GENERATION
         folder = coll.folder / generation
         if folder.exists():  # a half-made collection (killed before CURRENT was written): ours
             shutil.rmtree(folder)
@@ -293,7 +319,7 @@ class EdgeEngine:
             shard.update(qe.UpdateOperation.create_field_index(field_name, qe.PayloadSchemaType.Keyword))
         shard.flush()
         _write_atomic(coll.folder / _CURRENT, generation)
-        coll.shard, coll.generation, coll.dims = shard, generation, {str(k): int(v) for k, v in dims.items()}
+        coll.shard, coll.generation, coll.dims = LocalShard(shard), generation, {str(k): int(v) for k, v in dims.items()}
 
     def delete(self, name: str) -> bool:
         coll = self.collections.pop(name, None) or _Collection(self.root / name)
@@ -339,7 +365,7 @@ class EdgeEngine:
             self._abandon_build(coll)  # the child died: start again below
         info = shard.info()
         n_vectors = len(coll.dims or {}) or 1
-        if info.points_count * n_vectors - info.indexed_vectors_count < HNSW_THRESHOLD * n_vectors:
+        if info["points"] * n_vectors - info["indexed_vectors"] < HNSW_THRESHOLD * n_vectors:
             return False
         self.start_build(name)
         return True
@@ -438,7 +464,7 @@ class EdgeEngine:
             if preloaded is not None:
                 preloaded[1].close()
             try:
-                new = qe.EdgeShard.load(str(coll.folder / target))
+                new = open_generation(coll.folder / target)
             except Exception as exc:
                 if _is_lock_error(exc):  # the idle-close thread is loading it outside the lock: it swaps it in
                     return
@@ -446,13 +472,13 @@ class EdgeEngine:
         journal = coll.folder / _JOURNAL
         ids = list(dict.fromkeys(json.loads(line) for line in journal.read_text().splitlines())) if journal.is_file() else []
         if ids:
-            live = {str(r.id): r for r in coll.shard.retrieve(ids, with_payload=True, with_vector=True)}
-            points = [qe.Point(i, dict(live[i].vector), dict(live[i].payload or {})) for i in ids if i in live]
+            live = {pid: (vectors, payload) for pid, vectors, payload in coll.shard.retrieve(ids, True, True)}
+            points = [(i, *live[i]) for i in ids if i in live]
             gone = [i for i in ids if i not in live]
             if points:
-                new.update(qe.UpdateOperation.upsert_points(points))
+                new.upsert(points)
             if gone:
-                new.update(qe.UpdateOperation.delete_points(gone))
+                new.delete(gone)
         # no flush here (it would lengthen the swap that page calls wait for): the replayed writes
         # are in the new generation's write-ahead log, and the next build flushes before copying
         old, old_generation = coll.shard, coll.generation
@@ -461,8 +487,10 @@ class EdgeEngine:
         self._abandon_build(coll)
         for marker in (_DONE, _COPIED):
             (coll.folder / (target + marker)).unlink(missing_ok=True)
-        # closing a shard holds the GIL (~0.1 s): the reaper closes and deletes it once the process is idle
+        # closing a shard here holds the GIL (~0.1 s): the reaper closes and deletes it once the
+        # process is idle (one in a shard host closes in its own process)
         self.retired.append((old, coll.folder / str(old_generation)))
+        self.host_failures.pop((name, target), None)
 
     def swaps_due(self, idle: bool) -> list[tuple[str, str]]:
         """(collection, generation) of finished builds the idle-close thread should load now: all of
@@ -478,11 +506,14 @@ class EdgeEngine:
                 done_at = (coll.folder / (target + _DONE)).stat().st_mtime
             except (OSError, ValueError, KeyError):
                 continue
-            if idle or time.time() - done_at >= SWAP_DEADLINE_S:
+            failed_at = self.host_failures.get((name, target))
+            if failed_at is not None and time.monotonic() - failed_at < HOST_RETRY_S:
+                continue
+            if SWAP_IN_HOST or idle or time.time() - done_at >= SWAP_DEADLINE_S:
                 due.append((name, target))
         return due
 
-    def swap_in(self, name: str, target: str, shard: qe.EdgeShard) -> bool:
+    def swap_in(self, name: str, target: str, shard: Shard) -> bool:
         """Swap in a generation the idle-close thread loaded outside the lock, if it is still the one
         waiting (else close it). Call under the lock; True if swapped."""
         coll = self.collections.get(name)
@@ -518,6 +549,13 @@ class EdgeEngine:
     def build_pending(self, name: str) -> bool:
         """Whether an HNSW build of ``name`` is running or waits to be swapped in."""
         return (self.collection(name).folder / _BUILD).is_file()
+
+
+def open_generation(folder: Path) -> Shard:
+    """Open a finished HNSW generation: in a shard host (:data:`SWAP_IN_HOST`), else here."""
+    if SWAP_IN_HOST:
+        return RemoteShard.open(folder)
+    return LocalShard(qe.EdgeShard.load(str(folder)))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -568,8 +606,9 @@ def _swap_due_generations(engine: EdgeEngine) -> None:
     due = engine.swaps_due(idle=time.monotonic() - engine.last_used > SWAP_IDLE_S)
     for name, target in due:
         try:
-            shard = qe.EdgeShard.load(str(engine.root / name / target))
+            shard = open_generation(engine.root / name / target)
         except Exception:  # noqa: BLE001 - left to the store call's own load, which reports it
+            engine.host_failures[(name, target)] = time.monotonic()
             continue
         with engine.lock:
             engine.swap_in(name, target, shard)
@@ -634,7 +673,7 @@ class EdgeBackend:
                 self.engine.users -= 1
                 self.engine.last_used = time.monotonic()
 
-    def _shard(self, name: str) -> qe.EdgeShard:
+    def _shard(self, name: str) -> Shard:
         return self.engine.shard(name, self.lock_wait_s)
 
     def collection_names(self) -> list[str]:
@@ -657,24 +696,21 @@ class EdgeBackend:
 
     def count(self, name: str, cond: Conditions | None) -> int:
         with self.engine.lock:
-            return int(self._shard(name).count(qe.CountRequest(exact=True, filter=_filter(cond))))
+            return self._shard(name).count(cond)
 
     def upsert(self, name: str, points: Sequence[tuple[str, dict[str, list[float]], dict[str, Any]]]) -> None:
         self.engine.wait_for_copy(name)
         with self.engine.lock:
-            shard = self._shard(name)
             # durable through Edge's write-ahead log; a flush per upload would cost an fsync
-            shard.update(qe.UpdateOperation.upsert_points([qe.Point(pid, vec, payload) for pid, vec, payload in points]))
+            self._shard(name).upsert(points)
             self.engine.journal(name, [pid for pid, _, _ in points])
             self.engine.maybe_build(name)
 
     def retrieve(
         self, name: str, ids: Sequence[str], with_payload: bool | list[str], with_vectors: bool | list[str]
     ) -> list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
-        payload_arg: Any = qe.PayloadSelector.Include(with_payload) if isinstance(with_payload, list) else with_payload
         with self.engine.lock:
-            found = self._shard(name).retrieve(list(ids), with_payload=payload_arg, with_vector=with_vectors)
-        return [(str(r.id), _vectors(r.vector), dict(r.payload or {})) for r in found]
+            return self._shard(name).retrieve(ids, with_payload, with_vectors)
 
     def query(
         self,
@@ -688,37 +724,21 @@ class EdgeBackend:
         with_vector: bool = False,
         with_payload: bool = True,
     ) -> list[tuple[str, float, dict[str, Any], dict[str, np.ndarray]]]:
-        request = qe.QueryRequest(
-            limit=k,
-            query=qe.Query.Nearest(vector, using=using),
-            filter=_filter(cond),
-            with_payload=with_payload,
-            with_vector=[using] if with_vector else None,
-            params=qe.SearchParams(exact=True) if exact else None,
-        )
         with self.engine.lock:
-            found = self._shard(name).query(request)
-        return [
-            (str(p.id), float(p.score), dict(p.payload or {}) if with_payload else {}, _vectors(p.vector) if with_vector else {})
-            for p in found
-        ]
+            return self._shard(name).query(vector, using, cond, k, exact, with_vector, with_payload)
 
     def scroll(
         self, name: str, offset: str | None, limit: int, with_vectors: bool = False, cond: Conditions | None = None
     ) -> tuple[list[tuple[str, dict[str, np.ndarray], dict[str, Any]]], str | None]:
-        request = qe.ScrollRequest(offset=offset, limit=limit, filter=_filter(cond), with_payload=True, with_vector=with_vectors)
         with self.engine.lock:
-            batch, next_offset = self._shard(name).scroll(request)
-        points = [(str(r.id), _vectors(r.vector), dict(r.payload or {})) for r in batch]
-        return points, None if next_offset is None else str(next_offset)
+            return self._shard(name).scroll(offset, limit, with_vectors, cond)
 
     # -- Edge only -------------------------------------------------------------------------
 
     def info(self, name: str) -> dict[str, int]:
         """Points, indexed (HNSW) vectors and segments of a collection."""
         with self.engine.lock:
-            info = self._shard(name).info()
-        return {"points": info.points_count, "indexed_vectors": info.indexed_vectors_count, "segments": info.segments_count}
+            return self._shard(name).info()
 
     def build_hnsw(self, name: str) -> None:
         """Build HNSW now (in a child process) and swap it in; for the benchmark and the tests."""
