@@ -9,8 +9,9 @@ here it is forced, so every size gets it). Queries run in a fresh child process 
 random vectors are searched top-k on the ``defect`` vector with the app's filter (label anomalous,
 query hash excluded) and without, and filtered again as the Similar page asks
 (``re-ranked``: ``label_metric.similar``, the 500 nearest re-ranked by the metric learned from the
-points' defect types), and the child's resident memory after the queries above what it
-held before opening the store is reported (``mem MB``: anonymous + file-backed pages, so Edge's
+points' defect types), and the child's resident memory (with its own children: the shard host
+that serves a built collection) after the queries above what it held before opening the store
+is reported (``mem MB``: anonymous + file-backed pages, so Edge's
 Rust allocations and its memory-mapped segments count; ``anon MB``: the anonymous part alone),
 with the folder's size on disk. (Peak RSS, ``ru_maxrss``, read 0 for Edge: the imports' peak was
 higher than anything the store added.)
@@ -95,14 +96,26 @@ def pin(cpus: str) -> None:
 
 
 def resident_mb() -> dict[str, float]:
-    """This process's resident memory now (``/proc/self/status``): total and anonymous, in MB."""
-    fields = {}
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "RssAnon"):
-                fields[key] = int(value.split()[0]) / 1024
-    return {"total": fields.get("VmRSS", 0.0), "anon": fields.get("RssAnon", 0.0)}
+    """Resident memory now of this process and its children (a shard host serves a built
+    collection from a process of its own): total and anonymous, in MB (``/proc/<pid>/status``)."""
+    pids = ["self"]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                pids.append(stat.parent.name)
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended meanwhile
+    fields = {"VmRSS": 0.0, "RssAnon": 0.0}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                for line in handle:
+                    key, _, value = line.partition(":")
+                    if key in fields:
+                        fields[key] += int(value.split()[0]) / 1024
+        except OSError:
+            continue
+    return {"total": fields["VmRSS"], "anon": fields["RssAnon"]}
 
 
 def query_child(args: argparse.Namespace) -> int:

@@ -233,25 +233,22 @@ class RemoteShard:
         self._call("flush")
 
     def close(self, wait: bool = True) -> None:
-        """Ask the host to close the shard and exit. ``wait``: until it has (the folder is free
-        for another process); else return at once and let :meth:`exited` tell."""
+        """Ask the host to close the shard and exit. ``wait``: until it has (the folder is then free
+        for another process, and may be deleted); else return at once and let :meth:`exited` tell."""
         with self.lock:
-            if self.dead:
-                return
-            self.dead = True
-            try:
-                self.conn.send(("close", ()))
-                if wait:
-                    self.conn.recv()
-            except (EOFError, OSError):
-                pass
+            if not self.dead:
+                self.dead = True
+                try:
+                    self.conn.send(("close", ()))
+                except (EOFError, OSError):
+                    pass
             if wait:
-                self.conn.close()
                 try:
                     self.process.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait()
+                self.conn.close()
 
     def exited(self) -> bool:
         """Whether the host process has ended (its shard is closed; its folder may be deleted)."""

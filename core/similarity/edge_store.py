@@ -336,7 +336,10 @@ class EdgeEngine:
         return True
 
     def close(self) -> None:
-        self.drop_retired()
+        for shard, folder in self.retired:  # wait for retired hosts: their folders go now, not never
+            shard.close(wait=True)
+            shutil.rmtree(folder, ignore_errors=True)
+        self.retired = []
         for coll in self.collections.values():
             if coll.preloaded is not None:
                 coll.preloaded[1].close()
