@@ -95,7 +95,7 @@ class LocalShard:
     ) -> list[tuple[str, float, dict[str, Any], dict[str, np.ndarray]]]:
         request = qe.QueryRequest(
             limit=k,
-            query=qe.Query.Nearest(vector, using=using),
+            query=qe.Query.Nearest(_as_list(vector), using=using),
             filter=edge_filter(cond),
             with_payload=with_payload,
             with_vector=[using] if with_vector else None,
@@ -105,6 +105,22 @@ class LocalShard:
             (str(p.id), float(p.score), dict(p.payload or {}) if with_payload else {}, _vectors(p.vector) if with_vector else {})
             for p in self.shard.query(request)
         ]
+
+    def query_packed(
+        self,
+        vector: list[float],
+        using: str,
+        cond: Conditions | None,
+        k: int,
+        exact: bool,
+        with_vector: bool,
+        with_payload: bool,
+    ) -> tuple[list[str], list[float], list[dict[str, Any]], np.ndarray | None]:
+        """:meth:`query`'s hits as columns, the vectors as one matrix: what a host sends back (one
+        array pickles in a fraction of the time 500 small ones take)."""
+        hits = self.query(vector, using, cond, k, exact, with_vector, with_payload)
+        matrix = np.stack([h[3][using] for h in hits]) if with_vector and hits else None
+        return [h[0] for h in hits], [h[1] for h in hits], [h[2] for h in hits], matrix
 
     def scroll(self, offset: str | None, limit: int, with_vectors: bool, cond: Conditions | None) -> tuple[Points, str | None]:
         request = qe.ScrollRequest(
@@ -129,7 +145,7 @@ class LocalShard:
 
 
 #: The calls a host answers (the names of LocalShard's methods).
-CALLS = ("count", "upsert", "delete", "retrieve", "query", "scroll", "info", "flush")
+CALLS = ("count", "upsert", "delete", "retrieve", "query", "query_packed", "scroll", "info", "flush")
 
 
 class RemoteShard:
@@ -221,7 +237,10 @@ class RemoteShard:
         with_vector: bool,
         with_payload: bool,
     ) -> list[tuple[str, float, dict[str, Any], dict[str, np.ndarray]]]:
-        return self._call("query", list(vector), using, cond, k, exact, with_vector, with_payload)
+        query = np.asarray(vector, dtype=np.float32)  # one array, not 152 pickled scalars
+        ids, scores, payloads, matrix = self._call("query_packed", query, using, cond, k, exact, with_vector, with_payload)
+        vectors = [{using: row} for row in matrix] if matrix is not None else [{} for _ in ids]
+        return list(zip(ids, scores, payloads, vectors, strict=True))
 
     def scroll(self, offset: str | None, limit: int, with_vectors: bool, cond: Conditions | None) -> tuple[Points, str | None]:
         return self._call("scroll", offset, limit, with_vectors, cond)
