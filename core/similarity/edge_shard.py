@@ -172,6 +172,9 @@ class RemoteShard:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
             )
+        except OSError as exc:
+            ours.close()
+            raise StoreError(f"cannot start a shard host for {folder} ({type(exc).__name__}: {exc})") from exc
         finally:
             theirs.close()
         conn = Connection(ours.detach())

@@ -491,7 +491,10 @@ class EdgeEngine:
         for marker in (_DONE, _COPIED):
             (coll.folder / (target + marker)).unlink(missing_ok=True)
         # closing a shard here holds the GIL (~0.1 s): the reaper closes and deletes it once the
-        # process is idle (one in a shard host closes in its own process)
+        # process is idle; one in a shard host closes now, in its own process (its folder goes
+        # once the host has exited and the process is idle)
+        if isinstance(old, RemoteShard):
+            old.close(wait=False)
         self.retired.append((old, coll.folder / str(old_generation)))
         self.host_failures.pop((name, target), None)
 
