@@ -37,7 +37,7 @@ then; a crashed build is noticed and started again.
 
 **Where the new generation is opened.** Loading a shard holds the GIL for its whole length
 (measured with ``scripts/bench_edge_load.py``: ~55 ms at 100k points with the one keyword index
-kept, ~220 ms at 1M; see :data:`INDEXED_FIELDS`), so a page served by a process that loads waits
+kept, 220-270 ms at 1M; see :data:`INDEXED_FIELDS`), so a page served by a process that loads waits
 that long. A finished generation is therefore opened by a *shard host*, a process of its own
 (:class:`~core.similarity.edge_shard.RemoteShard`, :data:`SWAP_IN_HOST`), started by the idle-close
 thread as soon as the build is done; that thread waits on a socket, without the GIL. It then takes
