@@ -144,8 +144,8 @@ class LocalShard:
         return True
 
 
-#: The calls a host answers (the names of LocalShard's methods).
-CALLS = ("count", "upsert", "delete", "retrieve", "query", "query_packed", "scroll", "info", "flush")
+#: The calls a host answers (the names of LocalShard's methods; a query travels as ``query_packed``).
+CALLS = ("count", "upsert", "delete", "retrieve", "query_packed", "scroll", "info", "flush")
 
 
 class RemoteShard:

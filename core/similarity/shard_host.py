@@ -20,13 +20,13 @@ def serve(conn: Connection, folder: str) -> int:
     import qdrant_edge as qe
 
     from core.similarity.edge_shard import CALLS, LocalShard
-    from core.similarity.edge_store import drop_unused_indexes
+    from core.similarity.edge_store import _one_line, drop_unused_indexes
 
     try:
         raw = qe.EdgeShard.load(folder)
         drop_unused_indexes(raw)
     except Exception as exc:  # noqa: BLE001 - reported to the app, which words it
-        conn.send(("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+        conn.send(("error", f"{type(exc).__name__}: {_one_line(exc)}"))
         return 1
     shard = LocalShard(raw)
     conn.send(("ok", None))
@@ -44,7 +44,7 @@ def serve(conn: Connection, folder: str) -> int:
             try:
                 result = getattr(shard, name)(*args)
             except Exception as exc:  # noqa: BLE001 - the app raises it as a StoreError
-                conn.send(("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+                conn.send(("error", f"{type(exc).__name__}: {_one_line(exc)}"))
             else:
                 conn.send(("ok", result))
     finally:
