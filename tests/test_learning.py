@@ -175,6 +175,33 @@ def test_bank_growth_keeps_the_old_patches_and_adds_the_coreset_of_the_new(model
     assert bank_update.score(det, bank_update.embed(det, images))[0] == pytest.approx(raw, rel=1e-5)
 
 
+def test_leave_one_out_scores_each_new_image_against_the_bank_without_it(models: Path, tiny_data_root: Path) -> None:
+    """Each confirmed good's refresh score is its score against the grown bank minus its own rows.
+
+    The reference recomputes every score with the search's cache emptied first; the refresh builds
+    one bank per image, which once reused the previous bank's cached norms (scores of 0.0).
+    """
+    import torch
+
+    from core.learning import bank_update
+    from core.learning.versions import load_detector
+
+    det = load_detector("patchcore", TINY_CATEGORY)
+    images = _good_images(tiny_data_root, TINY_CATEGORY, 4)
+    growth = bank_update.grow(det, images)
+    _, parts = bank_update.refreshed_calibration(det, growth, None, det.meta.calibration, "test")
+    expected = []
+    for j in range(len(images)):
+        keep = torch.ones(growth.bank.shape[0], dtype=torch.bool)
+        keep[growth.n_old :] = growth.source != j
+        det.module.model._bank_key = None  # noqa: SLF001 - no cached norms: the reference is computed afresh
+        one = bank_update.Embedded(growth.embedded.rows[j : j + 1], growth.embedded.hw, growth.embedded.output_size)
+        expected += bank_update.score(det, one, growth.bank[keep].clone())[0]
+    assert parts["new_goods_leave_one_out"] == pytest.approx(expected, rel=1e-5)
+    own = bank_update.score(det, growth.embedded, growth.bank)[0]  # with their own rows in the bank
+    assert min(expected) > 0 and all(e >= o for e, o in zip(expected, own, strict=True))
+
+
 def test_update_bank_writes_a_version_and_efficientad_is_refused(models: Path, tiny_data_root: Path) -> None:
     from core.errors import ConfigError
     from core.learning.versions import load_detector

@@ -48,6 +48,34 @@ def test_model_search_matches_anomalibs_method() -> None:
     torch.testing.assert_close(values, 2 * expected[0][0], rtol=1e-5, atol=2e-3)
 
 
+def test_a_new_bank_at_the_old_banks_address_gets_its_own_norms() -> None:
+    """A bank with the old one's address, shape and version is still a new bank.
+
+    The bank update's leave-one-out frees one bank and builds the next of the same shape, which the
+    allocator places at the same address; an address-keyed cache then searched with the old
+    bank's norms. A transposed view reproduces that collision without relying on the allocator.
+    """
+    g = torch.Generator().manual_seed(2)
+    square = torch.randn(152, 152, generator=g)
+    queries = torch.randn(300, 152, generator=g)
+    model = PatchcoreModel(layers=["blocks.2"], backbone="tf_efficientnet_lite0", pre_trained=False)
+    model.__class__ = FastPatchcoreModel
+    model.memory_bank = square
+    model.nearest_neighbors(queries, 1)
+    other = square.t()  # same address, shape and version, other rows
+    assert other.data_ptr() == square.data_ptr() and other.shape == square.shape
+    model.memory_bank = other
+    values, index = model.nearest_neighbors(queries, 1)
+    ref_values, ref_index = PatchcoreModel.euclidean_dist(queries, other.contiguous()).min(dim=1)
+    assert torch.equal(index, ref_index)
+    torch.testing.assert_close(values, ref_values, rtol=1e-5, atol=1e-3)
+    other.mul_(3)  # changed in place: the version counter moves, the norms follow
+    values, _ = model.nearest_neighbors(queries, 1)
+    torch.testing.assert_close(
+        values, PatchcoreModel.euclidean_dist(queries, other.contiguous()).min(dim=1)[0], rtol=1e-5, atol=1e-3
+    )
+
+
 def test_trained_model_scores_the_test_set_as_anomalib_does(app_env: Path, tiny_data_root: Path) -> None:
     from core.data.image_io import load_image
     from core.inference.detector import load_detector

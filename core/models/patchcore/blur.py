@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from anomalib.models.components.filters.blur import GaussianBlur2d
 
+from core.models.patchcore.search import same_tensor, tensor_key
+
 
 class SeparableGaussianBlur2d(GaussianBlur2d):
     """:class:`GaussianBlur2d` whose forward runs the kernel's two 1-D factors in turn."""
@@ -25,8 +27,7 @@ class SeparableGaussianBlur2d(GaussianBlur2d):
     def factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(C x 1 x H x 1, C x 1 x 1 x W) 1-D kernels whose product is the 2-D kernel; None if it is not separable."""
         kernel = self.kernel
-        key = (kernel.data_ptr(), tuple(kernel.shape), kernel.dtype, kernel.device)
-        if self._factors_key != key:
+        if not same_tensor(self._factors_key, kernel):  # the kernel itself, not its address (see search.py)
             plane = kernel[0, 0].double()
             total = plane.sum()
             vertical, horizontal = plane.sum(dim=1) / total, plane.sum(dim=0)
@@ -40,7 +41,7 @@ class SeparableGaussianBlur2d(GaussianBlur2d):
                 if separable and same
                 else None
             )
-            self._factors_key = key
+            self._factors_key = tensor_key(kernel)
         return self._factors
 
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,16 @@ def nearest_neighbours(
     return torch.cat(distances), torch.cat(indices)
 
 
+def tensor_key(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A cache key for values derived from ``tensor``: the tensor (kept alive by the key) and its version."""
+    return tensor, tensor._version  # noqa: SLF001 - torch's in-place counter
+
+
+def same_tensor(key: tuple[torch.Tensor, int] | None, tensor: torch.Tensor) -> bool:
+    """Whether ``key`` (from :func:`tensor_key`) was made from this very tensor, unchanged since."""
+    return key is not None and key[0] is tensor and key[1] == tensor._version  # noqa: SLF001
+
+
 class FastPatchcoreModel(PatchcoreModel):
     """anomalib's ``PatchcoreModel`` with :func:`nearest_neighbours` as its search.
 
@@ -57,10 +67,16 @@ class FastPatchcoreModel(PatchcoreModel):
     _bank_key: tuple | None = None
 
     def _bank_norms(self) -> torch.Tensor:
+        """The bank's squared norms, computed once per bank.
+
+        Keyed by the bank tensor itself (held, so no other tensor can take its memory) and torch's
+        in-place counter, never by its address: the bank update's leave-one-out builds and frees one
+        bank per image, all of one shape, and the allocator hands the next one the same address, so
+        an address key returned the previous bank's norms (measured: a leave-one-out score of 0.0).
+        """
         bank = self.memory_bank
-        key = (bank.data_ptr(), tuple(bank.shape), bank._version, bank.device)  # noqa: SLF001 - torch's in-place counter
-        if self._bank_key != key:
-            self._bank_sq, self._bank_key = bank.pow(2).sum(dim=1), key
+        if not same_tensor(self._bank_key, bank):
+            self._bank_sq, self._bank_key = bank.pow(2).sum(dim=1), tensor_key(bank)
         return self._bank_sq
 
     def nearest_neighbors(self, embedding: torch.Tensor, n_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
