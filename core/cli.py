@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from core.training import train
 
     config = get_spec(args.model).config_from_args(args)
-    meta = train(args.model, args.category, data_root=args.data_root, config=config, device=args.device)
+    meta = train(args.model, args.category, data_root=args.data_root, config=config, device=args.device, seed=args.seed)
     print(
         f"trained {meta.model} on {meta.category} in {meta.train_time_s:.1f} s on {meta.device} "
         f"({meta.n_train_images} train images); calibrated image threshold {meta.calibration.image_threshold:.4g} "
@@ -437,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(p)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--image-size", type=int, help="square input size in pixels (default 256)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seeds the calibration split's draw and the training (default 0: reproducible)"
+    )
     for name in MODEL_NAMES:
         get_spec(name).add_cli_args(p.add_argument_group(model_label(name)))
     p.set_defaults(func=cmd_train)

@@ -76,7 +76,7 @@ def bottle_root(shared: Path) -> Path:
     return root
 
 
-def ensure_bottle(shared: Path) -> None:
+def ensure_bottle(shared: Path, coreset_ratio: float | None = None, seed: int = 0) -> None:
     from core import registry
     from core.errors import ModelNotTrainedError
     from core.training import train
@@ -84,7 +84,8 @@ def ensure_bottle(shared: Path) -> None:
     try:
         registry.load_meta("patchcore", "bottle")
     except ModelNotTrainedError:
-        train("patchcore", "bottle", data_root=bottle_root(shared), progress=False)
+        config = {} if coreset_ratio is None else {"coreset_ratio": coreset_ratio}
+        train("patchcore", "bottle", data_root=bottle_root(shared), config=config, seed=seed, progress=False)
 
 
 def _explain(
@@ -172,6 +173,10 @@ def main() -> None:
     parser.add_argument("--categories", nargs="+", default=["tile", "leather", "grid", "bottle"])
     parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_ad"))
     parser.add_argument("--explain", action="store_true", help="print where each threshold comes from and the faintest defects")
+    parser.add_argument(
+        "--coreset-ratio", type=float, help="bottle's training, when it is not yet trained (default: the model's)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bottle's training seed, when it is not yet trained")
     args = parser.parse_args()
     shared = Path(args.shared)
     rows = []
@@ -181,7 +186,7 @@ def main() -> None:
             if not (shared / "bottle").is_dir():
                 print("bottle: skipped (no ../shared/data/mvtec_ad/bottle)")
                 continue
-            ensure_bottle(shared)
+            ensure_bottle(shared, args.coreset_ratio, args.seed)
         rows += bench(category, shared, args.explain)
         print(f"[{category}: {time.perf_counter() - started:.0f} s]", flush=True)
     print(

@@ -160,3 +160,20 @@ def test_category_names_cannot_leave_their_folders(tmp_path: Path) -> None:
         result = run_cli("train", "--category", name, "--data-root", str(tmp_path / "root" / "home"), home=home)
         assert_one_line_error(result, "invalid category name")
     assert not (home / "models").exists() or not any((home / "models").rglob("*"))
+
+
+def test_train_seed_is_used_and_recorded(tmp_path: Path, tiny_data_root: Path) -> None:
+    """``--seed`` picks another calibration draw (a robustness run) and the model's metadata keeps it."""
+    from core import registry
+    from tests.conftest import TINY_CATEGORY, TINY_SIZE
+
+    args = ("train", "--category", TINY_CATEGORY, "--data-root", str(tiny_data_root), "--image-size", str(TINY_SIZE))
+    thresholds = {}
+    for seed in (0, 3):
+        home = tmp_path / f"seed{seed}"
+        result = run_cli(*args, "--coreset-ratio", "0.1", "--seed", str(seed), home=home)
+        assert result.returncode == 0, result.stderr
+        meta = registry.load_meta("patchcore", TINY_CATEGORY, home / "models")
+        assert meta.extra["seed"] == seed
+        thresholds[seed] = meta.extra["anomalib_f1_thresholds"]["image"]
+    assert thresholds[0] != thresholds[3]  # another seed, another synthetic calibration split
