@@ -6,20 +6,22 @@
 # that noise. Each (ratio, seed) gets its own workspace under OUT: PatchCore trained on the demo
 # categories (and real bottle minus its confirmation pool when --bottle is given), then the bench.
 #
-#   bash scripts/bench_feedback_sweep.sh OUT [--ratios "0.025 0.05 0.1"] [--seeds "0 1 2"] [--bottle]
+#   bash scripts/bench_feedback_sweep.sh OUT [--ratios "0.025 0.05 0.1"] [--seeds "0 1 2"] [--draws K] [--bottle]
 #
 # Each workspace's table is in OUT/r<ratio>_s<seed>/bench.log; models already there are reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: bench_feedback_sweep.sh OUT [--ratios "..."] [--seeds "..."] [--bottle]}
+OUT=${1:?usage: bench_feedback_sweep.sh OUT [--ratios "..."] [--seeds "..."] [--draws K] [--bottle]}
 shift
 RATIOS="0.025 0.05 0.1"
 SEEDS="0 1 2"
 CATS="tile leather grid"
+DRAWS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --ratios) RATIOS=$2; shift 2 ;;
     --seeds) SEEDS=$2; shift 2 ;;
+    --draws) DRAWS=$2; shift 2 ;;
     --bottle) CATS="$CATS bottle"; shift ;;
     *) echo "error: unknown option $1" >&2; exit 2 ;;
   esac
@@ -41,8 +43,8 @@ for seed in $SEEDS; do
         --coreset-ratio "$r" --seed "$seed" > "$ws/train_$c.log" 2>&1
     done
     INSPECT_HOME="$ws" "$PY" scripts/bench_feedback_loop.py --categories $CATS --explain \
-      --coreset-ratio "$r" --seed "$seed" > "$ws/bench.log" 2>&1
+      --coreset-ratio "$r" --seed "$seed" --draws "$DRAWS" > "$ws/bench.log" 2>&1
     echo "ratio $r seed $seed:"
-    grep -E '^\| (tile|leather|grid|bottle) .*\| (before|update-bank) \|' "$ws/bench.log"
+    grep -E '^\| (tile|leather|grid|bottle) .*\| (before|update-bank)[ ,]' "$ws/bench.log"
   done
 done
