@@ -328,6 +328,11 @@ def cmd_update_bank(args: argparse.Namespace) -> None:
         f"{args.model}/{args.category}: new version {done.version}: memory bank {done.n_old} -> {done.n_old + done.n_added} "
         f"patches from {done.n_images} image(s); threshold (raw) {done.threshold_before:.6g} -> {done.threshold_after:.6g}"
     )
+    if done.defects_known:
+        print(
+            f"  known defects (inspections reviewed as defective): {done.defects_caught_before} of {done.defects_known} "
+            f"caught before, {done.defects_caught_after} of {done.defects_known} after"
+        )
     for note in done.notes:
         print(f"  note: {note}")
 

@@ -254,13 +254,22 @@ def bank_section(history: History, model: str, category: str) -> None:
             except InspectError as exc:
                 st.error(str(exc))
                 return
-        st.session_state["learn_bank_done"] = (
-            f"New version {done.version}: memory bank {done.n_old} → {done.n_old + done.n_added} patches "
-            f"from {done.n_images} image(s)."
-        )
+        st.session_state["learn_bank_done"] = done
         st.rerun()
-    if st.session_state.get("learn_bank_done"):
-        st.success(st.session_state["learn_bank_done"])
+    done = st.session_state.get("learn_bank_done")
+    if done:
+        st.success(
+            f"New version {done.version}: memory bank {done.n_old} → {done.n_old + done.n_added} patches "
+            f"from {done.n_images} image(s); threshold (raw) {done.threshold_before:.6g} → {done.threshold_after:.6g}."
+            + (
+                f" Known defects: {done.defects_caught_before} of {done.defects_known} caught before, "
+                f"{done.defects_caught_after} after."
+                if done.defects_known
+                else ""
+            )
+        )
+        for note in done.notes:
+            st.warning(note)
 
 
 def versions_section(model: str, category: str) -> None:

@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from core.data.demo import DRIFT_FOLDER, Drift, generate_drifted_set
+from core.data.demo import DRIFT_FOLDER, Drift, generate_demo_dataset, generate_drifted_set
 from core.data.image_io import load_image
 from core.learning import bank_update, profile, recalibration
 from core.learning.versions import load_detector
@@ -38,6 +39,53 @@ from core.settings import get_settings
 BOTTLE_SHIFT = Drift(gain=0.85, colour=(1.08, 1.0, 0.9), scale=1.0)
 POOL = 20
 COUNTS = (5, 10, 20)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many images the demo categories are measured on (bottle's are fixed by the real data).
+
+    The defaults are the drifted set ``python -m core demo-data --drift`` writes (20 pool images,
+    20 goods, 4 per defect type) and the model's own test set. One image of 20 is 5 points of a
+    rate, so a larger set (``--pool``, ``--drift-goods``, ``--drift-per-defect``, and a fresh
+    original test set drawn with ``--orig-seed``) is what tells a 9% rate from a 15% one.
+    """
+
+    pool: int = POOL
+    drift_goods: int = 20
+    drift_per_defect: int = 4
+    orig_seed: int | None = None  # None: the model's own test set
+    orig_goods: int = 20
+    orig_per_defect: int = 6
+    counts: tuple[int, ...] = COUNTS  # confirmed goods per update
+
+    @property
+    def default_drift(self) -> bool:
+        return (self.pool, self.drift_goods, self.drift_per_defect) == (POOL, 20, 4)
+
+
+def demo_sets(category: str, data_root: Path, sizes: Sizes) -> tuple[Path, Path]:
+    """(drifted root, original test root) for a demo category, written in the workspace if needed.
+
+    Sets of other sizes go to folders named by their sizes, so they never rewrite the default ones.
+    A fresh original test set comes from the demo generator with another seed: the same kinds of
+    parts and defects, none of them the images the model was trained or calibrated on.
+    """
+    ws = get_settings().workspace
+    folder = (
+        DRIFT_FOLDER if sizes.default_drift else f"{DRIFT_FOLDER}_p{sizes.pool}_g{sizes.drift_goods}_d{sizes.drift_per_defect}"
+    )
+    droot = generate_drifted_set(
+        ws / folder, [category], n_confirm=sizes.pool, n_test_good=sizes.drift_goods,
+        n_per_defect=sizes.drift_per_defect, progress=False,
+    )  # fmt: skip
+    if sizes.orig_seed is None:
+        return droot, data_root
+    oroot = generate_demo_dataset(
+        ws / f"demo_test_s{sizes.orig_seed}_g{sizes.orig_goods}_d{sizes.orig_per_defect}", [category], n_train=1,
+        n_test_good=sizes.orig_goods, n_per_defect=sizes.orig_per_defect, seed=sizes.orig_seed, progress=False,
+    )  # fmt: skip
+    return droot, oroot
 
 
 def _load(paths: list[str], drift: Drift | None = None) -> list[np.ndarray]:
@@ -89,18 +137,25 @@ def ensure_bottle(shared: Path, coreset_ratio: float | None = None, seed: int = 
 
 
 def _explain(
-    category: str, what: str, t: float, parts: dict[str, list[float]] | None, s_o: list[float], o_labels: list[int]
+    category: str, what: str, t: float, refresh: bank_update.Refresh | None, s_o: list[float], o_labels: list[int]
 ) -> None:
     """Where a threshold comes from and the faintest original defects beside it (``--explain``)."""
     defects = sorted(s for s, lab in zip(s_o, o_labels, strict=True) if lab == 1)[:4]
     goods = max(s for s, lab in zip(s_o, o_labels, strict=True) if lab == 0)
     line = f"  [{category} {what}] threshold {t:.3f}"
-    if parts is not None:
-        line += f" = max(held-out goods {max(parts['held_out_goods']):.3f}, new goods leave-one-out {max(parts['new_goods_leave_one_out']):.3f})"
+    if refresh is not None:
+        line += f" = max(held-out goods {max(refresh.held_out_goods):.3f}, new goods leave-one-out {max(refresh.new_goods):.3f})"
     print(f"{line}; faintest original defects {', '.join(f'{d:.3f}' for d in defects)}; highest original good {goods:.3f}")
 
 
-def bench(category: str, shared: Path, explain: bool = False, draws: int = 1, draw_rows: list[str] | None = None) -> list[dict]:
+def bench(
+    category: str,
+    shared: Path,
+    explain: bool = False,
+    draws: int = 1,
+    draw_rows: list[str] | None = None,
+    sizes: Sizes = Sizes(),  # noqa: B008 - frozen
+) -> list[dict]:
     det = load_detector("patchcore", category)
     cal = det.meta.calibration
     draw_rows = [] if draw_rows is None else draw_rows
@@ -114,11 +169,10 @@ def bench(category: str, shared: Path, explain: bool = False, draws: int = 1, dr
         pool = _load(pool_files, drift)
         what = "real bottle, brightness x0.85, colour (1.08, 1, 0.9)"
     else:
-        root = Path(det.meta.data_root)
-        droot = generate_drifted_set(get_settings().workspace / DRIFT_FOLDER, [category], progress=False)
+        droot, root = demo_sets(category, Path(det.meta.data_root), sizes)
         d_files, d_labels = _test_files(droot, category)
         drifted = _load(d_files)
-        pool = _load([str(f) for f in sorted((droot / category / "train" / "good").glob("*.png"))][:POOL])
+        pool = _load([str(f) for f in sorted((droot / category / "train" / "good").glob("*.png"))][: sizes.pool])
         what = "demo drifted set"
     o_files, o_labels = _test_files(root, category)
     emb_o = bank_update.embed(det, _load(o_files))
@@ -154,36 +208,36 @@ def bench(category: str, shared: Path, explain: bool = False, draws: int = 1, dr
             f"  [{category}] held-out goods (all {len(base_h)} of the calibration split) under the trained bank: highest {max(base_h):.3f}"
         )
         _explain(category, "before", cal.image_threshold, None, base_o, o_labels)
-    for n in COUNTS:
+    for n in sizes.counts:
         reviewed = [(i, 0, s) for i, s in enumerate(base_p[:n])]
         prop = recalibration.propose(cal.image_threshold, reviewed, base_h)
         row("recalibrate", n, prop.proposed, base_o, base_d)
-    for n in COUNTS:
+    for n in sizes.counts:
         growth = bank_update.grow(det, pool[:n])
-        new_cal, parts = bank_update.refreshed_calibration(det, growth, emb_h, cal, "bench")
+        refresh = bank_update.refreshed_calibration(det, growth, emb_h, cal, "bench")
+        new_cal = refresh.calibration
         s_o, _ = bank_update.score(det, emb_o, growth.bank)
         if explain:
-            _explain(category, f"update-bank {n}", new_cal.image_threshold, parts, s_o, o_labels)
+            _explain(category, f"update-bank {n}", new_cal.image_threshold, refresh, s_o, o_labels)
         s_d, _ = bank_update.score(det, emb_d, growth.bank)
         row("update-bank", n, new_cal.image_threshold, s_o, s_d)
     base_det_orig = rows[0]["det_orig"]
-    for n in [c for c in COUNTS if c < len(pool)] if draws > 1 else []:
+    for n in [c for c in sizes.counts if c < len(pool)] if draws > 1 else []:
         # The first n of the pool are one draw; which n goods an inspector confirms is chance, and
         # the refreshed threshold (the highest of them) moves with it. Seeded draws show the spread.
         picks = np.random.default_rng(n).permuted(np.tile(np.arange(len(pool)), (draws, 1)), axis=1)[:, :n]
         got = []
         for pick in picks:
             growth = bank_update.grow(det, [pool[i] for i in pick])
-            new_cal, _ = bank_update.refreshed_calibration(det, growth, emb_h, cal, "bench")
-            t = new_cal.image_threshold
+            t = bank_update.refreshed_calibration(det, growth, emb_h, cal, "bench").calibration.image_threshold
             fa, _ = _rates(bank_update.score(det, emb_d, growth.bank)[0], d_labels, t)
             _, det_o = _rates(bank_update.score(det, emb_o, growth.bank)[0], o_labels, t)
             got.append((fa, det_o))
         fas, dets = np.array([g[0] for g in got]), np.array([g[1] for g in got])
         met = int(((fas <= 0.10 + 1e-9) & (dets >= base_det_orig - 1e-9)).sum())
         draw_rows.append(
-            f"| {category} | update-bank, {draws} random draws | {n} | {fas.mean():.1%} ({fas.min():.0%}-{fas.max():.0%}) "
-            f"| {dets.mean():.1%} ({dets.min():.0%}-{dets.max():.0%}) | {base_det_orig:.0%} | {met} of {draws} |"
+            f"| {category} | update-bank, {draws} random draws | {n} | {fas.mean():.1%} ({fas.min():.1%}-{fas.max():.1%}) "
+            f"| {dets.mean():.1%} ({dets.min():.1%}-{dets.max():.1%}) | {base_det_orig:.1%} | {met} of {draws} |"
         )
     return rows
 
@@ -197,11 +251,27 @@ def main() -> None:
         "--coreset-ratio", type=float, help="bottle's training, when it is not yet trained (default: the model's)"
     )
     parser.add_argument("--seed", type=int, default=0, help="bottle's training seed, when it is not yet trained")
+    parser.add_argument("--counts", type=int, nargs="+", default=list(COUNTS), help="confirmed goods per update")
+    parser.add_argument("--pool", type=int, default=POOL, help="demo categories: confirmation pool size")
+    parser.add_argument("--drift-goods", type=int, default=20, help="demo categories: drifted good parts scored")
+    parser.add_argument("--drift-per-defect", type=int, default=4, help="demo categories: drifted defects per type")
+    parser.add_argument("--orig-seed", type=int, help="demo categories: score a fresh original test set drawn with this seed")
+    parser.add_argument("--orig-goods", type=int, default=20, help="with --orig-seed: good parts in it")
+    parser.add_argument("--orig-per-defect", type=int, default=6, help="with --orig-seed: defects per type in it")
     parser.add_argument(
         "--draws", type=int, default=1, help="also confirm K random draws of n pool images (n < pool) and report the spread"
     )
     args = parser.parse_args()
     shared = Path(args.shared)
+    sizes = Sizes(
+        args.pool,
+        args.drift_goods,
+        args.drift_per_defect,
+        args.orig_seed,
+        args.orig_goods,
+        args.orig_per_defect,
+        tuple(args.counts),
+    )
     rows: list[dict] = []
     draw_rows: list[str] = []
     for category in args.categories:
@@ -211,7 +281,7 @@ def main() -> None:
                 print("bottle: skipped (no ../shared/data/mvtec_ad/bottle)")
                 continue
             ensure_bottle(shared, args.coreset_ratio, args.seed)
-        rows += bench(category, shared, args.explain, args.draws, draw_rows)
+        rows += bench(category, shared, args.explain, args.draws, draw_rows, sizes)
         print(f"[{category}: {time.perf_counter() - started:.0f} s]", flush=True)
     print(
         "| category | drifted data | after | confirmed goods | false alarms, drifted goods | detection, drifted defects "
@@ -221,8 +291,8 @@ def main() -> None:
     for r in rows:
         n = "–" if r["method"] == "before" else str(r["n"])
         print(
-            f"| {r['category']} | {r['data']} | {r['method']} | {n} | {r['fa_drift']:.0%} | {r['det_drift']:.0%} "
-            f"| {r['auroc_orig']:.4f} | {r['det_orig']:.0%} |"
+            f"| {r['category']} | {r['data']} | {r['method']} | {n} | {r['fa_drift']:.1%} | {r['det_drift']:.0%} "
+            f"| {r['auroc_orig']:.4f} | {r['det_orig']:.1%} |"
         )
     if draw_rows:
         print(

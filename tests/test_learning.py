@@ -189,7 +189,7 @@ def test_leave_one_out_scores_each_new_image_against_the_bank_without_it(models:
     det = load_detector("patchcore", TINY_CATEGORY)
     images = _good_images(tiny_data_root, TINY_CATEGORY, 4)
     growth = bank_update.grow(det, images)
-    _, parts = bank_update.refreshed_calibration(det, growth, None, det.meta.calibration, "test")
+    refresh = bank_update.refreshed_calibration(det, growth, None, det.meta.calibration, "test")
     expected = []
     for j in range(len(images)):
         keep = torch.ones(growth.bank.shape[0], dtype=torch.bool)
@@ -197,9 +197,53 @@ def test_leave_one_out_scores_each_new_image_against_the_bank_without_it(models:
         det.module.model._bank_key = None  # noqa: SLF001 - no cached norms: the reference is computed afresh
         one = bank_update.Embedded(growth.embedded.rows[j : j + 1], growth.embedded.hw, growth.embedded.output_size)
         expected += bank_update.score(det, one, growth.bank[keep].clone())[0]
-    assert parts["new_goods_leave_one_out"] == pytest.approx(expected, rel=1e-5)
+    assert refresh.new_goods == pytest.approx(expected, rel=1e-5)
     own = bank_update.score(det, growth.embedded, growth.bank)[0]  # with their own rows in the bank
     assert min(expected) > 0 and all(e >= o for e, o in zip(expected, own, strict=True))
+
+
+def test_a_bank_updates_threshold_stays_under_a_known_defect() -> None:
+    from core.learning.bank_update import guarded_threshold
+
+    assert guarded_threshold([1.0, 2.0, 5.0], []) == 5.0  # no known defect: the highest good
+    assert guarded_threshold([1.0, 2.0, 5.0], [6.0]) == 5.0  # defects above it: the same
+    assert guarded_threshold([1.0, 5.0], [5.0]) == 5.0  # a score at the threshold is DEFECT: still caught
+    # a good at 5 above a known defect at 3: midway between that defect and the highest good under it
+    assert guarded_threshold([1.0, 2.0, 5.0], [3.0, 6.0]) == pytest.approx(2.5)
+    assert guarded_threshold([4.0, 5.0], [3.0]) == 3.0  # every good above it: at the defect
+
+
+def test_update_bank_keeps_the_known_defects_caught(models: Path, tiny_data_root: Path, tmp_path: Path) -> None:
+    """A confirmed "good" that scores like a defect must not lift the threshold over defects inspectors confirmed."""
+    from core.history import History
+    from core.learning.versions import load_detector
+    from core.services import feedback_loop, inspection
+
+    det = load_detector("patchcore", TINY_CATEGORY)
+    history = History()
+    files = sorted(f for f in (tiny_data_root / TINY_CATEGORY / "test").glob("*/*.png") if f.parent.name != "good")
+    items = [(f.name, inspection.load_image(f.read_bytes(), f.name), inspection.sha256_of(f.read_bytes())) for f in files]
+    judged = inspection.inspect_images(det, items, history=history)
+    caught = [r for r in judged if r.judgement.verdict == "DEFECT"]
+    assert caught
+    for r in caught:
+        history.set_feedback(r.inspection_id, "correct")
+    folder = tmp_path / "confirmed"
+    folder.mkdir()
+    for f in sorted((tiny_data_root / TINY_CATEGORY / "test" / "good").glob("*.png"))[:2]:
+        shutil.copy(f, folder / f.name)
+    for f in sorted((tiny_data_root / "grid" / "test" / "good").glob("*.png"))[:1]:  # another material
+        shutil.copy(f, folder / f"foreign_{f.name}")
+
+    done = feedback_loop.update_bank(TINY_CATEGORY, images=str(folder), history=history)
+    assert done.defects_known == done.defects_caught_before == done.defects_caught_after == len(caught)
+    new = load_detector("patchcore", TINY_CATEGORY)
+    assert new.version == done.version and new.meta.calibration.image_threshold == done.threshold_after
+    assert "kept under known defects" in new.meta.calibration.source
+    assert any("under known defect(s) #" in n and "recalibrate" in n for n in done.notes)
+    # the new version itself, run on the defect images, still calls every one of them DEFECT
+    raw = [p.raw_score for p in new.predict_batch([r.image for r in caught])]
+    assert min(raw) >= done.threshold_after
 
 
 def test_update_bank_writes_a_version_and_efficientad_is_refused(models: Path, tiny_data_root: Path) -> None:

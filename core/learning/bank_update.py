@@ -12,6 +12,12 @@ held-out goods scored with the grown bank *and* the new images, each scored with
 patches (leave-one-out: a patch never vouches for itself). anomalib's F1 threshold on synthetic
 anomalies is not refitted: training already found it below that floor on the demo categories.
 
+One guard on top (:func:`guarded_threshold`): a bank update teaches the model good parts, so it
+must not unlearn defects. Known defects (inspections reviewed as defective) that the current
+version catches stay caught: when a confirmed good scores above one of them, the threshold stays
+under that defect and the good stays flagged, and the update says so. Trading a known defect for a
+good part is a decision for a person, through recalibration, which weighs both.
+
 EfficientAD has no memory bank: what it knows of normal parts is in a student network trained for
 thousands of steps, so new images mean retraining it; it gets recalibration only.
 """
@@ -136,10 +142,53 @@ def grow(detector: Detector, images_rgb: list[np.ndarray], *, coreset_ratio: flo
     return Growth(bank=bank, n_old=old.shape[0], source=idx // n, embedded=emb)
 
 
+def guarded_threshold(goods: list[float], protected: list[float]) -> float:
+    """The highest good score, unless that would pass a known defect the current version catches.
+
+    Then the threshold sits midway between that defect (the lowest of them) and the highest good
+    below it, recalibration's convention (or at the defect, when every good is above it): the defect
+    stays caught and the goods above it stay flagged.
+    """
+    if not goods:
+        raise ConfigError("no good-part scores to set a threshold from")
+    highest = max(goods)
+    if not protected or min(protected) >= highest:  # a score at the threshold is DEFECT
+        return highest
+    low = min(protected)
+    under = [g for g in goods if g < low]
+    return (max(under) + low) / 2 if under else low
+
+
+@dataclass
+class Refresh:
+    """The refreshed calibration and the scores it came from (raw scores)."""
+
+    calibration: registry.Calibration
+    held_out_goods: list[float]
+    new_goods: list[float]  # each new image without its own patches (leave-one-out)
+    unguarded: float  # the highest good: the threshold without the known-defect guard
+    defects_before: list[float] = field(default_factory=list)  # known defects under the current version
+    defects_after: list[float] = field(default_factory=list)  # and under the grown bank
+
+    @property
+    def guarded(self) -> bool:
+        """True when a known defect kept the threshold under the highest good."""
+        return self.calibration.image_threshold < self.unguarded
+
+
 def refreshed_calibration(
-    detector: Detector, growth: Growth, held_out: Embedded | None, old: registry.Calibration, source: str
-) -> tuple[registry.Calibration, dict[str, list[float]]]:
-    """The calibration of the grown model: goods = held-out calibration goods + new images (leave-one-out)."""
+    detector: Detector,
+    growth: Growth,
+    held_out: Embedded | None,
+    old: registry.Calibration,
+    source: str,
+    known_defects: Embedded | None = None,
+) -> Refresh:
+    """The calibration of the grown model: goods = held-out calibration goods + new images (leave-one-out).
+
+    ``known_defects``: images reviewed as defective; those the current version catches (at ``old``'s
+    threshold) are kept caught (:func:`guarded_threshold`).
+    """
     import torch
 
     from core.learning.profile import GOOD_PIXEL_QUANTILE
@@ -160,7 +209,13 @@ def refreshed_calibration(
         new += s
         pixels.append(m.reshape(-1))
     goods = held + new
-    image_t = max(goods)
+    before: list[float] = []
+    after: list[float] = []
+    if known_defects is not None and known_defects.rows.shape[0]:
+        before, _ = score(detector, known_defects)
+        after, _ = score(detector, known_defects, growth.bank)
+    protected = [a for b, a in zip(before, after, strict=True) if b >= old.image_threshold]
+    image_t = guarded_threshold(goods, protected)
     pixel_t = float(torch.quantile(torch.cat(pixels)[:16_000_000], GOOD_PIXEL_QUANTILE))
     cal = registry.Calibration(
         image_threshold=image_t,
@@ -171,7 +226,7 @@ def refreshed_calibration(
         pixel_max=max(old.pixel_max, pixel_t),
         source=source,
     )
-    return cal, {"held_out_goods": held, "new_goods_leave_one_out": new}
+    return Refresh(cal, held, new, max(goods), before, after)
 
 
 def install(detector: Detector, growth: Growth) -> None:

@@ -20,6 +20,7 @@ from core.errors import ConfigError, InspectError
 if TYPE_CHECKING:
     from core.history import History, InspectionRecord
     from core.inference.detector import Detector
+    from core.learning.bank_update import Refresh
     from core.learning.drift import DriftReport
     from core.learning.recalibration import Proposal
     from core.learning.versions import VersionInfo
@@ -30,6 +31,7 @@ __all__ = [
     "bank_reason",
     "confirmed_goods",
     "drift",
+    "known_defects",
     "ood_note",
     "propose_recalibration",
     "restore_version",
@@ -172,6 +174,9 @@ class BankUpdate:
     threshold_before: float
     threshold_after: float
     notes: list[str] = field(default_factory=list)
+    defects_known: int = 0  # inspections reviewed as defective (with a thumbnail)
+    defects_caught_before: int = 0  # of those, at or over the threshold of the version changed
+    defects_caught_after: int = 0  # and of the new version
 
 
 def _images_in(folder: str) -> list[tuple[str, object]]:
@@ -227,11 +232,21 @@ def update_bank(
         f"refreshed after adding {origin} to the memory bank: image threshold = highest good score over "
         f"{len(goods)} held-out goods of the calibration split and the new images (each scored without its own patches)"
     )
-    cal, _ = bank_update.refreshed_calibration(det, growth, held, old, source)
+    defects = known_defects(_history(history), model, category)
+    emb_defects = bank_update.embed(det, [_read(r.thumbnail_path) for r in defects]) if defects else None
+    refresh = bank_update.refreshed_calibration(det, growth, held, old, source, emb_defects)
+    cal = refresh.calibration
+    change = f"memory bank {growth.n_old} -> {growth.bank.shape[0]} patches from {origin}"
+    notes = [] if goods else ["the calibration split is not here: the threshold comes from the new images only"]
+    if refresh.guarded:
+        notes.append(_guard_note(refresh, [int(r.id) for r in defects], old.image_threshold, len(named)))
+        kept = f"; kept under known defects the previous version caught (the highest good: {refresh.unguarded:.6g})"
+        cal.source += kept
+        change += kept
     meta = derived_meta(
         det,
         kind="update-bank",
-        change=f"memory bank {growth.n_old} -> {growth.bank.shape[0]} patches from {origin}",
+        change=change,
         inspections=ids,
         who=who,
         images=[p for p, _ in named] if images else [],
@@ -240,9 +255,43 @@ def update_bank(
     meta.n_train_images += len(named)
     bank_update.install(det, growth)
     version = save_derived(det, meta)
-    notes = [] if goods else ["the calibration split is not here: the threshold comes from the new images only"]
     return BankUpdate(
-        version, len(named), growth.n_old, growth.bank.shape[0] - growth.n_old, old.image_threshold, cal.image_threshold, notes
+        version,
+        len(named),
+        growth.n_old,
+        growth.bank.shape[0] - growth.n_old,
+        old.image_threshold,
+        cal.image_threshold,
+        notes,
+        defects_known=len(defects),
+        defects_caught_before=sum(s >= old.image_threshold for s in refresh.defects_before),
+        defects_caught_after=sum(s >= cal.image_threshold for s in refresh.defects_after),
+    )
+
+
+def known_defects(history: History, model: str, category: str) -> list[InspectionRecord]:
+    """Inspections reviewed as defective ("correct" DEFECT verdicts, missed defects) with a thumbnail."""
+    from core.learning.recalibration import label_of
+
+    records = history.list(category=category, model=model)
+    return [r for r in records if label_of(r) == 1 and r.thumbnail_path and Path(r.thumbnail_path).is_file()]
+
+
+def _guard_note(refresh: Refresh, defect_ids: list[int], threshold_before: float, n_new: int) -> str:
+    """Why the threshold stayed under the highest good: which known defects, which goods stay flagged."""
+    t = refresh.calibration.image_threshold
+    saved = [
+        f"#{i} ({a:.6g})"
+        for i, b, a in zip(defect_ids, refresh.defects_before, refresh.defects_after, strict=True)
+        if b >= threshold_before and a < refresh.unguarded
+    ]
+    new_over = sum(s >= t for s in refresh.new_goods)
+    held_over = sum(s >= t for s in refresh.held_out_goods)
+    return (
+        f"the threshold stays at {t:.6g}, under known defect(s) {', '.join(saved)} that the previous version caught; "
+        f"the highest good would have set {refresh.unguarded:.6g} and let them pass. {new_over} of the {n_new} new "
+        f"image(s) (each without its own patches) and {held_over} of the {len(refresh.held_out_goods)} held-out goods "
+        "score at or above it and will still be flagged. To trade a known defect for those goods, recalibrate: it weighs both"
     )
 
 
