@@ -109,6 +109,17 @@ def _rates(scores: list[float], labels: list[int], t: float) -> tuple[float, flo
     return float((s[lab == 0] >= t).mean()), float((s[lab == 1] >= t).mean())
 
 
+def keep_threshold(s_o: list[float], o_labels: list[int], caught: int) -> float:
+    """The highest threshold that still catches ``caught`` original defects.
+
+    A feasibility check computed *on the test set*, never a rule a line could use: the false alarms
+    on drifted goods at this threshold are the fewest any threshold can give without losing
+    detection. When they exceed the target too, no threshold meets both targets for that draw.
+    """
+    defects = sorted((s for s, lab in zip(s_o, o_labels, strict=True) if lab == 1), reverse=True)
+    return defects[caught - 1] if caught else float("inf")
+
+
 def bottle_root(shared: Path) -> Path:
     """A copy of bottle in the workspace (never the repo) without its last POOL train/good images."""
     src = shared / "bottle"
@@ -186,7 +197,7 @@ def bench(
 
     def row(method: str, n: int, t: float, s_o: list[float], s_d: list[float]) -> None:
         fa, det_d = _rates(s_d, d_labels, t)
-        _, det_o = _rates(s_o, o_labels, t)
+        fa_o, det_o = _rates(s_o, o_labels, t)
         rows.append(
             {
                 "category": category,
@@ -197,6 +208,7 @@ def bench(
                 "det_drift": det_d,
                 "auroc_orig": _auroc(s_o, o_labels),
                 "det_orig": det_o,
+                "fa_orig": fa_o,
                 "auroc_drift": _auroc(s_d, d_labels),
             }
         )
@@ -221,7 +233,8 @@ def bench(
             _explain(category, f"update-bank {n}", new_cal.image_threshold, refresh, s_o, o_labels)
         s_d, _ = bank_update.score(det, emb_d, growth.bank)
         row("update-bank", n, new_cal.image_threshold, s_o, s_d)
-    base_det_orig = rows[0]["det_orig"]
+    base_det_orig, base_fa_orig = rows[0]["det_orig"], rows[0]["fa_orig"]
+    caught_before = sum(s >= cal.image_threshold for s, lab in zip(base_o, o_labels, strict=True) if lab == 1)
     for n in [c for c in sizes.counts if c < len(pool)] if draws > 1 else []:
         # The first n of the pool are one draw; which n goods an inspector confirms is chance, and
         # the refreshed threshold (the highest of them) moves with it. Seeded draws show the spread.
@@ -230,14 +243,18 @@ def bench(
         for pick in picks:
             growth = bank_update.grow(det, [pool[i] for i in pick])
             t = bank_update.refreshed_calibration(det, growth, emb_h, cal, "bench").calibration.image_threshold
-            fa, _ = _rates(bank_update.score(det, emb_d, growth.bank)[0], d_labels, t)
-            _, det_o = _rates(bank_update.score(det, emb_o, growth.bank)[0], o_labels, t)
-            got.append((fa, det_o))
-        fas, dets = np.array([g[0] for g in got]), np.array([g[1] for g in got])
+            s_d = bank_update.score(det, emb_d, growth.bank)[0]
+            s_o = bank_update.score(det, emb_o, growth.bank)[0]
+            fa, _ = _rates(s_d, d_labels, t)
+            fa_o, det_o = _rates(s_o, o_labels, t)
+            fa_keep, _ = _rates(s_d, d_labels, keep_threshold(s_o, o_labels, caught_before))
+            got.append((fa, det_o, fa_o, fa_keep))
+        fas, dets, fa_os, keeps = (np.array([g[k] for g in got]) for k in range(4))
         met = int(((fas <= 0.10 + 1e-9) & (dets >= base_det_orig - 1e-9)).sum())
         draw_rows.append(
             f"| {category} | update-bank, {draws} random draws | {n} | {fas.mean():.1%} ({fas.min():.1%}-{fas.max():.1%}) "
-            f"| {dets.mean():.1%} ({dets.min():.1%}-{dets.max():.1%}) | {base_det_orig:.1%} | {met} of {draws} |"
+            f"| {dets.mean():.1%} ({dets.min():.1%}-{dets.max():.1%}) | {base_det_orig:.1%} | {met} of {draws} "
+            f"| {base_fa_orig:.1%} → {fa_os.mean():.1%} | {keeps.mean():.1%}, {int((keeps <= 0.10 + 1e-9).sum())} of {draws} |"
         )
     return rows
 
@@ -285,21 +302,23 @@ def main() -> None:
         print(f"[{category}: {time.perf_counter() - started:.0f} s]", flush=True)
     print(
         "| category | drifted data | after | confirmed goods | false alarms, drifted goods | detection, drifted defects "
-        "| image AUROC, original test | detection, original defects |"
+        "| image AUROC, original test | detection, original defects | false alarms, original goods |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         n = "–" if r["method"] == "before" else str(r["n"])
         print(
             f"| {r['category']} | {r['data']} | {r['method']} | {n} | {r['fa_drift']:.1%} | {r['det_drift']:.0%} "
-            f"| {r['auroc_orig']:.4f} | {r['det_orig']:.1%} |"
+            f"| {r['auroc_orig']:.4f} | {r['det_orig']:.1%} | {r['fa_orig']:.1%} |"
         )
     if draw_rows:
         print(
             "\n| category | after | confirmed goods | false alarms, drifted goods: mean (range) "
-            "| detection, original defects: mean (range) | before | draws meeting both targets |"
+            "| detection, original defects: mean (range) | before | draws meeting both targets "
+            "| false alarms, original goods: before → after (mean) "
+            "| drifted false alarms at the highest threshold keeping detection (test-set check): mean, draws <= 10% |"
         )
-        print("|---|---|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         print("\n".join(draw_rows))
 
 

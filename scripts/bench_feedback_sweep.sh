@@ -7,8 +7,10 @@
 # categories (and real bottle minus its confirmation pool when --bottle is given), then the bench.
 #
 #   bash scripts/bench_feedback_sweep.sh OUT [--ratios "0.025 0.05 0.1"] [--seeds "0 1 2"] [--draws K] [--bottle]
+#        [--bench "more bench_feedback_loop.py options"] [--log NAME]
 #
-# Each workspace's table is in OUT/r<ratio>_s<seed>/bench.log; models already there are reused.
+# Each workspace's table is in OUT/r<ratio>_s<seed>/<NAME> (default bench.log); models already there
+# are reused. --bench passes e.g. the larger demo sets: "--pool 100 --drift-goods 200 ...".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bench_feedback_sweep.sh OUT [--ratios "..."] [--seeds "..."] [--draws K] [--bottle]}
@@ -17,12 +19,16 @@ RATIOS="0.025 0.05 0.1"
 SEEDS="0 1 2"
 CATS="tile leather grid"
 DRAWS=1
+BENCH=""
+LOG=bench.log
 while [ $# -gt 0 ]; do
   case "$1" in
     --ratios) RATIOS=$2; shift 2 ;;
     --seeds) SEEDS=$2; shift 2 ;;
     --draws) DRAWS=$2; shift 2 ;;
     --bottle) CATS="$CATS bottle"; shift ;;
+    --bench) BENCH=$2; shift 2 ;;
+    --log) LOG=$2; shift 2 ;;
     *) echo "error: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -43,8 +49,8 @@ for seed in $SEEDS; do
         --coreset-ratio "$r" --seed "$seed" > "$ws/train_$c.log" 2>&1
     done
     INSPECT_HOME="$ws" "$PY" scripts/bench_feedback_loop.py --categories $CATS --explain \
-      --coreset-ratio "$r" --seed "$seed" --draws "$DRAWS" > "$ws/bench.log" 2>&1
+      --coreset-ratio "$r" --seed "$seed" --draws "$DRAWS" $BENCH > "$ws/$LOG" 2>&1
     echo "ratio $r seed $seed:"
-    grep -E '^\| (tile|leather|grid|bottle) .*\| (before|update-bank)[ ,]' "$ws/bench.log"
+    grep -E '^\| (tile|leather|grid|bottle) .*\| (before|update-bank)[ ,]' "$ws/$LOG"
   done
 done
