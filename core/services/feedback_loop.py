@@ -208,12 +208,13 @@ def update_bank(
     if bool(images) == bool(from_history):
         raise ConfigError("say where the confirmed-good images are: --images DIR or --from-history (one of them)")
     det = load_detector(model, category)
+    hist = _history(history)
     ids: list[int] = []
     if images:
         named = _images_in(images)
         origin = f"{len(named)} images from {images}"
     else:
-        records = confirmed_goods(_history(history), model, category)
+        records = confirmed_goods(hist, model, category)
         if not records:
             raise ConfigError(
                 f"no confirmed-good inspections of {model}/{category} to add (mark false alarms or correct GOOD "
@@ -232,7 +233,7 @@ def update_bank(
         f"refreshed after adding {origin} to the memory bank: image threshold = highest good score over "
         f"{len(goods)} held-out goods of the calibration split and the new images (each scored without its own patches)"
     )
-    defects = known_defects(_history(history), model, category)
+    defects = known_defects(hist, model, category)
     emb_defects = bank_update.embed(det, [_read(r.thumbnail_path) for r in defects]) if defects else None
     refresh = bank_update.refreshed_calibration(det, growth, held, old, source, emb_defects)
     cal = refresh.calibration
