@@ -18,8 +18,12 @@ Inspect has no server of its own to ask, so the users live in one local file,
   change and a reader never sees half a file. A damaged file is an :class:`AuthError` (the app
   then refuses everyone rather than letting everyone in).
 * **Roles**: *inspector* inspects, gives feedback and browses history, comparison and similar
-  defects; *engineer* may also start background jobs (train, evaluate, index, recalibrate,
-  restore: :func:`can_start_jobs`).
+  defects; *engineer* may also change a model (train, recalibrate, apply a threshold, grow a memory
+  bank, restore a version, choose an export's runtime) and start or cancel background jobs. Every
+  service that does so takes an :class:`Actor` and calls :func:`require_engineer` itself, so a page
+  that forgets to hide a button still cannot change a model; the actor's name is recorded with the
+  change. The command line acts as :data:`COMMAND_LINE`, an engineer: whoever has a shell on the
+  server can write the models folder anyway.
 * **When a login is needed** (:func:`login_required`): whenever the app is reachable beyond this
   computer (Streamlit bound to anything but a loopback address), when ``INSPECT_REQUIRE_LOGIN=1``,
   or when any user exists. Only a loopback-bound app with no users asks for nothing: the
@@ -45,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from core import settings
-from core.errors import AuthError
+from core.errors import AuthError, PermissionDeniedError
 from core.files import write_atomically
 
 INSPECTOR = "inspector"
@@ -74,6 +78,18 @@ class Entry:
     created: str
 
 
+@dataclass(frozen=True)
+class Actor:
+    """Who asks for an action: the name recorded with a change, the role that the check reads."""
+
+    name: str
+    role: str | None
+
+
+#: The command line and what an engineer started from it (jobs, the background queue's resume).
+COMMAND_LINE = Actor("command line", ENGINEER)
+
+
 # --------------------------------------------------------------------------------------------
 # Roles and when to ask
 # --------------------------------------------------------------------------------------------
@@ -82,6 +98,19 @@ class Entry:
 def can_start_jobs(role: str | None) -> bool:
     """Whether ``role`` may start (or cancel) background jobs: engineers only."""
     return role == ENGINEER
+
+
+def can_change_models(role: str | None) -> bool:
+    """Whether ``role`` may change a model everyone uses (a new version, a threshold): engineers only."""
+    return role == ENGINEER
+
+
+def require_engineer(actor: Actor | None, action: str) -> str:
+    """The actor's name when it may change models; else :class:`PermissionDeniedError` naming ``action``."""
+    if actor is None or not can_change_models(actor.role):
+        who = f"{actor.name} is signed in as {actor.role or 'no role'}" if actor else "nobody is signed in"
+        raise PermissionDeniedError(f"{action} changes what every inspection uses: it is an engineer's action ({who})")
+    return actor.name
 
 
 def is_loopback(address: str | None) -> bool:

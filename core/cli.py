@@ -314,16 +314,23 @@ def cmd_recalibrate(args: argparse.Namespace) -> None:
     if proposal.test_before is not None:
         print(f"  test set:             before {_pct(proposal.test_before)}; after {_pct(proposal.test_after)}")
     if args.apply:
-        version, _ = feedback_loop.apply_recalibration(args.model, args.category, who=args.who)
+        version, _ = feedback_loop.apply_recalibration(args.model, args.category, actor=_actor(args))
         print(f"applied: new version {version}")
     else:
         print("not applied: add --apply to write it as a new version")
 
 
+def _actor(args: argparse.Namespace) -> Any:
+    """The command line acts as an engineer (a shell on the server can write the models folder anyway)."""
+    from core.auth import ENGINEER, Actor
+
+    return Actor(args.who, ENGINEER)
+
+
 def cmd_update_bank(args: argparse.Namespace) -> None:
     from core.services import feedback_loop
 
-    done = call_with(feedback_loop.update_bank, args)
+    done = call_with(feedback_loop.update_bank, args, actor=_actor(args))
     print(
         f"{args.model}/{args.category}: new version {done.version}: memory bank {done.n_old} -> {done.n_old + done.n_added} "
         f"patches from {done.n_images} image(s); threshold (raw) {done.threshold_before:.6g} -> {done.threshold_after:.6g}"
@@ -333,6 +340,11 @@ def cmd_update_bank(args: argparse.Namespace) -> None:
             f"  known defects (inspections reviewed as defective): {done.defects_caught_before} of {done.defects_known} "
             f"caught before, {done.defects_caught_after} of {done.defects_known} after"
         )
+    if done.held_out_goods:
+        print(
+            f"  held-out goods of the calibration split flagged: {done.goods_flagged_before} of {done.held_out_goods} "
+            f"before, {done.goods_flagged_after} of {done.held_out_goods} after"
+        )
     for note in done.notes:
         print(f"  note: {note}")
 
@@ -341,7 +353,7 @@ def cmd_versions(args: argparse.Namespace) -> None:
     from core.services import feedback_loop
 
     if args.restore:
-        version = feedback_loop.restore_version(args.model, args.category, args.restore, who=args.who)
+        version = feedback_loop.restore_version(args.model, args.category, args.restore, actor=_actor(args))
         print(f"restored {args.restore} of {args.model}/{args.category} as {version}")
         return
     infos = feedback_loop.versions(args.model, args.category)
@@ -368,6 +380,11 @@ def _learning_parsers(sub: Any) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", metavar="DIR", help="a folder of good images")
     src.add_argument("--from-history", action="store_true", help="the false alarms and correct GOOD verdicts in the history")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="add images even when the model in use says they do not look like the category (they are refused otherwise)",
+    )
     p.add_argument("--who", default="command line")
     p.set_defaults(func=cmd_update_bank)
 

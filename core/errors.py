@@ -46,6 +46,23 @@ class ModelUnreadableError(ModelNotTrainedError):
     """
 
 
+class VersionConflictError(InspectError):
+    """A model change was computed from a version that is no longer the newest: publishing it would
+    silently drop the change made in between (:func:`core.registry.save_bytes` with ``parent``).
+
+    ``parent``: the version the change was computed from; ``newest``: the one published meanwhile,
+    described (version, kind, who, when, what).
+    """
+
+    def __init__(self, message: str, *, parent: str = "", newest: str = "") -> None:
+        super().__init__(message)
+        self.parent, self.newest = parent, newest
+
+
+class PermissionDeniedError(InspectError):
+    """The signed-in user's role may not do this (changing a model is an engineer's action)."""
+
+
 class StoreError(InspectError):
     """The similarity store or history database cannot be opened (corrupt, locked, unreachable)."""
 

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.auth import Actor, require_engineer
 from core.errors import InspectError
 from core.settings import REPO_ROOT, get_settings
 
@@ -144,6 +145,7 @@ def command_args(
 def start_job(
     kind: str,
     *,
+    actor: Actor,
     model: str | None = None,
     category: str | None = None,
     title: str | None = None,
@@ -158,7 +160,9 @@ def start_job(
 
     When the same job (kind, model, category) is already running, that job is returned instead of
     starting a second one (two trainings of one model would overwrite each other's checkpoint).
+    Engineers only (:func:`core.auth.require_engineer`): a job trains, evaluates, indexes or changes models.
     """
+    require_engineer(actor, f"starting a {kind} job")
     running = active_job(kind, model, category)
     if running is not None:
         return running
@@ -297,8 +301,9 @@ def latest_job(kind: str, model: str | None = None, category: str | None = None)
     return None
 
 
-def cancel_job(job_id: str) -> Job | None:
-    """Stop a running job (SIGTERM to its process group) and mark it cancelled."""
+def cancel_job(job_id: str, *, actor: Actor) -> Job | None:
+    """Stop a running job (SIGTERM to its process group) and mark it cancelled. Engineers only."""
+    require_engineer(actor, "cancelling a job")
     job = load_job(job_id)
     if job is None or job.status != RUNNING:
         return job

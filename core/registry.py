@@ -10,6 +10,13 @@ folder to the next ``vNNNN`` in *one* step, so a crash leaves either the previou
 complete new one, never a new meta.json beside an old model.pt. Loading takes the newest complete
 version unless a version is named.
 
+A change derived from a version (recalibrated, grown, restored) is published by compare-and-set:
+``save(..., parent="v0006")`` renames into exactly ``v0007`` and only while ``v0006`` is still the
+newest. Two changes computed from the same version race for the same folder name; ``rename`` lets
+one win and the other gets :class:`~core.errors.VersionConflictError` naming the winner, never a
+silent loss. The rename is the only step, so the same holds on a models folder shared by several
+machines (``INSPECT_MODELS_DIR`` on a network share whose ``rename`` is atomic, as NFS and SMB's are).
+
 Versions are kept: a save never removes one. Every change an inspector's feedback makes
 (:mod:`core.learning`: a recalibrated threshold, a grown memory bank, a restore) is a new version
 whose ``meta.json`` says in ``lineage`` which version it came from, what changed, which inspections
@@ -45,7 +52,7 @@ import torch
 
 from core.data.image_io import sha256_of
 from core.data.layout import validate_category_name
-from core.errors import ModelNotTrainedError, ModelUnreadableError
+from core.errors import ModelNotTrainedError, ModelUnreadableError, VersionConflictError
 from core.settings import get_settings
 
 CHECKPOINT = "model.pt"
@@ -199,6 +206,44 @@ def _next_number(folder: Path) -> int:
     return max(numbers, default=0) + 1
 
 
+def _describe(files: ModelFiles, model: str, category: str) -> str:
+    """'v0007 (update-bank by alice at 2026-12-06T10:00:00+00:00: memory bank ...)' for a conflict message."""
+    try:
+        lin = read_meta(files, model, category).lineage or {}
+    except ModelUnreadableError:
+        return files.version
+    if not lin:
+        return f"{files.version} (a training)"
+    return f"{files.version} ({lin.get('kind')} by {lin.get('who') or 'unknown'} at {lin.get('when')}: {lin.get('change')})"
+
+
+def _conflict(folder: Path, parent: str, model: str, category: str) -> VersionConflictError:
+    newest = list_versions(folder)
+    other = _describe(newest[-1], model, category) if newest else "another change"
+    return VersionConflictError(
+        f"{model}/{category} changed while this change was computed from {parent}: {other} is now the newest; "
+        "nothing was written, run the change again on the newest version",
+        parent=parent,
+        newest=other,
+    )
+
+
+def _publish_after(tmp: Path, folder: Path, parent: str, model: str, category: str) -> Path:
+    """Rename the temporary folder to the version right after ``parent``, only while ``parent`` is the newest."""
+    versions = list_versions(folder)
+    if not versions or versions[-1].version != parent:
+        raise _conflict(folder, parent, model, category)
+    number = _version_number(Path(parent)) if parent != "flat" else 0
+    target = folder / f"v{(number or 0) + 1:04d}"
+    try:
+        os.rename(tmp, target)  # fails when another change took the name first: that is the compare-and-set
+    except OSError:
+        if not target.exists():
+            raise
+        raise _conflict(folder, parent, model, category) from None
+    return target
+
+
 def _publish(tmp: Path, folder: Path) -> Path:
     """Rename the finished temporary folder to the next free version: the one step that publishes it."""
     for _ in range(100):
@@ -222,20 +267,25 @@ def _prune(folder: Path) -> None:
             continue
 
 
-def save(module: torch.nn.Module, meta: ModelMeta, models_dir: Path | None = None) -> Path:
+def save(module: torch.nn.Module, meta: ModelMeta, models_dir: Path | None = None, *, parent: str | None = None) -> Path:
     """Store the module's state dict and metadata as a new version; returns the version folder.
 
     Records the checkpoint's size and sha256 in ``meta.checkpoint`` (so a later mix-up is caught).
+    ``parent``: the version this one was derived from; it is published only while that is the newest.
     """
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    return save_bytes(buffer.getvalue(), meta, models_dir)
+    return save_bytes(buffer.getvalue(), meta, models_dir, parent=parent)
 
 
-def save_bytes(data: bytes, meta: ModelMeta, models_dir: Path | None = None) -> Path:
+def save_bytes(data: bytes, meta: ModelMeta, models_dir: Path | None = None, *, parent: str | None = None) -> Path:
     """Store an already serialised checkpoint with its metadata as a new version (a restore copies
-    the old bytes exactly, so the restored model scores exactly as the old one did)."""
+    the old bytes exactly, so the restored model scores exactly as the old one did).
+
+    ``parent`` (a derived version): compare-and-set, see the module docstring; without it (a new
+    training) the next free number is taken.
+    """
     folder = model_dir(meta.model, meta.category, models_dir)
     folder.mkdir(parents=True, exist_ok=True)
     meta.checkpoint = {"bytes": len(data), "sha256": sha256_of(data)}
@@ -243,7 +293,10 @@ def save_bytes(data: bytes, meta: ModelMeta, models_dir: Path | None = None) -> 
     try:
         _write_synced(tmp / CHECKPOINT, data)
         _write_synced(tmp / METADATA, json.dumps(asdict(meta), indent=2).encode())
-        version = _publish(tmp, folder)
+        if parent is None:
+            version = _publish(tmp, folder)
+        else:
+            version = _publish_after(tmp, folder, parent, meta.model, meta.category)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

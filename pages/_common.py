@@ -30,6 +30,7 @@ from core.services import catalog, history_view, inspection
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from core.auth import Actor
     from core.history import History
     from core.inference.detector import Detector
 
@@ -177,6 +178,24 @@ def may_start_jobs() -> bool:
     return can_start_jobs(st.session_state.get(ROLE_KEY))
 
 
+def may_change_models() -> bool:
+    """Whether this session's role may change a model (engineers only): the page hides those controls.
+
+    The services check again (:func:`core.auth.require_engineer`), so a control a page forgets to
+    hide still changes nothing.
+    """
+    from core.auth import can_change_models
+
+    return can_change_models(st.session_state.get(ROLE_KEY))
+
+
+def actor() -> Actor:
+    """This session as the services see it: the signed-in user (or this PC's user) and the role."""
+    from core.auth import Actor
+
+    return Actor(st.session_state.get(USER_KEY) or "local user (no login)", st.session_state.get(ROLE_KEY))
+
+
 def start_job_button(
     label: str,
     kind: str,
@@ -200,7 +219,7 @@ def start_job_button(
         try:
             if before is not None:
                 before()
-            job = jobs.start_job(kind, model=model, category=category)
+            job = jobs.start_job(kind, actor=actor(), model=model, category=category)
         except InspectError as exc:
             st.error(str(exc))
             return
@@ -216,7 +235,11 @@ def _render_job(job: jobs.Job) -> None:
         if prog.text:
             st.caption(prog.text)
         if may_start_jobs() and st.button("Cancel", key=f"cancel:{job.id}", icon=":material/stop:"):
-            jobs.cancel_job(job.id)
+            try:
+                jobs.cancel_job(job.id, actor=actor())
+            except InspectError as exc:
+                st.error(str(exc))
+                return
             st.rerun(scope="app")
     elif job.status == jobs.SUCCEEDED:
         st.success(f"{job.title}: finished in {elapsed}.")

@@ -160,10 +160,6 @@ def _feedback_fields(history: History, rec: InspectionRecord) -> None:
 # --- Learning from feedback ------------------------------------------------------------------
 
 
-def _who() -> str:
-    return st.session_state.get(ui.USER_KEY) or "inspector (no login)"
-
-
 def _rate(errors: Any) -> str:
     return "–" if errors is None else f"{errors.false_alarms} of {errors.goods}"
 
@@ -193,23 +189,30 @@ def learn(history: History, chosen: dict[str, str | None]) -> None:
         return
     st.caption(f"Version in use: {detector.version}. Every change below writes a new version; any earlier one can be restored.")
     drift_panel(detector, history, compute=True, key="history_drift")
-    recalibrate_section(history, model, category)
-    bank_section(history, model, category)
+    if ui.may_change_models():
+        recalibrate_section(history, model, category, detector.version)
+        bank_section(history, model, category)
+    else:
+        st.caption(
+            ":material/lock: Recalibrating, teaching the model confirmed goods and restoring versions are for "
+            "engineers: your feedback above is what they work from."
+        )
     versions_section(model, category)
 
 
-def recalibrate_section(history: History, model: str, category: str) -> None:
+def recalibrate_section(history: History, model: str, category: str, version: str) -> None:
     st.markdown("**Recalibrate the threshold from the reviews**")
     if st.button("Propose a threshold", key="learn_propose"):
         with st.spinner("Scoring the calibration split and the test set (once per version)…"):
             try:
-                st.session_state["learn_proposal"] = (model, category, feedback_loop.propose_recalibration(model, category)[0])
+                proposal = feedback_loop.propose_recalibration(model, category)[0]
+                st.session_state["learn_proposal"] = (model, category, proposal, version)
             except InspectError as exc:
                 st.error(str(exc))
     kept = st.session_state.get("learn_proposal")
     if not kept or kept[:2] != (model, category):
         return
-    proposal = kept[2]
+    proposal, proposed_for = kept[2], kept[3]
     for note in proposal.notes:
         st.caption(note)
     if not proposal.ok:
@@ -228,7 +231,9 @@ def recalibrate_section(history: History, model: str, category: str) -> None:
     )
     if st.button("Apply this threshold", type="primary", key="learn_apply"):
         try:
-            version, _ = feedback_loop.apply_recalibration(model, category, who=_who(), history=history)
+            version, _ = feedback_loop.apply_recalibration(
+                model, category, actor=ui.actor(), history=history, expected_version=proposed_for
+            )
         except InspectError as exc:
             st.error(str(exc))
         else:
@@ -247,10 +252,17 @@ def bank_section(history: History, model: str, category: str) -> None:
         f"{len(goods)} confirmed-good inspection(s) (false alarms and correct GOOD verdicts) not yet in the memory bank. "
         "Their patches join it through the same coreset training uses, and the threshold is refreshed."
     )
+    force = st.checkbox(
+        f"I confirm these are good {category} parts, even those the model says do not look like {category}",
+        key="history_bank_force",
+        help="Without this, an image that does not look like the category refuses the update, and nothing is written.",
+    )
     if st.button("Add confirmed goods to the memory bank", disabled=not goods, key="history_update_bank"):
-        with st.spinner("Growing the memory bank and refreshing the calibration…"):
+        with st.spinner("Checking the images and growing the memory bank…"):
             try:
-                done = feedback_loop.update_bank(category, model=model, from_history=True, who=_who(), history=history)
+                done = feedback_loop.update_bank(
+                    category, model=model, from_history=True, actor=ui.actor(), force=force, history=history
+                )
             except InspectError as exc:
                 st.error(str(exc))
                 return
@@ -265,6 +277,12 @@ def bank_section(history: History, model: str, category: str) -> None:
                 f" Known defects: {done.defects_caught_before} of {done.defects_known} caught before, "
                 f"{done.defects_caught_after} after."
                 if done.defects_known
+                else ""
+            )
+            + (
+                f" Held-out goods flagged: {done.goods_flagged_before} of {done.held_out_goods} before, "
+                f"{done.goods_flagged_after} after."
+                if done.held_out_goods
                 else ""
             )
         )
@@ -290,12 +308,12 @@ def versions_section(model: str, category: str) -> None:
             ]
         )
         older = [v.version for v in infos if not v.is_latest]
-        if not older:
+        if not older or not ui.may_change_models():
             return
         target = st.selectbox("Restore", older[::-1], key="learn_restore_version")
         if st.button("Restore this version", key="learn_restore"):
             try:
-                version = feedback_loop.restore_version(model, category, target, who=_who())
+                version = feedback_loop.restore_version(model, category, target, actor=ui.actor())
             except InspectError as exc:
                 st.error(str(exc))
             else:

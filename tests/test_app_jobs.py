@@ -7,6 +7,8 @@ import time
 import pytest
 
 from core import jobs
+from core.auth import COMMAND_LINE, Actor
+from core.errors import PermissionDeniedError
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -22,7 +24,7 @@ def wait_done(job_id: str, timeout: float = 240.0) -> jobs.Job:
 
 
 def test_failed_job_reports_the_error_line(app_env):
-    job = jobs.start_job("train", model="patchcore", category="no_such_category")
+    job = jobs.start_job("train", actor=COMMAND_LINE, model="patchcore", category="no_such_category")
     assert job.status == jobs.RUNNING and job.pid
     assert jobs.active_job("train", "patchcore", "no_such_category") is not None
     done = wait_done(job.id, 120)
@@ -34,16 +36,26 @@ def test_failed_job_reports_the_error_line(app_env):
 
 def test_job_runs_in_the_background_and_can_be_cancelled(app_env):
     started = time.monotonic()
-    job = jobs.start_job("evaluate", model="patchcore", category="tile")
+    job = jobs.start_job("evaluate", actor=COMMAND_LINE, model="patchcore", category="tile")
     assert time.monotonic() - started < 5  # start_job returns at once
     # The same job is not started twice.
-    assert jobs.start_job("evaluate", model="patchcore", category="tile").id == job.id
-    cancelled = jobs.cancel_job(job.id)
+    assert jobs.start_job("evaluate", actor=COMMAND_LINE, model="patchcore", category="tile").id == job.id
+    with pytest.raises(PermissionDeniedError, match="engineer"):
+        jobs.cancel_job(job.id, actor=Actor("ivy", "inspector"))
+    assert jobs.load_job(job.id).status == jobs.RUNNING
+    cancelled = jobs.cancel_job(job.id, actor=COMMAND_LINE)
     assert cancelled.status == jobs.CANCELLED
     done = wait_done(job.id, 60)
     assert done.status == jobs.CANCELLED
     time.sleep(0.5)
     assert not jobs._alive(job.pid)
+
+
+def test_an_inspector_cannot_start_a_job(app_env):
+    for role in ("inspector", None):
+        with pytest.raises(PermissionDeniedError, match="starting a train job changes what every inspection uses"):
+            jobs.start_job("train", actor=Actor("ivy", role), model="patchcore", category="tile")
+    assert jobs.active_job("train", "patchcore", "tile") is None
 
 
 def test_progress_is_read_from_the_last_tqdm_line():

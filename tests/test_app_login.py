@@ -120,3 +120,52 @@ def test_a_removed_user_is_signed_out_at_the_next_click(app_test, with_users, on
     auth.remove_user("ina")
     at.run()
     assert [t.value for t in at.title] == ["Sign in to Inspect"]
+
+
+MODEL_CHANGING_BUTTONS = {"learn_propose", "learn_apply", "history_update_bank", "learn_restore"}
+
+
+def test_an_inspector_finds_no_way_to_change_a_model(
+    app_test, with_users, on_the_network, app_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signed in as an inspector: no control on any page changes a model; an engineer gets them."""
+    import shutil
+
+    from core.learning.versions import derived_meta, load_detector, save_derived
+
+    shutil.copytree(app_home / "models", tmp_path / "models")
+    monkeypatch.setenv("INSPECT_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("INSPECT_HISTORY_DB", str(tmp_path / "history.sqlite"))
+    det = load_detector("patchcore", "tile")
+    meta = derived_meta(det, kind="recalibrate", change="threshold x2", inspections=[], who="eng")
+    meta.calibration.image_threshold *= 2
+    save_derived(det, meta)  # a second version: restore is on offer
+    image = sorted((app_home / "demo_data" / "tile" / "test" / "good").glob("*.png"))[0]
+
+    def buttons_on_every_page(at) -> set[str]:
+        keys: set[str] = set()
+        for page in (
+            "pages/inspection.py",
+            "pages/inspection_history.py",
+            "pages/model_comparison.py",
+            "pages/similar_defects.py",
+        ):
+            at.switch_page(page).run()
+            assert not at.exception, [e.value for e in at.exception]
+            keys |= {str(b.key) for b in at.button}
+        return keys
+
+    at = app_test()
+    at.run()
+    _sign_in(at, "ina", "inspector pass")
+    at.file_uploader(key="inspect_upload").upload(image.name, image.read_bytes(), "image/png")
+    at.run()  # one inspection in the history: the History page shows its learning panel
+    keys = buttons_on_every_page(at)
+    assert "history_save" in keys  # feedback: the inspector's part
+    assert not keys & MODEL_CHANGING_BUTTONS, keys
+    assert not [k for k in keys if k.split(":")[0] in {"train", "evaluate", "index"} or k.startswith("evaluate")], keys
+    assert "are for engineers" in _texts(at) or "is for engineers" in _texts(at)
+
+    at.sidebar.button(key="logout").click().run()
+    _sign_in(at, "eng", "engineer pass")
+    assert {"learn_propose", "history_update_bank", "learn_restore"} <= buttons_on_every_page(at)

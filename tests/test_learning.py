@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from conftest import TINY_CATEGORY
 
+from core.auth import COMMAND_LINE as ENGINEER
+from core.auth import Actor
 from core.learning import drift, recalibration
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -235,7 +237,8 @@ def test_update_bank_keeps_the_known_defects_caught(models: Path, tiny_data_root
     for f in sorted((tiny_data_root / "grid" / "test" / "good").glob("*.png"))[:1]:  # another material
         shutil.copy(f, folder / f"foreign_{f.name}")
 
-    done = feedback_loop.update_bank(TINY_CATEGORY, images=str(folder), history=history)
+    # the grid image is refused by the gate (tested below); --force lets it in to test the guard
+    done = feedback_loop.update_bank(TINY_CATEGORY, images=str(folder), history=history, actor=ENGINEER, force=True)
     assert done.defects_known == done.defects_caught_before == done.defects_caught_after == len(caught)
     new = load_detector("patchcore", TINY_CATEGORY)
     assert new.version == done.version and new.meta.calibration.image_threshold == done.threshold_after
@@ -252,13 +255,13 @@ def test_update_bank_writes_a_version_and_efficientad_is_refused(models: Path, t
     from core.services import feedback_loop
 
     folder = tiny_data_root / TINY_CATEGORY / "test" / "good"
-    done = feedback_loop.update_bank(TINY_CATEGORY, images=str(folder), who="ann")
+    done = feedback_loop.update_bank(TINY_CATEGORY, images=str(folder), actor=Actor("ann", "engineer"))
     det = load_detector("patchcore", TINY_CATEGORY)
     assert det.version == done.version == "v0002" and det.meta.lineage["kind"] == "update-bank"
     assert det.module.model.memory_bank.shape[0] == done.n_old + done.n_added > done.n_old
     assert "refreshed after adding" in det.meta.calibration.source
     with pytest.raises(ConfigError, match="EfficientAD has no memory bank"):
-        feedback_loop.update_bank(TINY_CATEGORY, model="efficientad", images=str(folder))
+        feedback_loop.update_bank(TINY_CATEGORY, model="efficientad", images=str(folder), actor=ENGINEER)
 
 
 def test_ood_note_on_a_foreign_image(models: Path, tiny_data_root: Path) -> None:

@@ -57,6 +57,11 @@ class Prediction:
         """Re-judged at any threshold without running the model again."""
         return verdict(self.score, threshold)
 
+    def defect_area(self, threshold: float = CALIBRATED_THRESHOLD) -> float:
+        """Share of the (calibrated) anomaly map at or above ``threshold``: how much of the part is flagged."""
+        amap = self.anomaly_map
+        return float((amap >= threshold).mean()) if amap.size else 0.0
+
 
 def to_tensor(image_rgb: np.ndarray) -> torch.Tensor:
     """uint8 HxWx3 → float 1x3xHxW in [0, 1], the form anomalib's pre-processor takes."""

@@ -169,6 +169,7 @@ class Refresh:
     unguarded: float  # the highest good: the threshold without the known-defect guard
     defects_before: list[float] = field(default_factory=list)  # known defects under the current version
     defects_after: list[float] = field(default_factory=list)  # and under the grown bank
+    held_out_before: list[float] = field(default_factory=list)  # held-out goods under the current version
 
     @property
     def guarded(self) -> bool:
@@ -196,8 +197,10 @@ def refreshed_calibration(
     goods: list[float] = []
     pixels = []
     held: list[float] = []
+    held_before: list[float] = []
     if held_out is not None and held_out.rows.shape[0]:
         held, maps = score(detector, held_out, growth.bank)
+        held_before, _ = score(detector, held_out)
         pixels.append(maps.reshape(-1))
     new: list[float] = []
     emb = growth.embedded
@@ -226,7 +229,7 @@ def refreshed_calibration(
         pixel_max=max(old.pixel_max, pixel_t),
         source=source,
     )
-    return Refresh(cal, held, new, max(goods), before, after)
+    return Refresh(cal, held, new, max(goods), before, after, held_before)
 
 
 def install(detector: Detector, growth: Growth) -> None:

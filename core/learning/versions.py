@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core import registry
+from core.data.image_io import sha256_of
+from core.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -119,12 +121,18 @@ def set_calibration(module: torch.nn.Module, cal: registry.Calibration) -> None:
 
 
 def save_derived(detector: Detector, meta: registry.ModelMeta, models_dir: Path | None = None) -> str:
-    """Store the detector's module with ``meta`` as the next version; returns its name."""
+    """Store the detector's module with ``meta`` as the version after its parent; returns its name.
+
+    Compare-and-set on ``meta.lineage["parent"]``: when another change was published since the
+    parent was loaded, :class:`~core.errors.VersionConflictError` and nothing is written.
+    """
     set_calibration(detector.module, meta.calibration)
     module = detector.module
     device = next(module.parameters()).device
-    folder = registry.save(module.cpu(), meta, models_dir)
-    module.to(device)
+    try:
+        folder = registry.save(module.cpu(), meta, models_dir, parent=(meta.lineage or {}).get("parent"))
+    finally:
+        module.to(device)
     return folder.name
 
 
@@ -135,6 +143,11 @@ def restore(model: str, category: str, version: str, *, who: str = "", models_di
     data = files.checkpoint.read_bytes()
     registry.read_state(files, model, category, old)  # refuse a damaged or mismatched checkpoint
     current = registry.current_files(model, category, models_dir)
+    now = registry.read_meta(current, model, category)
+    if current.version == files.version or (
+        now.checkpoint.get("sha256") == sha256_of(data) and now.calibration == old.calibration
+    ):
+        raise ConfigError(f"{version} is what {model}/{category} runs now ({current.version}): nothing to restore")
     meta = copy.deepcopy(old)
     meta.lineage = {
         "parent": current.version,
@@ -146,4 +159,4 @@ def restore(model: str, category: str, version: str, *, who: str = "", models_di
         "when": now_iso(),
     }
     meta.checkpoint = {}
-    return registry.save_bytes(data, meta, models_dir).name
+    return registry.save_bytes(data, meta, models_dir, parent=current.version).name

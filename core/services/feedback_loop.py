@@ -7,6 +7,13 @@ new registry version with its lineage. Heavy libraries are imported inside the f
 Scores of reviews: an inspection judged by the current version keeps its stored raw score; one
 judged by another version (or before versions were recorded) is scored again from its history
 thumbnail (256 px, the size the demo and default models work at; the original upload is not kept).
+
+Every function here that changes a model checks its :class:`~core.auth.Actor` first
+(:func:`core.auth.require_engineer`), whatever page or command called it, and records the actor's
+name in the new version. A change is published by compare-and-set on the version it was computed
+from (:func:`core.learning.versions.save_derived`): a bank update that lost the race is computed
+again on the new newest version (so both changes end up in it); a threshold or a restore, which a
+person chose while looking at the version before, is refused with a line naming the other change.
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import ConfigError, InspectError
+from core.auth import Actor, require_engineer
+from core.errors import ConfigError, InspectError, VersionConflictError
 
 if TYPE_CHECKING:
     from core.history import History, InspectionRecord
     from core.inference.detector import Detector
     from core.learning.bank_update import Refresh
     from core.learning.drift import DriftReport
+    from core.learning.gate import Screened
     from core.learning.recalibration import Proposal
     from core.learning.versions import VersionInfo
 
@@ -46,10 +55,11 @@ def versions(model: str, category: str) -> list[VersionInfo]:
     return list_versions(model, category)
 
 
-def restore_version(model: str, category: str, version: str, *, who: str = "") -> str:
-    """Make an earlier version the newest again (as a new version); returns its name."""
+def restore_version(model: str, category: str, version: str, *, actor: Actor) -> str:
+    """Make an earlier version the newest again (as a new version); returns its name. Engineers only."""
     from core.learning.versions import restore
 
+    who = require_engineer(actor, "restoring a model version")
     return restore(model, category, version, who=who)
 
 
@@ -107,11 +117,26 @@ def propose_recalibration(
     return proposal, det
 
 
-def apply_recalibration(model: str, category: str, *, who: str = "", history: History | None = None) -> tuple[str, Proposal]:
-    """Write the proposed threshold as a new version; refuses (ConfigError) with too few reviews."""
-    from core.learning.versions import derived_meta, save_derived
+def apply_recalibration(
+    model: str, category: str, *, actor: Actor, history: History | None = None, expected_version: str | None = None
+) -> tuple[str, Proposal]:
+    """Write the proposed threshold as a new version; refuses (ConfigError) with too few reviews. Engineers only.
 
-    proposal, det = propose_recalibration(model, category, history=history, with_test=False)
+    ``expected_version``: the version the person saw the proposal for (the History page); when the
+    newest is another one by now, :class:`~core.errors.VersionConflictError` and nothing is written.
+    """
+    from core.learning.versions import derived_meta, load_detector, save_derived
+
+    who = require_engineer(actor, "applying a threshold")
+    det = load_detector(model, category)
+    if expected_version is not None and det.version != expected_version:
+        raise VersionConflictError(
+            f"{model}/{category} is at {det.version} now, not {expected_version} that this threshold was proposed for: "
+            "nothing was written; propose again",
+            parent=expected_version,
+            newest=det.version,
+        )
+    proposal, det = propose_recalibration(model, category, history=history, with_test=False, detector=det)
     if not proposal.ok:
         raise ConfigError(proposal.refusal or "no threshold could be proposed")
     old = det.meta.calibration
@@ -177,6 +202,10 @@ class BankUpdate:
     defects_known: int = 0  # inspections reviewed as defective (with a thumbnail)
     defects_caught_before: int = 0  # of those, at or over the threshold of the version changed
     defects_caught_after: int = 0  # and of the new version
+    held_out_goods: int = 0  # held-out goods of the calibration split
+    goods_flagged_before: int = 0  # of those, at or over the threshold of the version changed
+    goods_flagged_after: int = 0  # and of the new version
+    forced: list[Screened] = field(default_factory=list)  # foreign-looking images added on --force
 
 
 def _images_in(folder: str) -> list[tuple[str, object]]:
@@ -191,28 +220,59 @@ def _images_in(folder: str) -> list[tuple[str, object]]:
     return [(str(p), load_image(p.read_bytes(), str(p))) for p in files]
 
 
+#: A bank update that lost the race to another change is computed again this many times at most.
+BANK_UPDATE_TRIES = 3
+
+
 def update_bank(
     category: str,
     *,
     model: str = "patchcore",
     images: str | None = None,
     from_history: bool = False,
-    who: str = "",
+    actor: Actor,
+    force: bool = False,
     history: History | None = None,
 ) -> BankUpdate:
-    """Grow the newest PatchCore's memory bank with confirmed goods; a new version results."""
-    from core.learning import bank_update, profile
-    from core.learning.versions import derived_meta, load_detector, save_derived
+    """Grow the newest PatchCore's memory bank with confirmed goods; a new version results. Engineers only.
 
+    Every image is judged by the version in use first (:mod:`core.learning.gate`): one that does not
+    look like the category refuses the whole update by name, unless ``force``. When another change
+    is published while this one is computed, it is computed again on the new newest version.
+    """
+    from core.learning import bank_update
+
+    who = require_engineer(actor, "a memory-bank update")
     bank_update.require_patchcore(model)
     if bool(images) == bool(from_history):
         raise ConfigError("say where the confirmed-good images are: --images DIR or --from-history (one of them)")
-    det = load_detector(model, category)
     hist = _history(history)
+    named = _images_in(images) if images else None
+    retried: list[str] = []
+    for attempt in range(BANK_UPDATE_TRIES):
+        try:
+            done = _update_bank_once(category, model, named, images, hist, who, force)
+        except VersionConflictError as exc:
+            if attempt == BANK_UPDATE_TRIES - 1:
+                raise
+            retried.append(f"{exc.newest} was published while this update was computed from {exc.parent}: computed again on it")
+            continue
+        done.notes[:0] = retried
+        return done
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _update_bank_once(
+    category: str, model: str, named: list | None, folder: str | None, hist: History, who: str, force: bool
+) -> BankUpdate:
+    """One bank update computed from the newest version and published after it (compare-and-set)."""
+    from core.learning import bank_update, gate, profile
+    from core.learning.versions import derived_meta, load_detector, save_derived
+
+    det = load_detector(model, category)
     ids: list[int] = []
-    if images:
-        named = _images_in(images)
-        origin = f"{len(named)} images from {images}"
+    if named is not None:
+        origin = f"{len(named)} images from {folder}"
     else:
         records = confirmed_goods(hist, model, category)
         if not records:
@@ -220,11 +280,13 @@ def update_bank(
                 f"no confirmed-good inspections of {model}/{category} to add (mark false alarms or correct GOOD "
                 "verdicts on the History page; inspections already in a memory bank are not added twice)"
             )
-        from core.data.image_io import load_image
-
-        named = [(r.thumbnail_path, load_image(Path(r.thumbnail_path).read_bytes(), r.thumbnail_path)) for r in records]
+        named = [(r.thumbnail_path, _read(r.thumbnail_path)) for r in records]
         ids = [int(r.id) for r in records]
         origin = f"{len(named)} confirmed-good inspections (their history thumbnails)"
+    screened = gate.screen(det, named)
+    refused = gate.refusal(screened, category)
+    if refused and not force:
+        raise ConfigError(refused)
     growth = bank_update.grow(det, [im for _, im in named])
     goods, _ = profile.reference_images(det.meta.data_root, category) if _has_data(det) else ([], [])
     held = bank_update.embed(det, [_read(p) for p in goods]) if goods else None
@@ -239,18 +301,18 @@ def update_bank(
     cal = refresh.calibration
     change = f"memory bank {growth.n_old} -> {growth.bank.shape[0]} patches from {origin}"
     notes = [] if goods else ["the calibration split is not here: the threshold comes from the new images only"]
+    forced = [s for s in screened if s.foreign]
+    if forced:
+        names = ", ".join(Path(s.name).name for s in forced)
+        notes.append(f"added on --force although they do not look like {category}: {names}")
+        change += f"; {len(forced)} foreign-looking image(s) added on --force ({names})"
     if refresh.guarded:
         notes.append(_guard_note(refresh, [int(r.id) for r in defects], old.image_threshold, len(named)))
         kept = f"; kept under known defects the previous version caught (the highest good: {refresh.unguarded:.6g})"
         cal.source += kept
         change += kept
     meta = derived_meta(
-        det,
-        kind="update-bank",
-        change=change,
-        inspections=ids,
-        who=who,
-        images=[p for p, _ in named] if images else [],
+        det, kind="update-bank", change=change, inspections=ids, who=who, images=[p for p, _ in named] if folder else []
     )
     meta.calibration = cal
     meta.n_train_images += len(named)
@@ -267,6 +329,10 @@ def update_bank(
         defects_known=len(defects),
         defects_caught_before=sum(s >= old.image_threshold for s in refresh.defects_before),
         defects_caught_after=sum(s >= cal.image_threshold for s in refresh.defects_after),
+        held_out_goods=len(refresh.held_out_goods),
+        goods_flagged_before=sum(s >= old.image_threshold for s in refresh.held_out_before),
+        goods_flagged_after=sum(s >= cal.image_threshold for s in refresh.held_out_goods),
+        forced=forced,
     )
 
 

@@ -243,8 +243,7 @@ class Inspected:
 
 def defect_area(prediction: Prediction, threshold: float = CALIBRATED) -> float:
     """Share of the (calibrated) anomaly map at or above ``threshold``: how much of the part is flagged."""
-    amap = prediction.anomaly_map
-    return float((amap >= threshold).mean()) if amap.size else 0.0
+    return prediction.defect_area(threshold)
 
 
 def inspect_images(

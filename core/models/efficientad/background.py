@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from core import jobs
+from core.auth import COMMAND_LINE
 from core.errors import InspectError, ModelNotTrainedError
 from core.files import write_atomically
 from core.settings import DEMO_CATEGORIES, get_settings
@@ -176,7 +177,11 @@ def start_background(
         args += ["--category", *categories]
     if data_root:
         args += ["--data-root", str(data_root)]
-    return jobs.start_job(KIND, title="EfficientAD for the demo categories (background)", extra_args=args, nice=NICE)
+    # Started by `run.sh`/`autotrain --background` (an engineer's command line) or resumed after a
+    # restart as that same queue: it trains EfficientAD on the demo categories and nothing else.
+    return jobs.start_job(
+        KIND, actor=COMMAND_LINE, title="EfficientAD for the demo categories (background)", extra_args=args, nice=NICE
+    )
 
 
 def resume_if_interrupted() -> jobs.Job | None:
