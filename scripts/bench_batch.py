@@ -31,7 +31,14 @@ def one_at_a_time(detector, paths: list[Path]) -> float:
 
 
 def folder_path(detector, paths: list[Path], batch_size: int) -> float:
-    report = batch.inspect_paths(detector, paths, lambda _row: None, record=False, batch_size=batch_size, progress=False)
+    report = batch.inspect_paths(
+        detector,
+        [batch.ImageFile(p, str(p)) for p in paths],
+        lambda _row: None,
+        record=False,
+        batch_size=batch_size,
+        progress=False,
+    )
     assert report.failed == 0, report.summary()
     return report.seconds
 

@@ -79,8 +79,9 @@ def test_folder_rows_are_the_models_scores_and_a_bad_file_is_a_row_with_exit_1(l
     columns, rows = read_csv(out)
     assert tuple(columns) == CSV_COLUMNS
     files = images_in(line)
-    assert sorted(r["file"] for r in rows) == sorted(str(p) for p in files)
-    by_file = {r["file"]: r for r in rows}
+    # an absolute folder argument: rows and records name files from that folder on, no server path
+    assert sorted(r["file"] for r in rows) == sorted(p.relative_to(line.parent).as_posix() for p in files)
+    by_file = {str(line.parent / r["file"]): r for r in rows}
     bad = by_file.pop(str(line / "good" / "notes.png"))
     assert "notes.png" in bad["error"] and "\n" not in bad["error"]
     assert bad["verdict"] == bad["score"] == bad["inspection id"] == ""
@@ -94,7 +95,11 @@ def test_folder_rows_are_the_models_scores_and_a_bad_file_is_a_row_with_exit_1(l
         assert (row["category"], row["model"], row["model version"]) == (TINY_CATEGORY, "patchcore", detector.version)
         assert 0.0 <= float(row["defect area share"]) <= 1.0 and float(row["inference ms"]) > 0 and row["error"] == ""
         record = History().get(int(row["inspection id"]))
-        assert record.file_name == name and record.verdict == row["verdict"] and record.threshold == 0.6
+        assert (
+            record.file_name == row["file"] == Path(name).relative_to(line.parent).as_posix()
+            and record.verdict == row["verdict"]
+            and record.threshold == 0.6
+        )
     assert history_count() == before + len(by_file)
 
     summary = capsys.readouterr().out.strip().splitlines()[-1]
@@ -136,7 +141,7 @@ def test_a_glob_judges_exactly_its_matches_in_batches(line, monkeypatch, capsys)
     assert inspect(pattern, "--no-record", "--batch-size", "3") == 0
 
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(("GOOD", "DEFECT"))]
-    expected = sorted(str(p) for p in images_in(line) if p.name in ("000.png", "001.png"))
+    expected = sorted(p.relative_to(line.parent).as_posix() for p in images_in(line) if p.name in ("000.png", "001.png"))
     assert sorted(ln.split()[-1] for ln in lines) == expected
     assert sum(sizes) == len(expected) and max(sizes) == 3  # each image once, three per forward pass
 
@@ -212,3 +217,29 @@ def test_exit_status_of_the_real_command(line, app_env):
     assert result.returncode == 1, result.stderr
     assert "FAILED" in result.stdout and "cut.png" in result.stdout
     assert result.stdout.strip().splitlines()[-1].startswith("5 images, ")
+
+
+def test_links_and_folders_named_like_images_are_rows_not_silence(line, tmp_path, capsys):
+    """A dangling link, a looping link and a folder called x.png each give a row and count as failed."""
+    (line / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (line / "loop.png").symlink_to(line / "loop.png")
+    (line / "x.png").mkdir()
+    out = tmp_path / "out.csv"
+    assert inspect(str(line), "--csv", str(out), "--no-record") == 1
+    _, rows = read_csv(out)
+    errors = {r["file"]: r["error"] for r in rows if r["error"]}
+    assert set(errors) == {"line/dangling.png", "line/loop.png", "line/x.png"}
+    assert "No such file" in errors["line/dangling.png"] and "symbolic links" in errors["line/loop.png"]
+    assert "Is a directory" in errors["line/x.png"]
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith(f"{len(rows)} images, ") and ", 3 failed, " in summary
+
+
+def test_a_full_disk_under_the_csv_is_one_line_not_a_traceback(line, capsys):
+    from core.cli import main
+
+    code = main(["inspect", str(line / "good"), "--category", TINY_CATEGORY, "--no-record", "--csv", "/dev/full"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and not ln.startswith("Inspecting")]  # no progress bar
+    assert code == 2 and err == [
+        "error: cannot write the CSV /dev/full: the disk is full; stopped, nothing was recorded (--no-record)"
+    ]

@@ -46,6 +46,7 @@ __all__ = [
     "JudgedBy",
     "failed_row",
     "find_images",
+    "ImageFile",
     "overlay_names",
     "inspect_decoded",
     "inspect_paths",
@@ -102,14 +103,25 @@ def decode(data: bytes, name: str) -> Decoded:
     return Decoded(name, image=image, sha256=sha)
 
 
-def read_file(path: Path) -> Decoded:
-    """Read and decode one file (named by its path as given, so rows match what the user typed)."""
-    name = str(path)
+class ImageFile(NamedTuple):
+    """A file to judge: where it is, and the name its row and history record carry.
+
+    The name is the path as the user typed it when that was relative; for an absolute argument it
+    starts at the folder the argument named (``/srv/line3/parts`` gives ``parts/a/001.png``), so no
+    server path reaches the history, its CSV export or the API.
+    """
+
+    path: Path
+    name: str
+
+
+def read_file(file: ImageFile) -> Decoded:
+    """Read and decode one file; an entry that cannot be read (a folder, a dangling or looping link) is a row."""
     try:
-        data = path.read_bytes()
+        data = file.path.read_bytes()
     except OSError as exc:
-        return Decoded(name, error=f"{name} could not be read: {exc.strerror or exc}")
-    return decode(data, name)
+        return Decoded(file.name, error=f"{file.name} could not be read: {exc.strerror or exc}")
+    return decode(data, file.name)
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
@@ -117,41 +129,58 @@ def _is_hidden(path: Path, root: Path) -> bool:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    """Image files under ``folder`` at any depth (hidden files and folders skipped), sorted."""
-    return sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in SUPPORTED_EXTENSIONS and p.is_file() and not _is_hidden(p, folder)
-    )
+    """Entries named like images under ``folder`` at any depth (hidden ones skipped), sorted.
+
+    Not only regular files: a dangling or looping link, or a folder called ``x.png``, is listed too
+    and becomes a row saying why it could not be read, so the count matches what the user sees.
+    """
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUPPORTED_EXTENSIONS and not _is_hidden(p, folder))
 
 
-def _expand(pattern: str) -> list[Path]:
+def _named(paths: list[Path], pattern: str, root: Path) -> list[ImageFile]:
+    if not Path(pattern).is_absolute():
+        return [ImageFile(p, str(p)) for p in paths]
+    return [ImageFile(p, p.relative_to(root).as_posix() if p.is_relative_to(root) else p.name) for p in paths]
+
+
+def _expand(pattern: str) -> list[ImageFile]:
     path = Path(pattern)
     if path.is_dir():
-        return _images_under(path)
-    if path.is_file():
-        return [path]  # named explicitly: whatever it is, the loader says why it cannot be read
+        return _named(_images_under(path), pattern, path.parent)
+    if path.is_file() or path.is_symlink():
+        return _named([path], pattern, path.parent)  # named explicitly: the loader says why it cannot be read
     if not any(ch in pattern for ch in "*?["):
         raise InspectError(f"{pattern}: no such file or folder")
     import glob
 
+    static = Path(*[part for part in _until_wildcard(path.parts)])
     found: list[Path] = []
     for match in sorted(glob.glob(pattern, recursive=True)):
         p = Path(match)
-        if p.is_dir():
+        if p.is_dir() and p.suffix.lower() not in SUPPORTED_EXTENSIONS:
             found.extend(_images_under(p))
         elif p.suffix.lower() in SUPPORTED_EXTENSIONS:
             found.append(p)
-    return found
+    return _named(found, pattern, static.parent)
 
 
-def find_images(patterns: Sequence[str]) -> list[Path]:
+def _until_wildcard(parts: Sequence[str]) -> Iterator[str]:
+    """The leading parts of a glob pattern before its first wildcard."""
+    for part in parts:
+        if any(ch in part for ch in "*?["):
+            return
+        yield part
+
+
+def find_images(patterns: Sequence[str]) -> list[ImageFile]:
     """The images named by ``patterns`` (files, folders searched recursively, globs), each once."""
-    found: dict[Path, None] = {}
+    found: dict[Path, ImageFile] = {}
     for pattern in patterns:
-        for path in _expand(pattern):
-            found.setdefault(path)
+        for file in _expand(pattern):
+            found.setdefault(file.path, file)
     if not found:
         raise InspectError(f"no images found in {' '.join(patterns)} (looked for {', '.join(SUPPORTED_EXTENSIONS)})")
-    return list(found)
+    return list(found.values())
 
 
 _DONE = object()
@@ -168,8 +197,8 @@ def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
     return False
 
 
-def decoded_in_background(paths: Sequence[Path], *, queue_size: int = 2 * DEFAULT_BATCH_SIZE) -> Iterator[Decoded]:
-    """:func:`read_file` of each path, read ahead by a background thread.
+def decoded_in_background(files: Sequence[ImageFile], *, queue_size: int = 2 * DEFAULT_BATCH_SIZE) -> Iterator[Decoded]:
+    """:func:`read_file` of each file, read ahead by a background thread.
 
     The queue holds at most ``queue_size`` decoded images, so memory stays bounded however many
     files there are. Stopping early (an error, Ctrl-C) stops the reader too.
@@ -180,8 +209,8 @@ def decoded_in_background(paths: Sequence[Path], *, queue_size: int = 2 * DEFAUL
     def work() -> None:
         outcome: object = _DONE
         try:
-            for path in paths:
-                if not _put(q, read_file(path), stop):
+            for file in files:
+                if not _put(q, read_file(file), stop):
                     return
         except BaseException as exc:  # noqa: BLE001 - a bug in reading: raised again in the consumer's thread
             outcome = exc
@@ -329,7 +358,7 @@ class BatchReport:
         return f"{self.images} images, {self.defects} DEFECT, {self.failed} failed, {self.rate:.1f} images/s"
 
 
-def overlay_names(files: Sequence[Path]) -> dict[str, str]:
+def overlay_names(files: Sequence[ImageFile]) -> dict[str, str]:
     """A PNG name for each file's overlay: its path below the files' common folder, flattened.
 
     ``test/crack/000.png`` and ``test/good/000.png`` become ``crack_000_overlay.png`` and
@@ -339,15 +368,15 @@ def overlay_names(files: Sequence[Path]) -> dict[str, str]:
         return {}
     import os
 
-    root = Path(os.path.commonpath([p.absolute().parent for p in files]))
+    root = Path(os.path.commonpath([f.path.absolute().parent for f in files]))
     names: dict[str, str] = {}
     used: set[str] = set()
-    for path in files:
+    for path, shown in files:
         parts = path.absolute().relative_to(root).with_suffix("").parts
         stem = "_".join(inspection.file_stem(part) for part in parts)
         name = next(n for i in range(1, len(files) + 2) if (n := f"{stem}{f'_{i}' if i > 1 else ''}_overlay.png") not in used)
         used.add(name)
-        names[str(path)] = name
+        names[shown] = name
     return names
 
 
@@ -387,7 +416,7 @@ def _rows_of_batch(
 
 def inspect_paths(
     detector: Detector,
-    paths: Sequence[Path],
+    paths: Sequence[ImageFile],
     on_row: Callable[[dict[str, Any]], None],
     *,
     threshold: float = inspection.CALIBRATED,
@@ -486,13 +515,33 @@ def run_command(
     out = _open_csv(Path(csv_path)) if csv_path else None
     try:
         report = _run_into(out, detector, files, threshold, history, history is not None, batch_size, overlay_dir, progress)
-    finally:
         if out is not None:
-            out.close()
+            out.close()  # its last flush can fail too
+    except OSError as exc:  # the CSV could not be written (a full disk): one line, and what is safe
+        raise InspectError(_csv_failure(csv_path, exc, history is not None)) from None
+    finally:
+        if out is not None and not out.closed:
+            _close_quietly(out)
     for note in report.notes:
         print(f"warning: {note}", file=sys.stderr)
     print(report.summary() + (f"; rows in {csv_path}" if csv_path else ""))
     return 1 if report.failed else 0
+
+
+def _csv_failure(csv_path: str | None, exc: OSError, recorded: bool) -> str:
+    import errno
+
+    why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    kept = "the verdicts judged so far are in the history" if recorded else "nothing was recorded (--no-record)"
+    return f"cannot write the CSV {csv_path}: {why}; stopped, {kept}"
+
+
+def _close_quietly(out: TextIO) -> None:
+    """Close the CSV; after a failed write the close fails the same way, and that was said already."""
+    try:
+        out.close()
+    except OSError:
+        pass
 
 
 def _run_into(
