@@ -19,6 +19,7 @@ SQLite happily appends to a file whose middle pages are corrupt, so "damaged" is
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -344,6 +345,8 @@ class History:
                 raise StoreError(
                     f"the history database {self.path} stayed locked for {self.timeout:g} s by another process; try again"
                 ) from None
+            if _disk_full(text, self.path.parent):
+                raise StoreError(f"the disk holding the history database {self.path} is full: nothing was recorded") from None
             raise StoreError(f"the history database {self.path} cannot be used: {text}") from None
         finally:
             if con is not None:
@@ -351,6 +354,22 @@ class History:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+#: Below this much free space, SQLite's "disk I/O error" is a full disk (it says so only sometimes).
+FULL_DISK_BYTES = 1 << 20
+
+
+def _disk_full(text: str, folder: Path) -> bool:
+    """Whether a SQLite error comes from a full disk: "database or disk is full", or an I/O error with no room left."""
+    if "disk is full" in text:
+        return True
+    if "disk I/O error" not in text:
+        return False
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        return False
 
 
 def _is_corruption(text: str) -> bool:

@@ -321,7 +321,41 @@ def test_bad_threshold_and_missing_fields(client, defect_png: bytes) -> None:
 
 def test_unknown_endpoint_and_method(client) -> None:
     assert "no such endpoint" in _error(client.get("/v1/nothing"), 404)
-    assert "GET is not allowed" in _error(client.get("/v1/inspect"), 405)
+    response = client.get("/v1/inspect")
+    assert "GET is not allowed" in _error(response, 405) and response.headers["allow"] == "POST"
+
+
+def test_ids_past_sqlites_range_are_422_not_500(client) -> None:
+    huge = 2**63
+    assert "inspection_id" in _error(client.get(f"/v1/inspections/{huge}"), 422)
+    assert "inspection_id" in _error(client.get(f"/v1/similar/{huge}"), 422)
+    assert "inspection_id" in _error(client.post(f"/v1/inspections/{huge}/feedback", json={"feedback": None}), 422)
+    assert "there is no inspection" in _error(client.get(f"/v1/inspections/{huge - 1}"), 404)
+
+
+def test_errors_name_no_server_path(make_client, api_env: Path, defect_png: bytes) -> None:
+    from core.api.errors import without_server_paths
+
+    message = _error(_post(make_client(), defect_png, model="efficientad"), 404)  # names the models folder in the core
+    assert "/" + api_env.parts[1] not in message and "[server path]" in message
+    api_env.mkdir(parents=True, exist_ok=True)
+    (api_env / "users.json").write_text("{damaged", encoding="utf-8")
+    message = _error(make_client().get("/v1/models"), 503)
+    assert "users file" in message and str(api_env) not in message
+    assert without_server_paths("no such endpoint: GET /v1/nothing") == "no such endpoint: GET /v1/nothing"
+    assert without_server_paths(f"cannot read {api_env}/users.json.") == "cannot read [server path]."
+
+
+def test_openapi_describes_the_security_configured(make_client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A keyless loopback server asks for no Authorization; with a key every /v1 call needs it."""
+    open_doc = make_client().get("/openapi.json").json()
+    ops = [op for path, item in open_doc["paths"].items() if path.startswith("/v1") for op in item.values()]
+    assert ops and not any("security" in op or "401" in op["responses"] for op in ops)
+    assert "securitySchemes" not in open_doc.get("components", {})
+    monkeypatch.setenv("INSPECT_API_KEY", "k" * 32)
+    keyed = make_client().get("/openapi.json").json()
+    ops = [op for path, item in keyed["paths"].items() if path.startswith("/v1") for op in item.values()]
+    assert all(op["security"] and "401" in op["responses"] for op in ops)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,14 +404,38 @@ def test_batch_limits(make_client, monkeypatch: pytest.MonkeyPatch, defect_png: 
     client = make_client()
     three = [("images", (f"{i}.png", defect_png, "image/png")) for i in range(3)]
     assert "at most 2 images" in _error(client.post("/v1/inspect/batch", files=three, data={"category": TINY_CATEGORY}), 413)
-    big = [
-        ("images", ("ok.png", defect_png, "image/png")),
-        ("images", ("big.png", b"\x89PNG" + b"0" * 300_000, "image/png")),
-    ]
-    body = client.post("/v1/inspect/batch", files=big, data={"category": TINY_CATEGORY}).json()
-    assert [item["status"] for item in body["items"]] == [200, 413]
-    assert "INSPECT_MAX_UPLOAD_MB" in body["items"][1]["error"]
+    many = [("images", (f"{i}.png", b"\x89PNG", "image/png")) for i in range(40)]  # past the parser's own limit
+    assert _error(client.post("/v1/inspect/batch", files=many, data={"category": TINY_CATEGORY}), 413) == (
+        "a batch holds at most 2 images (INSPECT_API_MAX_BATCH)"
+    )
     assert _error(client.post("/v1/inspect/batch", data={"category": TINY_CATEGORY}), 422).startswith("images:")
+
+
+def test_an_oversized_file_in_a_batch_is_413_while_reading(
+    make_client, monkeypatch: pytest.MonkeyPatch, defect_png: bytes
+) -> None:
+    """The per-file limit holds inside a batch too, while the bytes arrive (not after spooling them)."""
+    monkeypatch.setenv("INSPECT_MAX_UPLOAD_MB", "0.2")
+    client = make_client()
+    boundary = "inspectboundary"
+
+    def body():
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="category"\r\n\r\n{TINY_CATEGORY}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="ok.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode() + defect_png
+        yield f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="big.png"\r\n\r\n'.encode()
+        for _ in range(16):  # 1 MB: under the batch's 16 x 0.2 MB, over one image's 0.2 MB
+            yield b"0" * 64_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = client.post(
+        "/v1/inspect/batch", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert "0.2 MB per image" in _error(response, 413)
+    files = [("images", ("a.png", defect_png, "image/png")), ("images", ("b.png", defect_png, "image/png"))]
+    assert client.post("/v1/inspect/batch", files=files, data={"category": TINY_CATEGORY}).status_code == 200
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,3 +644,13 @@ def test_api_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INSPECT_API_MAX_BATCH", "0")
     with pytest.raises(ConfigError, match="INSPECT_API_MAX_BATCH must be at least 1"):
         settings.api_max_batch()
+
+
+def test_part_sizes_are_counted_across_chunks_and_within_one() -> None:
+    from core.api.middleware import PartSizes
+
+    whole = PartSizes(b"bnd", 10)
+    assert not whole.feed(b"--bnd\r\nsmall\r\n--bnd\r\n" + b"x" * 20 + b"\r\n--bnd--")  # the big part is not the last
+    split = PartSizes(b"bnd", 16)
+    assert split.feed(b"--bnd\r\n12345") and split.feed(b"6\r\n--b") and split.feed(b"nd\r\nabc")  # boundary split in two
+    assert split.current == 5 and split.feed(b"x" * 11) and not split.feed(b"x")

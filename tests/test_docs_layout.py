@@ -1,4 +1,4 @@
-"""The README's code-layout table matches the tree: every path it names exists, every module is named."""
+"""The code-layout table of docs/architecture.md matches the tree: every path it names exists, every module is named."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _layout_section() -> str:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
     start = text.index("## Code layout")
     end = text.index("\n### Adding a model", start)  # the table, not the PaDiM walk-through after it
     return text[start:end]

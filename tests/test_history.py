@@ -243,3 +243,18 @@ def test_concurrent_processes_lose_nothing(db: Path) -> None:
     procs = [subprocess.Popen([sys.executable, "-c", script, str(db), tag], cwd=repo) for tag in ("p", "q")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert History(db).count() == 100
+
+
+def test_a_full_disk_is_called_a_full_disk(tmp_path, monkeypatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    from core import history
+
+    usage = namedtuple("usage", "total used free")
+    assert history._disk_full("database or disk is full", tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**9, 10**9, 0))
+    assert history._disk_full("disk I/O error", tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**9, 0, 10**9))
+    assert not history._disk_full("disk I/O error", tmp_path)  # room left: a real I/O error, said as such
+    assert not history._disk_full("database is locked", tmp_path)

@@ -424,3 +424,15 @@ def test_a_trained_threshold_is_above_every_held_out_good(tiny_patchcore, tiny_d
     assert len(goods) >= 2
     scores = profile.raw_scores(det, goods)
     assert det.meta.calibration.image_threshold >= max(scores) - 1e-4
+
+
+def test_recalibrate_without_reviews_refuses_before_scoring_anything(models: Path, monkeypatch) -> None:
+    from core.learning import profile
+    from core.services import feedback_loop
+
+    def never(*_a, **_k):
+        raise AssertionError("the calibration split was scored for a proposal that is refused anyway")
+
+    monkeypatch.setattr(profile, "profile", never)
+    proposal, _ = feedback_loop.propose_recalibration("patchcore", TINY_CATEGORY)
+    assert not proposal.ok and proposal.refusal.startswith("too few reviews")

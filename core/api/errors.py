@@ -9,6 +9,8 @@ format, with its traceback in the server log only.
 from __future__ import annotations
 
 import logging
+import os
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,7 +30,7 @@ from core.errors import (
     StoreError,
     WeightsMissingError,
 )
-from core.settings import max_upload_bytes
+from core.settings import api_max_batch, max_upload_bytes
 
 log = logging.getLogger("inspect.api")
 
@@ -85,14 +87,38 @@ def status_for(exc: InspectError) -> int:
     return 400
 
 
-def error_response(message: str, status: int) -> JSONResponse:
-    """The one error format, with Retry-After on 503 and the Bearer challenge on 401."""
-    headers = {}
+#: An absolute path in a message: a slash after a space, a quote or the start, up to a space or quote.
+_PATH = re.compile(r"(?<![^\s'\"`(])/[^\s'\"`,;:()]+")
+SERVER_PATH = "[server path]"
+
+
+def without_server_paths(message: str) -> str:
+    """``message`` with every absolute path on this server's file system replaced.
+
+    The core's messages name files for the engineer at the console; a line-side client, or a caller
+    without a key, must not learn the server's layout from them. A path counts as the server's when
+    its first folder exists here (``/srv/...``, ``/home/...``); an API path such as ``/v1/x`` does
+    not, so it stays.
+    """
+
+    def hide(match: re.Match[str]) -> str:
+        path = match.group(0).rstrip(".")
+        top = "/" + path.strip("/").split("/")[0]  # a path whose first folder exists here is the server's
+        if os.path.isdir(top):
+            return SERVER_PATH + match.group(0)[len(path) :]
+        return match.group(0)
+
+    return _PATH.sub(hide, message)
+
+
+def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error format, with Retry-After on 503 and the Bearer challenge on 401; no server paths."""
+    headers = dict(headers or {})
     if status == 503:
         headers["Retry-After"] = str(RETRY_AFTER_S)
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse({"error": without_server_paths(message)}, status_code=status, headers=headers)
 
 
 def too_large_message() -> str:
@@ -109,9 +135,20 @@ def validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "the request is not valid"
 
 
+def too_many_files_message() -> str:
+    return f"a batch holds at most {api_max_batch()} images (INSPECT_API_MAX_BATCH)"
+
+
+def _is_too_many_files(exc: HTTPException) -> bool:
+    """Starlette's multipart parser stops at its ``max_files`` (one more than the batch limit)."""
+    return exc.status_code == 400 and "Maximum number of files" in str(exc.detail)
+
+
 def _http_message(request: Request, exc: HTTPException) -> str:
     if exc.status_code == 413:
         return too_large_message()
+    if _is_too_many_files(exc):
+        return too_many_files_message()
     if exc.status_code == 404 and exc.detail == "Not Found":
         return f"no such endpoint: {request.method} {request.url.path}"
     if exc.status_code == 405:
@@ -128,7 +165,8 @@ async def _on_validation_error(_request: Request, exc: RequestValidationError) -
 
 
 async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    return error_response(_http_message(request, exc), exc.status_code)
+    status = 413 if _is_too_many_files(exc) else exc.status_code
+    return error_response(_http_message(request, exc), status, headers=exc.headers)  # 405 keeps its Allow
 
 
 async def _on_bug(request: Request, exc: Exception) -> JSONResponse:

@@ -47,7 +47,9 @@ ModelName = Annotated[str, Form(description="patchcore or efficientad")]
 Threshold = Annotated[float | None, Form(description="normalised 0..1 (default 0.5, the calibrated threshold)")]
 Overlay = Annotated[bool, Form(description="true: add the heatmap overlay as a base64 PNG")]
 BatchImages = Annotated[list[UploadFile], File(description="the images (at most INSPECT_API_MAX_BATCH, default 16)")]
-InspectionId = Annotated[int, Path(ge=1, description="id from an inspect answer or the history")]
+#: History ids are SQLite rowids: at most 2**63 - 1 (a larger one would overflow the query, not miss).
+MAX_ID = 2**63 - 1
+InspectionId = Annotated[int, Path(ge=1, le=MAX_ID, description="id from an inspect answer or the history")]
 #: (file name, decoded RGB image, sha256): what core.api.inspecting.decode gives.
 Decoded = tuple[str, Any, str]
 
@@ -114,6 +116,11 @@ def health_router() -> APIRouter:
 def body_limits(max_upload: int, max_batch: int) -> dict[str, int]:
     """The most bytes each upload route's body may have (core.api.middleware enforces them)."""
     return {"/v1/inspect": max_upload + FORM_OVERHEAD, "/v1/inspect/batch": max_batch * max_upload + FORM_OVERHEAD}
+
+
+def part_limits(max_upload: int) -> dict[str, int]:
+    """The most bytes one file of a batch may have while it arrives (its part headers included)."""
+    return {"/v1/inspect/batch": max_upload + FORM_OVERHEAD}
 
 
 def _inspect_route(router: APIRouter) -> None:

@@ -110,6 +110,10 @@ def propose_recalibration(
 
     det = detector or load_detector(model, category)
     reviews, notes = reviewed(_history(history), det)
+    if len(reviews) < recalibration.MIN_REVIEWS:  # refused anyway: do not score the calibration split first
+        proposal = recalibration.propose(det.meta.calibration.image_threshold, reviews, [])
+        proposal.notes += notes
+        return proposal, det
     prof = profile.profile(det, with_test=with_test)
     test = (prof.test_scores, prof.test_labels) if with_test and prof.test_scores else None
     proposal = recalibration.propose(det.meta.calibration.image_threshold, reviews, prof.calibration_goods, test=test)
