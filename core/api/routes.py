@@ -44,7 +44,12 @@ INSPECT_ERRORS: dict[int | str, dict[str, Any]] = {
 
 Category = Annotated[str, Form(description="the part family, e.g. tile", min_length=1)]
 ModelName = Annotated[str, Form(description="patchcore or efficientad")]
-Threshold = Annotated[float | None, Form(description="normalised 0..1 (default 0.5, the calibrated threshold)")]
+# The range is documented for clients and checked by core.api.inspecting.check_threshold, whose
+# one-line message names the scale (FastAPI's own would not).
+Threshold = Annotated[
+    float | None,
+    Form(description="normalised 0..1 (default 0.5, the calibrated threshold)", json_schema_extra={"minimum": 0, "maximum": 1}),
+]
 Overlay = Annotated[bool, Form(description="true: add the heatmap overlay as a base64 PNG")]
 BatchImages = Annotated[list[UploadFile], File(description="the images (at most INSPECT_API_MAX_BATCH, default 16)")]
 #: History ids are SQLite rowids: at most 2**63 - 1 (a larger one would overflow the query, not miss).
