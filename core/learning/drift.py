@@ -178,5 +178,5 @@ def ood_note(raw_score: float, defect_area: float, cal: Calibration, category: s
     margin = foreign_margin(raw_score, cal)
     return (
         f"This does not look like a {category} image: {defect_area:.0%} of it differs from every {category} "
-        f"image the model has seen (score {margin:.0f} calibration spreads past the threshold). Wrong category?"
+        f"image the model has seen (score {margin:.1f} calibration spreads past the threshold). Wrong category?"
     )
