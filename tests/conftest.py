@@ -67,6 +67,19 @@ def tiny_patchcore(tiny_data_root: Path):
     )
 
 
+@pytest.fixture
+def models(tiny_patchcore, inspect_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the session's models folder, a private history and cache: versions written here touch no other test."""
+    import shutil
+
+    target = tmp_path / "models"
+    shutil.copytree(inspect_home / "models", target)
+    monkeypatch.setenv("INSPECT_MODELS_DIR", str(target))
+    monkeypatch.setenv("INSPECT_HISTORY_DB", str(tmp_path / "history.sqlite"))
+    monkeypatch.setenv("INSPECT_CACHE", str(tmp_path / "cache"))
+    return target
+
+
 @pytest.fixture(scope="session")
 def shared_bottle() -> Path:
     """The real MVTec AD bottle category, when ../shared is present (skips otherwise)."""

@@ -238,23 +238,32 @@ def test_oversized_upload_is_413_while_reading(make_client, monkeypatch: pytest.
     assert _post(client, defect_png).status_code == 200  # below the limit: fine
 
 
+def _post_chunked(client, path: str, files: list[tuple[str, str, bytes | None]], *, filler: int):
+    """A multipart POST sent without Content-Length, part by part: the category, then each file
+    (its bytes, or for None ``filler`` chunks of 64 kB, as a client streaming a huge file would)."""
+    boundary = "inspectboundary"
+
+    def body():
+        yield f'--{boundary}\r\nContent-Disposition: form-data; name="category"\r\n\r\n{TINY_CATEGORY}'.encode()
+        for field, name, data in files:
+            yield f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'.encode()
+            yield b"Content-Type: image/png\r\n\r\n"
+            if data is not None:
+                yield data
+            else:
+                for _ in range(filler):
+                    yield b"0" * 64_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    return client.post(path, content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+
+
 def test_oversized_chunked_upload_is_413_while_reading(make_client, monkeypatch: pytest.MonkeyPatch) -> None:
     """No Content-Length (chunked): the bytes are counted as they arrive and the upload is cut off."""
     monkeypatch.setenv("INSPECT_MAX_UPLOAD_MB", "0.2")
     client = make_client()
-    boundary = "inspectboundary"
-
-    def body():
-        yield (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="category"\r\n\r\n{TINY_CATEGORY}\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
-        ).encode()
-        for _ in range(100):  # 6.4 MB if it were all read
-            yield b"0" * 64_000
-        yield f"\r\n--{boundary}--\r\n".encode()
-
-    response = client.post("/v1/inspect", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    # 6.4 MB if it were all read
+    response = _post_chunked(client, "/v1/inspect", [("image", "big.png", None)], filler=100)
     assert "INSPECT_MAX_UPLOAD_MB" in _error(response, 413)
 
 
@@ -417,21 +426,9 @@ def test_an_oversized_file_in_a_batch_is_413_while_reading(
     """The per-file limit holds inside a batch too, while the bytes arrive (not after spooling them)."""
     monkeypatch.setenv("INSPECT_MAX_UPLOAD_MB", "0.2")
     client = make_client()
-    boundary = "inspectboundary"
-
-    def body():
-        yield (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="category"\r\n\r\n{TINY_CATEGORY}\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="ok.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
-        ).encode() + defect_png
-        yield f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="big.png"\r\n\r\n'.encode()
-        for _ in range(16):  # 1 MB: under the batch's 16 x 0.2 MB, over one image's 0.2 MB
-            yield b"0" * 64_000
-        yield f"\r\n--{boundary}--\r\n".encode()
-
-    response = client.post(
-        "/v1/inspect/batch", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    # the big file: 1 MB, under the batch's 16 x 0.2 MB, over one image's 0.2 MB
+    response = _post_chunked(
+        client, "/v1/inspect/batch", [("images", "ok.png", defect_png), ("images", "big.png", None)], filler=16
     )
     assert "0.2 MB per image" in _error(response, 413)
     files = [("images", ("a.png", defect_png, "image/png")), ("images", ("b.png", defect_png, "image/png"))]

@@ -104,17 +104,6 @@ def test_drift_warns_when_recent_scores_leave_the_calibration() -> None:
 # --- With the tiny trained PatchCore, in a private models folder ------------------------------
 
 
-@pytest.fixture
-def models(tiny_patchcore, inspect_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the session's models folder, so versions written here touch no other test."""
-    target = tmp_path / "models"
-    shutil.copytree(inspect_home / "models", target)
-    monkeypatch.setenv("INSPECT_MODELS_DIR", str(target))
-    monkeypatch.setenv("INSPECT_HISTORY_DB", str(tmp_path / "history.sqlite"))
-    monkeypatch.setenv("INSPECT_CACHE", str(tmp_path / "cache"))
-    return target
-
-
 def _good_images(root: Path, category: str, n: int) -> list[np.ndarray]:
     from core.data.image_io import load_image
 

@@ -22,17 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 INSPECTOR = Actor("ivy", "inspector")
 
 
-@pytest.fixture
-def models(tiny_patchcore, inspect_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the session's models folder and a private history: versions written here touch no other test."""
-    target = tmp_path / "models"
-    shutil.copytree(inspect_home / "models", target)
-    monkeypatch.setenv("INSPECT_MODELS_DIR", str(target))
-    monkeypatch.setenv("INSPECT_HISTORY_DB", str(tmp_path / "history.sqlite"))
-    monkeypatch.setenv("INSPECT_CACHE", str(tmp_path / "cache"))
-    return target
-
-
 def _folder(tmp_path: Path, name: str, sources: list[Path]) -> Path:
     folder = tmp_path / name
     folder.mkdir()
