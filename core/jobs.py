@@ -69,6 +69,7 @@ class Job:
     finished_at: str | None = None
     message: str | None = None  # a one-line reason when the job failed or was cancelled
     extra: dict[str, Any] = field(default_factory=dict)
+    started_by: str = ""  # who started it (core.auth.Actor's name): jobs change what everyone uses
 
     @property
     def done(self) -> bool:
@@ -156,13 +157,13 @@ def start_job(
     """Start ``python -m core <kind> ...`` in the background and return its record.
 
     ``nice``: run the command at this lower priority (``os.nice``), so that the app stays
-    responsive beside a long job (the EfficientAD queue, core.models.efficientad.background).
+    responsive beside a long job (the EfficientAD queue, core.autotrain).
 
     When the same job (kind, model, category) is already running, that job is returned instead of
     starting a second one (two trainings of one model would overwrite each other's checkpoint).
     Engineers only (:func:`core.auth.require_engineer`): a job trains, evaluates, indexes or changes models.
     """
-    require_engineer(actor, f"starting a {kind} job")
+    who = require_engineer(actor, f"starting a {kind} job")
     running = active_job(kind, model, category)
     if running is not None:
         return running
@@ -184,6 +185,7 @@ def start_job(
         category=category,
         started_at=_now(),
         extra={"nice": nice} if nice else {},
+        started_by=who,
     )
     _write(job)
     child_env = dict(os.environ if env is None else env)
@@ -303,7 +305,7 @@ def latest_job(kind: str, model: str | None = None, category: str | None = None)
 
 def cancel_job(job_id: str, *, actor: Actor) -> Job | None:
     """Stop a running job (SIGTERM to its process group) and mark it cancelled. Engineers only."""
-    require_engineer(actor, "cancelling a job")
+    who = require_engineer(actor, "cancelling a job")
     job = load_job(job_id)
     if job is None or job.status != RUNNING:
         return job
@@ -312,7 +314,7 @@ def cancel_job(job_id: str, *, actor: Actor) -> Job | None:
             os.killpg(job.pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
-    job.status, job.finished_at, job.message = CANCELLED, _now(), "cancelled from the dashboard"
+    job.status, job.finished_at, job.message = CANCELLED, _now(), f"cancelled by {who}"
     _write(job)
     _reap()
     return job

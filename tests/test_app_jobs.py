@@ -46,7 +46,8 @@ def test_job_runs_in_the_background_and_can_be_cancelled(app_env):
     cancelled = jobs.cancel_job(job.id, actor=COMMAND_LINE)
     assert cancelled.status == jobs.CANCELLED
     done = wait_done(job.id, 60)
-    assert done.status == jobs.CANCELLED
+    assert done.status == jobs.CANCELLED and done.message == "cancelled by command line"
+    assert done.started_by == "command line"
     time.sleep(0.5)
     assert not jobs._alive(job.pid)
 
