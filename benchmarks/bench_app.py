@@ -6,9 +6,9 @@ registry, decode the image, run the model, draw the heatmap overlay and the defe
 verdicts are the same work for further images with everything loaded (what every later upload
 costs), and a re-judgement at another threshold (what moving the slider costs: no model run).
 
-    .venv/bin/python scripts/bench_app.py                       # PatchCore on demo 'tile'
-    .venv/bin/python scripts/bench_app.py --category grid --cold-runs 3 --warm 30
-    INSPECT_HOME=/path/to/workspace .venv/bin/python scripts/bench_app.py --json out.json
+    .venv/bin/python benchmarks/bench_app.py                       # PatchCore on demo 'tile'
+    .venv/bin/python benchmarks/bench_app.py --category grid --cold-runs 3 --warm 30
+    INSPECT_HOME=/path/to/workspace .venv/bin/python benchmarks/bench_app.py --json out.json
 
 Needs a trained model (``python -m core setup`` prepares the demo ones). Runs on the CPU
 (``CUDA_VISIBLE_DEVICES`` is emptied for the measured processes) with torch's default threads.

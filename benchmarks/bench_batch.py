@@ -9,7 +9,7 @@ Prints, for each round (interleaved, so a change in machine load hits both alike
 
 then the median images/s and ms per image of each and their ratio. Usage::
 
-    python scripts/bench_batch.py --category bottle --rounds 3 [--batch-size 8]
+    python benchmarks/bench_batch.py --category bottle --rounds 3 [--batch-size 8]
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ centres is right (passes over the data). Random data and real bottle features ga
 
 Usage::
 
-    .venv/bin/python scripts/bench_coreset.py                     # random bottle-shaped data
-    .venv/bin/python scripts/bench_coreset.py --embedding bank.pt # a saved (N, D) float tensor
+    .venv/bin/python benchmarks/bench_coreset.py                     # random bottle-shaped data
+    .venv/bin/python benchmarks/bench_coreset.py --embedding bank.pt # a saved (N, D) float tensor
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.models.patchcore.coreset import _prepare, _select, coreset_size
+from core.models.patchcore.coreset import coreset_size, prepare, select
 
 
 def _seed(seed: int) -> None:
@@ -119,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     print("core.models.patchcore.coreset: full run ...", flush=True)
     _seed(args.seed)
     start = time.perf_counter()
-    space, first = _prepare(embedding, device=args.device)
+    space, first = prepare(embedding, device=args.device)
     o_proj = time.perf_counter() - start
     stats: dict[str, int] = {}
     start = time.perf_counter()
-    ours = _select(space, first, size, progress=not args.no_progress, stats=stats).cpu().tolist()
+    ours = select(space, first, size, progress=not args.no_progress, stats=stats).cpu().tolist()
     o_loop = time.perf_counter() - start
     o_rate = (size - 1) / o_loop
     o_total = o_proj + o_loop

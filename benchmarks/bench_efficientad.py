@@ -16,10 +16,10 @@ The cost does not depend on the weights' values, so this isolates the step from 
 the rest of the loop; it also times reading one penalty image (which Inspect reads ahead in a
 thread, off the step) and, for reference, one inference in fp32 and bf16. Example::
 
-    .venv/bin/python scripts/bench_efficientad.py                      # CPU, torch's threads, 10 rounds
-    .venv/bin/python scripts/bench_efficientad.py --threads 2 --rounds 20
-    .venv/bin/python scripts/bench_efficientad.py --variants "anomalib fp32" "bf16+cl+fused+cache"
-    .venv/bin/python scripts/bench_efficientad.py --device cuda --rounds 50
+    .venv/bin/python benchmarks/bench_efficientad.py                      # CPU, torch's threads, 10 rounds
+    .venv/bin/python benchmarks/bench_efficientad.py --threads 2 --rounds 20
+    .venv/bin/python benchmarks/bench_efficientad.py --variants "anomalib fp32" "bf16+cl+fused+cache"
+    .venv/bin/python benchmarks/bench_efficientad.py --device cuda --rounds 50
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
@@ -50,6 +51,15 @@ N_TRAIN = 4  # distinct "training images" the cache holds
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def native_bf16() -> bool | None:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX), from /proc/cpuinfo; None off Linux."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def make_step(name: str, base: EfficientAdModel, device: torch.device, size: int) -> Callable[[int], None]:
@@ -157,7 +167,7 @@ def main() -> None:
             _sync(device)
             times[name].append(time.perf_counter() - start)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported() if device.type == "cpu" else None  # noqa: SLF001
+    bf16 = native_bf16() if device.type == "cpu" else None
     print(
         f"EfficientAD-{args.model_size[0].upper()} training step at {args.image_size} px, batch 1, on {where}"
         + (f" (native bf16: {'yes' if bf16 else 'no'})" if bf16 is not None else "")

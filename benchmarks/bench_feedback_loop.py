@@ -1,4 +1,4 @@
-"""Measure the feedback loop (issue 13): false alarms on drifted good parts before and after
+"""Measure the feedback loop: false alarms on drifted good parts before and after
 recalibration and after a memory-bank update with 5, 10 and 20 confirmed goods.
 
 For each category: the model (the workspace's PatchCore) scores
@@ -17,7 +17,7 @@ calibration split's held-out goods; bank update = :mod:`core.learning.bank_updat
 n images appended, calibration refreshed on held-out goods + the n images, leave-one-out). Nothing
 is saved: the variants are scored in memory from one backbone pass per image.
 
-    INSPECT_HOME=/tmp/h13 python scripts/bench_feedback_loop.py --categories tile leather grid bottle
+    INSPECT_HOME=/tmp/h13 python benchmarks/bench_feedback_loop.py --categories tile leather grid bottle
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The feedback-loop bench (scripts/bench_feedback_loop.py) over coreset ratios and training seeds.
+# The feedback-loop bench (benchmarks/bench_feedback_loop.py) over coreset ratios and training seeds.
 #
 # Why: the bench scores 20 drifted goods and 30 original defects, so one image moves a rate by
 # 5 or 3.3 points; a single training (one calibration draw) cannot tell a setting's effect from
 # that noise. Each (ratio, seed) gets its own workspace under OUT: PatchCore trained on the demo
 # categories (and real bottle minus its confirmation pool when --bottle is given), then the bench.
 #
-#   bash scripts/bench_feedback_sweep.sh OUT [--ratios "0.025 0.05 0.1"] [--seeds "0 1 2"] [--draws K] [--bottle]
+#   bash benchmarks/bench_feedback_sweep.sh OUT [--ratios "0.025 0.05 0.1"] [--seeds "0 1 2"] [--draws K] [--bottle]
 #        [--bench "more bench_feedback_loop.py options"] [--log NAME]
 #
 # Each workspace's table is in OUT/r<ratio>_s<seed>/<NAME> (default bench.log); models already there
@@ -48,7 +48,7 @@ for seed in $SEEDS; do
       INSPECT_HOME="$ws" "$PY" -m core train --model patchcore --category "$c" --data-root "$ws/demo_data" \
         --coreset-ratio "$r" --seed "$seed" > "$ws/train_$c.log" 2>&1
     done
-    INSPECT_HOME="$ws" "$PY" scripts/bench_feedback_loop.py --categories $CATS --explain \
+    INSPECT_HOME="$ws" "$PY" benchmarks/bench_feedback_loop.py --categories $CATS --explain \
       --coreset-ratio "$r" --seed "$seed" --draws "$DRAWS" $BENCH > "$ws/$LOG" 2>&1
     echo "ratio $r seed $seed:"
     grep -E '^\| (tile|leather|grid|bottle) .*\| (before|update-bank)[ ,]' "$ws/$LOG"

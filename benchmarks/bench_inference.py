@@ -1,6 +1,6 @@
 """Inference speed of one trained model on four paths, measured interleaved in one run.
 
-    python scripts/bench_inference.py --model patchcore --category bottle --images 40
+    python benchmarks/bench_inference.py --model patchcore --category bottle --images 40
 
 Paths, all on the same decoded test images of the same trained model (the newest version):
 
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-#: Targets of issue 12, ms per image single-image on 2 cores (checked against inspect-openvino).
+#: Latency targets, ms per image single-image on 2 cores (checked against inspect-openvino).
 TARGETS_MS = {"patchcore": 25.0, "efficientad": 100.0}
 PATHS = ("inspect-torch", "inspect-torch-eager", "inspect-openvino", "anomalib-openvino", "anomalib-torch")
 BASELINE = "anomalib-openvino"

@@ -9,10 +9,10 @@ trained bank, with exactly the bank a training at that ratio would have produced
 the cost. Metrics are the evaluation's own (anomalib's AUROC / AUPRO on ``test/``); latency is the
 warm single-image ``Detector.predict`` time, the same figure the Compare page shows.
 
-The printed recommendation follows the rule of issue 12: the fastest setting whose mean image
+The printed recommendation follows the rule of docs/patchcore.md: the fastest setting whose mean image
 AUROC over the categories is within 0.002 of the best setting's. Example::
 
-    INSPECT_HOME=/tmp/bench_settings .venv/bin/python scripts/bench_patchcore_settings.py \
+    INSPECT_HOME=/tmp/bench_settings .venv/bin/python benchmarks/bench_patchcore_settings.py \
         --real-root ../shared/data/mvtec_ad --json /tmp/settings.json
 """
 

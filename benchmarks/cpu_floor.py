@@ -9,7 +9,7 @@ prints the floor ``2 x MACs / throughput`` beside it. Real layers (small channel
 convolutions, memory traffic) run below the large-product throughput, so a measured time at or
 near the floor is as fast as that precision gets on this machine.
 
-    INSPECT_HOME=/tmp/bench_final python scripts/cpu_floor.py --model patchcore --category bottle
+    INSPECT_HOME=/tmp/bench_final python benchmarks/cpu_floor.py --model patchcore --category bottle
 """
 
 from __future__ import annotations

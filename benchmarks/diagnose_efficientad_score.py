@@ -8,9 +8,9 @@ overall and per defect type, and the detection / false-alarm rates at the highes
 (the calibration split's goods, never the test set).
 
 It is a diagnosis, not a model selection: reading test AUROC to pick a reduction would be tuning
-on the test set. Used in the README (*Tile with the whole hour*) to find which branch loses tile.
+on the test set. Its results: docs/benchmarks.md, "EfficientAD: where the image score is lost".
 
-    INSPECT_HOME=/tmp/tile60 python scripts/diagnose_efficientad_score.py --category tile
+    INSPECT_HOME=/tmp/tile60 python benchmarks/diagnose_efficientad_score.py --category tile
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ TOP_K = (100, 1000)
 
 def maps_of(detector: Detector, path: str) -> tuple[np.ndarray, np.ndarray]:
     """The normalised student-teacher and student-autoencoder maps of one image (anomalib's own)."""
-    image = detector._pre_process([to_tensor(load_image(Path(path).read_bytes(), path))])  # noqa: SLF001
+    image = detector.module.pre_processor(to_tensor(load_image(Path(path).read_bytes(), path)).to(detector.device))
     with torch.no_grad():
         map_st, map_ae = detector.module.model.get_maps(image, normalize=True)
     return map_st[0, 0].float().numpy(), map_ae[0, 0].float().numpy()

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# One prepared GPU run (15 minutes a lease, start-up included): how many EfficientAD-S steps does
+# One prepared GPU run (about 15 minutes, start-up included): how many EfficientAD-S steps does
 # the demo tile need to reach image AUROC 0.9, and what does EfficientAD cost on a GPU?
-#   1. scripts/bench_efficientad.py --device cuda: seconds per step and inference ms, GPU alone;
+#   1. benchmarks/bench_efficientad.py --device cuda: seconds per step and inference ms, GPU alone;
 #   2. EfficientAD-S on the demo tile with the committed teacher, several step caps at once (each its
 #      own run: anomalib's learning-rate drop follows the step cap), each evaluated on the test set
 #      (image/pixel AUROC, AUPRO, GPU ms/image); meanwhile the suite's CUDA tests run.
-# The answer sizes the CPU queue's share for tile (core/models/efficientad/background.py): a CPU
+# The answer sizes the CPU queue's share for tile (core/autotrain.py): a CPU
 # step costs about 1.36 s, so N steps need N x 1.36 s of the out-of-box hour.
 #
-#   bash scripts/gpu_efficientad_steps.sh OUTDIR
+#   bash benchmarks/gpu_efficientad_steps.sh OUTDIR
 #
 # Environment: STEP_CAPS (default "700 1400 2800 5600"), CAP_S (time budget per run, default 330),
 # CATEGORY (default tile), DEVICE (default cuda), PYTHON (default python3).
@@ -21,7 +21,7 @@ PY=${PYTHON:-python3}
 DEV=${DEVICE:-cuda}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 INSPECT_AUTOTRAIN=0
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"  # scripts/ import core/ (no editable install there)
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"  # benchmarks/ import core/ (no editable install there)
 exec > >(tee -a "$OUT/gpu_log.txt") 2>&1
 stamp() { echo "[$(date +%T)] $*"; }
 
@@ -35,7 +35,7 @@ export INSPECT_DATA_ROOT=/tmp/ih_demo/demo_data
 stamp "demo data in $INSPECT_DATA_ROOT"
 
 stamp "step cost on $DEV (alone on the GPU)"
-timeout 120 $PY scripts/bench_efficientad.py --device "$DEV" --rounds 30 --images 30 \
+timeout 120 $PY benchmarks/bench_efficientad.py --device "$DEV" --rounds 30 --images 30 \
   --variants "anomalib fp32" "bf16" "bf16+cl+fused+cache" "fp32+fused+cache" 2>&1 | grep -v -i warn | tail -14
 
 stamp "EfficientAD-S $CAT, step caps: $CAPS (each capped at ${CAP_S} s)"

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# One prepared run on a lent GPU (an H200 here, 15 minutes a session): everything that needs the
-# GPU, in one command, so a lease is spent on work and not on start-ups. Stages, in order of value:
+# One prepared run on a GPU machine (about 15 minutes): everything that needs the GPU, in one
+# command, so the time is spent on work and not on start-ups. Stages, in order of value:
 #   1. distil two EfficientAD teachers at once (the paper's lr/batch and a larger lr/batch), each
 #      under a time budget, while the CPU side runs the suite's CUDA tests and trains + evaluates
 #      PatchCore on bottle on the GPU (GPU latency);
-#   2. probe the committed teacher and both new ones (scripts/probe_teacher.py, kNN AUROC on the
+#   2. probe the committed teacher and both new ones (benchmarks/probe_teacher.py, kNN AUROC on the
 #      teacher's own features) on bottle and the demo categories;
 #   3. train EfficientAD-S on bottle with the committed teacher and with the best new one, the
 #      same number of steps, and evaluate both (image/pixel AUROC, AUPRO, GPU latency).
 # Everything worth keeping lands in OUTDIR (at most 8 files: the device tool's limit).
 #
-#   bash scripts/gpu_run.sh OUTDIR DATA_ROOT        # DATA_ROOT holds bottle/ in the MVTec layout
+#   bash benchmarks/gpu_run.sh OUTDIR DATA_ROOT        # DATA_ROOT holds bottle/ in the MVTec layout
 #
 # Environment: TEACHER_BUDGET (s, default 240), EAD_STEPS (default 3000), PROBE_CATS, DEVICE (default cuda),
 # PYTHON (default python3).
@@ -25,6 +25,7 @@ DEV=${DEVICE:-cuda}
 ROOT=$(pwd)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 INSPECT_AUTOTRAIN=0
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$ROOT"  # benchmarks/ import core/ (no editable install there)
 exec > >(tee -a "$OUT/gpu_log.txt") 2>&1
 stamp() { echo "[$(date +%T)] $*"; }
 
@@ -32,7 +33,7 @@ stamp "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0))"
 
-# Later runs of a lease can skip what an earlier one already brought back: SKIP_DISTILL=1 skips
+# Later runs on the same machine can skip what an earlier one already brought back: SKIP_DISTILL=1 skips
 # stage 1, PROBE_CATS="" skips stage 2, NEW_TEACHER=file picks the teacher for stage 3.
 SKIP_DISTILL=${SKIP_DISTILL:-0}
 NEW_TEACHER=${NEW_TEACHER:-}
@@ -76,7 +77,7 @@ for name in committed a b; do
   [ -f "$T" ] || { echo "teacher $name missing"; continue; }
   for cat in $PROBE_CATS; do
     ROOTDIR=$DATA; [ "$cat" = bottle ] || ROOTDIR=$DEMO
-    OMP_NUM_THREADS=2 $PY scripts/probe_teacher.py --category "$cat" --data-root "$ROOTDIR" --teacher "$T" --bank 20000 \
+    OMP_NUM_THREADS=2 $PY benchmarks/probe_teacher.py --category "$cat" --data-root "$ROOTDIR" --teacher "$T" --bank 20000 \
       > "/tmp/probe/${name}_${cat}.log" 2>&1 &
     PIDS+=($!)
   done
@@ -101,7 +102,7 @@ stamp "best new teacher: ${BEST:-none}"
 train_ead() {  # $1 label, $2 teacher file
   local dir=/tmp/repo_$1
   rm -rf "$dir"; mkdir -p "$dir"
-  cp -r "$ROOT"/core "$ROOT"/assets "$ROOT"/scripts "$dir"/
+  cp -r "$ROOT"/core "$ROOT"/assets "$dir"/
   [ "$2" = assets/teacher/pdn_small.pth ] || cp "$2" "$dir/assets/teacher/pdn_small.pth"
   (cd "$dir" && export INSPECT_HOME=/tmp/ih_ead_$1 PYTHONPATH="$dir:${PYTHONPATH:-}" &&
     $PY -m core train --model efficientad --category bottle --data-root "$DATA" --device "$DEV" --steps "$EAD_STEPS" > /tmp/ead_$1.log 2>&1 &&

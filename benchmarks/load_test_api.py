@@ -7,7 +7,7 @@ and prints throughput, median and p95 latency, errors, and the history's row cou
 after, which must differ by exactly the number of successful requests (every inspection is
 recorded). Exit status 1 when it does not, or when any request failed.
 
-    INSPECT_HOME=/tmp/api_home .venv/bin/python scripts/load_test_api.py --clients 8 --requests 200
+    INSPECT_HOME=/tmp/api_home .venv/bin/python benchmarks/load_test_api.py --clients 8 --requests 200
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from core.history import History
+from core.services.catalog import test_images
 
-from core.history import History  # noqa: E402
-from core.services.catalog import test_images  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass

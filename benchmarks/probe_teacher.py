@@ -9,8 +9,8 @@ randomly initialised PDN of the same shape is probed the same way as the floor: 
 should beat it clearly. This is a diagnostic of the descriptor, not EfficientAD's accuracy (the
 student never sees test images either, but it must learn to imitate the teacher first). Example::
 
-    .venv/bin/python scripts/probe_teacher.py --category bottle --data-root ../shared/data/mvtec_ad
-    .venv/bin/python scripts/probe_teacher.py --category tile --teacher /path/to/pdn_small.pth
+    .venv/bin/python benchmarks/probe_teacher.py --category bottle --data-root ../shared/data/mvtec_ad
+    .venv/bin/python benchmarks/probe_teacher.py --category tile --teacher /path/to/pdn_small.pth
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ anomalib's ``EfficientAdModel.forward`` in training mode (``compute_student_teac
 ``compute_losses``) runs, per step, the frozen teacher twice (training image, augmented image), the
 student three times (training image, penalty image, augmented image) and the autoencoder once.
 :func:`efficientad_losses` computes exactly those three losses, with three savings that
-``scripts/bench_efficientad.py`` measures against anomalib's own step in one run:
+``benchmarks/bench_efficientad.py`` measures against anomalib's own step in one run:
 
 * **teacher cache** -- the training images are not augmented (Inspect's datamodule has no train
   augmentations; the pre-processor only resizes), so the frozen teacher's output on a training

@@ -48,7 +48,7 @@ import torch
 from anomalib.models.components.dimensionality_reduction import SparseRandomProjection
 from tqdm import tqdm
 
-__all__ = ["coreset_size", "greedy_coreset_indices", "subsample_memory_bank"]
+__all__ = ["coreset_size", "greedy_coreset_indices", "prepare", "select", "subsample_memory_bank"]
 
 # Rows per block when preparing matrices and when updating flagged points: bounds the temporaries
 # (16,384 x 303 float32 = 20 MB) without adding noticeable per-block overhead.
@@ -236,14 +236,18 @@ def greedy_coreset_indices(
         first is the random starting point.
     """
     size = coreset_size(embedding.shape[0], sampling_ratio)
-    space, first = _prepare(embedding, project=project, device=device)
-    return _select(space, first, size, progress=progress).cpu()
+    space, first = prepare(embedding, project=project, device=device)
+    return select(space, first, size, progress=progress).cpu()
 
 
-def _prepare(
+def prepare(
     embedding: torch.Tensor, *, project: bool = True, device: torch.device | str | None = None
 ) -> tuple[_Space, torch.Tensor]:
-    """Projection, starting point and screen matrices (separate so the benchmark can time it)."""
+    """Projection, starting point and screen matrices for :func:`select`.
+
+    The first half of :func:`greedy_coreset_indices`, apart so it can be timed on its own
+    (``benchmarks/bench_coreset.py``).
+    """
     n_rows = embedding.shape[0]
     work_device = torch.device(device) if device is not None else embedding.device
 
@@ -416,10 +420,8 @@ class _Greedy:
         self.threshold.index_copy_(0, idx, exact)
 
 
-def _select(
-    space: _Space, first: torch.Tensor, size: int, *, progress: bool, stats: dict[str, int] | None = None
-) -> torch.Tensor:
-    """The greedy loop: ``size`` centres in selection order, starting from ``first``.
+def select(space: _Space, first: torch.Tensor, size: int, *, progress: bool, stats: dict[str, int] | None = None) -> torch.Tensor:
+    """The greedy loop on :func:`prepare`'s output: ``size`` centres in selection order, starting from ``first``.
 
     ``stats``, if given, receives ``exact_updates``: how many point distances were computed exactly
     (anomalib computes ``(size - 1) * N``), and ``passes``: how many passes over the N x D matrix.

@@ -30,7 +30,7 @@ class PatchcoreConfig:
 
     backbone: str = DEFAULT_BACKBONE
     layers: list[str] = field(default_factory=list)  # empty: the backbone's default mid-level pair
-    #: Chosen by measurement (scripts/bench_patchcore_settings.py, README "Choosing the coreset
+    #: Chosen by measurement (benchmarks/bench_patchcore_settings.py, README "Choosing the coreset
     #: ratio"): the fastest ratio whose mean image AUROC over bottle and the demo categories is
     #: within 0.002 of the best; 2.5% was also the best, with a bank 4x smaller than anomalib's 10%.
     coreset_ratio: float = 0.025
