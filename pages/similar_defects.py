@@ -1,7 +1,8 @@
 """Similar defects page: a gallery of past defects and, for one of them, its five nearest cases.
 
 Past defects are the test set's anomalous images and the uploads judged DEFECT, as indexed in
-Qdrant (``python -m core index``). Clicking "Similar cases" under a thumbnail shows that case with
+Qdrant (``python -m core index``); a warning says when the index is damaged or has outgrown the
+embedded store. Clicking "Similar cases" under a thumbnail shows that case with
 its heatmap and the five most similar past cases, each with its similarity, label, defect type and
 heatmap. The Inspect page links here for a fresh DEFECT verdict (query parameters ``model``,
 ``category``, ``sha`` and ``inspection``). Nothing is ever made up: without an index the page says
@@ -103,6 +104,7 @@ def build_index_controls(model: str, category: str) -> None:
             model=model,
             category=category,
             key=f"index:{model}:{category}",
+            before=similar.hand_over_index,  # the embedded store admits one process at a time: the run
         )
 
 
@@ -119,6 +121,9 @@ def load_gallery(model: str, category: str) -> list[dict[str, Any]] | None:
     if problem:
         st.warning(problem)
         build_index_controls(model, category)
+    outgrown = similar.outgrown(model, category)  # past the size the embedded store searches fast
+    if outgrown:
+        st.warning(outgrown[0].upper() + outgrown[1:] + ".", icon=":material/storage:")
     if not gallery:
         if not problem:
             st.info(
@@ -169,7 +174,7 @@ def show_query_case(view: View, query: similar.SimilarQuery) -> None:
     """The query itself: the session's image and heatmap, or the stored case; and the Clear button."""
     if query.entry is not None:
         shown, heatmap = similar.query_pictures(query.entry)
-        st.markdown(f"**Query: {ui.plain_text(query.entry['name'])}**")
+        st.markdown(f"**Query: {ui.plain_text(query.entry.name)}**")
         st.image(shown, width="stretch")
         st.image(heatmap, width="stretch")
         st.caption(ui.plain_text(similar.case_caption(query.payload)))

@@ -72,12 +72,12 @@ def test_inspect_link_opens_the_similar_cases_of_an_upload(app_test, app_index, 
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     entry = next(iter(at.session_state["inspections"].values()))
-    if entry["prediction"].score < 0.5:
+    if entry.result.prediction.score < 0.5:
         pytest.skip("the tiny model judged this upload GOOD")
     link = next(link for link in at.get("page_link") if "similar" in link.proto.page)
     # The DEFECT upload joined the index and the history knows its point.
-    assert entry["point_id"]
-    assert History().get(entry["history_id"]).point_id == entry["point_id"]
+    assert entry.result.point_id
+    assert History().get(entry.result.inspection_id).point_id == entry.result.point_id
 
     for part in link.proto.query_string.split("&"):
         name, _, value = part.partition("=")

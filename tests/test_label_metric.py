@@ -13,7 +13,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from core.similarity import edge_store, label_metric
+from core.similarity import label_metric
 from core.similarity.retrieval_eval import EvalItem, evaluate_retrieval, neighbours_from_store
 from core.similarity.store import SimilarityStore, make_record
 
@@ -22,16 +22,20 @@ DIM = 8
 TYPE_MEANS = {"good": [0, 0], "crack": [3, 0], "hole": [0, 3], "stain": [-3, -3]}
 
 
-@pytest.fixture(params=["local", "edge"])
+@pytest.fixture(params=["server", "edge"])
 def store(request, tmp_path, monkeypatch):
-    """The same store calls on qdrant-client's local mode (the server API) and on Qdrant Edge."""
+    """The same store calls on a Qdrant server's API (qdrant-client's local mode standing in) and on Qdrant Edge."""
+    from qdrant_client import QdrantClient
+
+    from core.similarity.store import release
+
     monkeypatch.delenv("QDRANT_URL", raising=False)
-    monkeypatch.setenv("INSPECT_QDRANT_BACKEND", request.param)
     label_metric.forget()
-    s = SimilarityStore.open(tmp_path / "qdrant")
-    yield s
-    s.close()
-    edge_store.release_all()
+    if request.param == "server":
+        yield SimilarityStore(QdrantClient(location=":memory:"))
+    else:
+        yield SimilarityStore.open(tmp_path / "qdrant")
+    release()
     label_metric.forget()
 
 

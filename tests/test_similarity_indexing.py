@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -34,46 +36,59 @@ def indexed(tiny_patchcore):
     return index_categories(["patchcore"], [TINY_CATEGORY], progress=False)
 
 
-def test_index_is_idempotent(indexed) -> None:
+def test_index_is_idempotent_and_reports_progress(indexed) -> None:
     from core.similarity.indexing import index_categories
 
     key = f"patchcore/{TINY_CATEGORY}"
-    assert indexed[key] > 0
-    assert index_categories(["patchcore"], [TINY_CATEGORY], progress=False)[key] == indexed[key]
+    assert indexed.counts[key] > 0 and indexed.outgrown == []
+    seen: list[tuple[str, int, int]] = []
+    again = index_categories(["patchcore"], [TINY_CATEGORY], progress=lambda *a: seen.append(a))
+    assert again.counts[key] == indexed.counts[key]
+    assert seen[-1] == (f"Indexing patchcore/{TINY_CATEGORY}", indexed.counts[key], indexed.counts[key])
 
 
 def test_similar_to_point_returns_five_others(indexed) -> None:
-    from core.similarity.indexing import gallery, similar_to_point
+    from core.services import similar
 
-    items = gallery("patchcore", TINY_CATEGORY)
+    items = similar.gallery("patchcore", TINY_CATEGORY)
     assert items and all(i["label"] == "anomalous" for i in items)
     query = items[0]
-    hits = similar_to_point("patchcore", TINY_CATEGORY, query["id"], k=5)
+    hits = similar.similar_cases("patchcore", TINY_CATEGORY, point=query, k=5).hits
     assert len(hits) == 5
     assert query["id"] not in {h.id for h in hits}
     assert all(-1.0 <= h.score <= 1.0001 for h in hits)
-    crack_only = gallery("patchcore", TINY_CATEGORY, defect_type="crack")
+    crack_only = similar.gallery("patchcore", TINY_CATEGORY, defect_type="crack")
     assert crack_only and {i["defect_type"] for i in crack_only} == {"crack"}
 
 
 def test_upload_is_added_and_found(indexed, tiny_data_root) -> None:
     from core.data.image_io import load_image, sha256_of
     from core.inference.detector import load_detector
-    from core.similarity.indexing import add_inspection, open_store, similar_to_image
+    from core.services import similar
+    from core.similarity.indexing import index_upload, open_store
 
     detector = load_detector("patchcore", TINY_CATEGORY)
     path = sorted((tiny_data_root / TINY_CATEGORY / "test" / "oil").glob("*.png"))[0]
     data = path.read_bytes()
     image = load_image(data)
-    sha = sha256_of(data)
-    hits = similar_to_image(detector, image, sha256=sha, k=3)
-    assert len(hits) == 3 and all(h.payload["sha256"] != sha for h in hits)  # never itself
+    from core.services import inspection
+
+    (result,) = inspection.inspect_images(detector, [(path.name, image, sha256_of(data))], record=False)
+    entry = SimpleNamespace(name=path.name, model="patchcore", category=TINY_CATEGORY, result=result)  # as a page keeps it
+    hits = similar.similar_cases("patchcore", TINY_CATEGORY, entry=entry, get_detector=lambda: detector, k=3).hits
+    assert len(hits) == 3 and all(h.payload["sha256"] != result.sha256 for h in hits)  # never itself
     flipped = np.ascontiguousarray(image[:, ::-1])
-    point = add_inspection(
-        detector, flipped, sha256="ab" * 32, file_name="upload.png", inspection_id=7, prediction=detector.predict(flipped)
+    outcome = index_upload(
+        detector,
+        flipped,
+        detector.predict(flipped, with_features=True),
+        sha256="ab" * 32,
+        inspection_id=7,
+        file_name="upload.png",
     )
+    assert outcome.point_id and outcome.note is None
     with open_store() as store:
-        stored = store.get("patchcore", TINY_CATEGORY, [point])
+        stored = store.get("patchcore", TINY_CATEGORY, [outcome.point_id])
     assert stored[0].payload["inspection_id"] == "7" and stored[0].payload["split"] == "inspection"
 
 
@@ -81,7 +96,7 @@ def test_eval_similar_writes_results(indexed) -> None:
     from core.evaluation.results import load_results
     from core.similarity.indexing import best_descriptor, eval_similar
 
-    entries = eval_similar(["patchcore"], [TINY_CATEGORY])
+    entries = eval_similar(["patchcore"], [TINY_CATEGORY]).entries
     entry = entries[f"patchcore/{TINY_CATEGORY}"]
     assert set(entry["descriptors"]) == {"global", "defect"}
     for d in entry["descriptors"].values():

@@ -1,11 +1,14 @@
-"""Reliability of the similar-defect index (issue items 3 and 8).
+"""Reliability of the similar-defect index.
 
 * Two browser sessions (threads of one process) uploading while a third searches: every DEFECT
-  upload ends up indexed (the embedded store used to refuse the second client).
+  upload ends up indexed; threads share the process's one handle on the store.
 * The store held by another process: the upload is queued, then added at the next store use in
   the app, and ``index`` catches up on the queue and on DEFECT history rows without a point.
-* An emptied store (0-byte or deleted ``storage.sqlite``) and a killed index run are reported,
-  and uploads are queued instead of going into the emptied collection.
+* An emptied store (a collection's folder, or the whole store, deleted) and a killed index run are
+  reported, and uploads are queued instead of going into the emptied collection.
+* A store written by an earlier version of Inspect: ``index`` rebuilds it, and every indexed upload
+  is searchable again (from the history's thumbnails); the old files are left as they are.
+* A gallery past the embedded store's size: the Similar page and ``index`` say how to move it.
 
 Everything runs in a private workspace that reuses the session's tiny PatchCore and dataset, so
 the session's shared index (used by the app tests) is never touched.
@@ -13,7 +16,6 @@ the session's shared index (used by the app tests) is never touched.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -53,13 +55,13 @@ def home(tmp_path_factory: pytest.TempPathFactory, tiny_data_root: Path, tiny_pa
     mp.setenv("INSPECT_HOME", str(workspace))
     mp.setenv("INSPECT_MODELS_DIR", str(models_dir))
     mp.setenv("INSPECT_DATA_ROOT", str(tiny_data_root))
-    # These failure modes (a 0-byte storage.sqlite, a QdrantClient holding the folder) are local
-    # mode's; Qdrant Edge's (a held or corrupt shard, migration) are in test_similarity_edge*.py.
-    mp.setenv("INSPECT_QDRANT_BACKEND", "local")
+    mp.delenv("QDRANT_URL", raising=False)
     try:
         from core.similarity.indexing import index_categories
+        from core.similarity.store import release
 
         index_categories([MODEL], [TINY_CATEGORY], progress=False)
+        release()  # a settled copy, and the fixtures below may replace the folder
         settings = get_settings()
         shutil.copytree(settings.qdrant_path, workspace / "qdrant.indexed")
         shutil.copy2(settings.similarity_manifest, workspace / "manifest.indexed")
@@ -72,8 +74,10 @@ def home(tmp_path_factory: pytest.TempPathFactory, tiny_data_root: Path, tiny_pa
 def fresh(home: Path) -> Path:
     """The freshly indexed store and manifest, an empty queue and an empty history."""
     from core.settings import get_settings
+    from core.similarity.store import release
 
     settings = get_settings()
+    release()  # this process's handles on the store it replaces
     shutil.rmtree(settings.qdrant_path, ignore_errors=True)
     shutil.copytree(home / "qdrant.indexed", settings.qdrant_path)
     shutil.copy2(home / "manifest.indexed", settings.similarity_manifest)
@@ -131,18 +135,22 @@ def inspect_upload(history, detector, upload: Upload) -> tuple[int, str | None, 
 
 HOLDER = (
     "import sys\n"
-    "from qdrant_client import QdrantClient\n"
-    "client = QdrantClient(path=sys.argv[1])\n"
+    "from core.similarity.store import SimilarityStore\n"
+    "SimilarityStore.open(sys.argv[1]).count(sys.argv[2], sys.argv[3])\n"
     "print('holding', flush=True)\n"
     "sys.stdin.read()\n"
-    "client.close()\n"
 )
 
 
 @contextmanager
 def store_held_by_another_process(path: Path) -> Iterator[None]:
-    """Another process (like a CLI index run) holds the embedded store until the block ends."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    """Another process (like a CLI index run) holds the collection until the block ends."""
+    from core.similarity.store import release
+
+    release()  # this process lets go first: Edge admits one process per collection
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path), MODEL, TINY_CATEGORY], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "holding"
         yield
@@ -151,30 +159,39 @@ def store_held_by_another_process(path: Path) -> Iterator[None]:
         proc.wait(timeout=60)
 
 
-def run_index_command(capsys: pytest.CaptureFixture) -> str:
+def run_index_command(capsys: pytest.CaptureFixture, *extra: str) -> str:
     """``python -m core index --model patchcore --category tile``, in this process; its stdout."""
-    from core.similarity.indexing import index_cli
+    from core.cli import main
 
     capsys.readouterr()
-    index_cli(argparse.Namespace(model=[MODEL], category=[TINY_CATEGORY]))
+    assert main(["index", "--model", MODEL, "--category", TINY_CATEGORY, *extra]) in (0, None)
     return capsys.readouterr().out
 
 
-def storage_file() -> Path:
-    """The embedded store's SQLite file of the tiny collection (Qdrant's local layout)."""
+def collection_folder() -> Path:
+    """The embedded store's folder of the tiny collection."""
     from core.settings import get_settings
     from core.similarity.store import collection_name
 
-    path = get_settings().qdrant_path / "collection" / collection_name(MODEL, TINY_CATEGORY) / "storage.sqlite"
-    assert path.is_file()
+    path = get_settings().qdrant_path / "shards" / collection_name(MODEL, TINY_CATEGORY)
+    assert path.is_dir()
     return path
+
+
+def empty_the_store(damage: str) -> None:
+    """Delete the collection's folder, or the whole store's, as a slip of an administrator would."""
+    from core.settings import get_settings
+    from core.similarity.store import release
+
+    release()
+    shutil.rmtree(collection_folder() if damage == "collection deleted" else get_settings().qdrant_path)
 
 
 def expected_points() -> int:
     from core.similarity import manifest
-    from core.similarity.store import store_location
+    from core.similarity.store import SimilarityStore
 
-    record = manifest.entry(store_location(), MODEL, TINY_CATEGORY)
+    record = manifest.entry(SimilarityStore.open().location, MODEL, TINY_CATEGORY)
     assert record is not None and record["complete"] and record["points"] > 0
     return record["points"]
 
@@ -185,7 +202,8 @@ def expected_points() -> int:
 def test_two_sessions_uploading_while_a_third_searches_leave_every_defect_indexed(fresh, detector) -> None:
     from core import services
     from core.history import History
-    from core.similarity.indexing import DATASET_SPLITS, gallery, open_store
+    from core.services.similar import gallery
+    from core.similarity.indexing import DATASET_SPLITS, open_store
     from core.similarity.pending import pending_uploads
 
     uploads = make_uploads(detector, 40, seed=1)
@@ -239,8 +257,9 @@ def test_upload_meeting_a_store_held_by_another_process_is_queued_then_indexed(f
     from core.data.image_io import load_image, sha256_of
     from core.errors import StoreError
     from core.history import History
+    from core.services.similar import gallery
     from core.settings import get_settings
-    from core.similarity.indexing import gallery, open_store
+    from core.similarity.indexing import open_store
     from core.similarity.pending import pending_uploads
     from core.similarity.store import point_id
 
@@ -253,9 +272,9 @@ def test_upload_meeting_a_store_held_by_another_process_is_queued_then_indexed(f
         assert "close the app" not in note
         with pytest.raises(StoreError) as info:  # what the Similar page shows meanwhile
             gallery(MODEL, TINY_CATEGORY)
-        assert "in use by another process" in str(info.value) and "close the app" not in str(info.value)
+        assert "is open in another process" in str(info.value) and "close the app" not in str(info.value)
         queued = pending_uploads()
-        assert [q.inspection_id for q in queued] == [hid] and queued[0].png.is_file()
+        assert [q.inspection_id for q in queued] == [hid] and queued[0].path(".png").is_file()
         assert history.get(hid).point_id is None
 
     # Released: the next store use in the app adds the queued upload and links its history row.
@@ -296,34 +315,29 @@ def test_upload_meeting_a_store_held_by_another_process_is_queued_then_indexed(f
 def test_healthy_index_passes_the_check(fresh) -> None:
     from core import services
     from core.similarity import manifest
-    from core.similarity.indexing import DATASET_SPLITS, index_health, open_store
-    from core.similarity.store import store_location
+    from core.similarity.indexing import DATASET_SPLITS, open_store
+    from core.similarity.store import SimilarityStore
 
-    assert index_health(MODEL, TINY_CATEGORY) is None and services.similar.index_problem(MODEL, TINY_CATEGORY) is None
-    record = manifest.entry(store_location(), MODEL, TINY_CATEGORY)
+    assert services.similar.index_problem(MODEL, TINY_CATEGORY) is None
+    record = manifest.entry(SimilarityStore.open().location, MODEL, TINY_CATEGORY)
     with open_store() as store:
         assert record["points"] == record["expected"] == store.count(MODEL, TINY_CATEGORY, splits=DATASET_SPLITS)
         assert manifest.check_index(store, MODEL, "never-indexed") is None  # nothing to compare with
 
 
-@pytest.mark.parametrize("damage", ["truncated to 0 bytes", "deleted"])
+@pytest.mark.parametrize("damage", ["collection deleted", "store deleted"])
 def test_emptied_store_is_reported_and_uploads_are_queued_not_written_into_it(fresh, detector, damage) -> None:
     from core import services
     from core.history import History
-    from core.similarity.indexing import index_health, open_store
+    from core.similarity.indexing import open_store
     from core.similarity.pending import pending_uploads
 
     expected = expected_points()
-    target = storage_file()
-    if damage == "deleted":
-        target.unlink()
-    else:
-        target.write_bytes(b"")
-    message = index_health(MODEL, TINY_CATEGORY)
+    empty_the_store(damage)
+    message = services.similar.index_problem(MODEL, TINY_CATEGORY)  # what the Similar page warns with
     assert message == (
         f"the similar-defect index for {PAIR} holds 0 of {expected} expected points: it was emptied or damaged; {REINDEX}"
     )
-    assert services.similar.index_problem(MODEL, TINY_CATEGORY) == message  # what the Similar page warns with
 
     hid, point, note = inspect_upload(History(), detector, make_uploads(detector, 1, seed=3)[0])
     assert point is None and message in note and "queued" in note
@@ -334,10 +348,10 @@ def test_emptied_store_is_reported_and_uploads_are_queued_not_written_into_it(fr
 
 def test_index_reports_an_emptied_store_rebuilds_it_and_adds_the_queued_upload(fresh, detector, capsys) -> None:
     from core.history import History
-    from core.similarity.indexing import index_health
+    from core.services.similar import index_problem
 
     expected = expected_points()
-    storage_file().unlink()
+    empty_the_store("collection deleted")
     history = History()
     hid, point, _ = inspect_upload(history, detector, make_uploads(detector, 1, seed=4)[0])
     assert point is None
@@ -347,15 +361,16 @@ def test_index_reports_an_emptied_store_rebuilds_it_and_adds_the_queued_upload(f
         "damaged; re-indexing it now"
     ) in out
     assert "added 1 queued upload(s)" in out
-    assert index_health(MODEL, TINY_CATEGORY) is None and history.get(hid).point_id
+    assert index_problem(MODEL, TINY_CATEGORY) is None and history.get(hid).point_id
 
 
 def test_index_run_that_stopped_part_way_is_flagged(fresh, detector, monkeypatch) -> None:
     from core.data.layout import category_images
     from core.history import History
+    from core.services.similar import index_problem as index_health
     from core.settings import get_settings
     from core.similarity import indexing
-    from core.similarity.indexing import index_categories, index_health, open_store
+    from core.similarity.indexing import index_categories, open_store
 
     with open_store() as store:
         store.delete_collection(MODEL, TINY_CATEGORY)
@@ -383,18 +398,18 @@ def test_index_run_that_stopped_part_way_is_flagged(fresh, detector, monkeypatch
 
 
 def test_index_run_killed_outright_is_flagged_but_a_running_one_is_not(fresh) -> None:
+    from core.services.similar import index_problem as index_health
     from core.similarity import manifest
-    from core.similarity.indexing import index_health
-    from core.similarity.store import store_location
+    from core.similarity.store import SimilarityStore
 
     expected = expected_points()
-    manifest.run_started(store_location(), MODEL, TINY_CATEGORY, expected)  # this process: alive
+    manifest.run_started(SimilarityStore.open().location, MODEL, TINY_CATEGORY, expected)  # this process: alive
     assert index_health(MODEL, TINY_CATEGORY) is None  # a run in progress is not a fault
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     path = manifest.manifest_path()
     data = json.loads(path.read_text())
-    data["stores"][store_location()][PAIR]["pid"] = int(gone.stdout)  # as if kill -9 had hit it
+    data["stores"][SimilarityStore.open().location][PAIR]["pid"] = int(gone.stdout)  # as if kill -9 had hit it
     path.write_text(json.dumps(data))
     assert index_health(MODEL, TINY_CATEGORY) == (
         f"the last index run for {PAIR} did not finish ({expected} of {expected} points): {REINDEX}"
@@ -407,7 +422,7 @@ def test_similar_page_warns_about_an_emptied_index(fresh) -> None:
     from streamlit.testing.v1 import AppTest
 
     expected = expected_points()
-    storage_file().write_bytes(b"")
+    empty_the_store("collection deleted")
     at = AppTest.from_file(str(APP_SCRIPT), default_timeout=240)
     at.run()
     at.switch_page("pages/similar_defects.py").run()
@@ -416,32 +431,53 @@ def test_similar_page_warns_about_an_emptied_index(fresh) -> None:
     assert any(f"holds 0 of {expected} expected points: it was emptied or damaged" in w for w in warnings), warnings
 
 
-def test_threads_of_one_process_wait_for_the_store_instead_of_being_refused(tmp_path, monkeypatch) -> None:
-    import time
+def test_threads_of_one_process_share_the_store_and_none_is_refused(tmp_path, monkeypatch) -> None:
+    """Streamlit serves each browser session in a thread: all of them use the process's one handle."""
+    import hashlib
 
     from core.similarity.indexing import open_store
+    from core.similarity.store import make_record, release
 
     monkeypatch.setenv("INSPECT_HOME", str(tmp_path))
     monkeypatch.delenv("INSPECT_QDRANT_PATH", raising=False)
     monkeypatch.delenv("QDRANT_URL", raising=False)
-    order: list[str] = []
-    held = threading.Event()
+    errors: list[BaseException] = []
 
-    def first() -> None:
-        with open_store():
-            held.set()
-            time.sleep(0.5)
-            order.append("first done")
+    def session(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for i in range(20):
+                sha = hashlib.sha256(f"{seed}-{i}".encode()).hexdigest()
+                vectors = {"global": rng.normal(size=8), "defect": rng.normal(size=8)}
+                with open_store() as store:
+                    store.upsert(
+                        MODEL,
+                        "threads",
+                        [
+                            make_record(
+                                sha256=sha,
+                                model=MODEL,
+                                category="threads",
+                                vectors=vectors,
+                                image_path="x.png",
+                                split="test",
+                                label="anomalous",
+                                defect_type="crack",
+                            )
+                        ],
+                    )
+                    store.similar(MODEL, "threads", vector=vectors["defect"], k=3)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
 
-    thread = threading.Thread(target=first)
-    thread.start()
-    held.wait(timeout=60)
-    with open_store() as store:  # waits its turn (Qdrant itself would refuse a second client)
-        order.append("second in")
-        with open_store() as inner:  # re-entrant within a thread: the same client
-            assert inner is store
-    thread.join()
-    assert order == ["first done", "second in"]
+    threads = [threading.Thread(target=session, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    with open_store() as store:
+        assert errors == [] and store.count(MODEL, "threads") == 80
+    release()
 
 
 def test_the_dataset_count_is_recounted_only_when_the_collection_total_changes() -> None:
@@ -467,3 +503,87 @@ def test_the_dataset_count_is_recounted_only_when_the_collection_total_changes()
     store.total, store.dataset = 3, 1  # emptied or damaged: the total moves, so it is counted again
     assert manifest.dataset_points(store, MODEL, "cache-test") == 1
     assert store.split_counts == 2
+
+
+# --- A store written by an earlier version, and one that outgrew the embedded store ------------
+
+
+def write_as_an_earlier_version(layout: str) -> None:
+    """Turn the current store into what an earlier version of Inspect left: Qdrant Edge with HNSW
+    generations (``edge/<collection>/CURRENT``, ``g000002/``) or qdrant-client's local mode
+    (``meta.json``, ``collection/``). The current layout is gone afterwards, as after an upgrade."""
+    from qdrant_client import QdrantClient
+
+    from core.settings import get_settings
+    from core.similarity.store import SimilarityStore, copy_points, release
+
+    path = get_settings().qdrant_path
+    if layout == "local mode":
+        old = QdrantClient(path=str(path))
+        copy_points(SimilarityStore.open(), SimilarityStore(old))
+        old.close()
+    release()
+    for shard in sorted((path / "shards").iterdir()):
+        if layout == "edge generations":
+            (path / "edge" / shard.name).mkdir(parents=True)
+            shard.rename(path / "edge" / shard.name / "g000002")
+            (path / "edge" / shard.name / "CURRENT").write_text("g000002")
+    shutil.rmtree(path / "shards")
+
+
+@pytest.mark.parametrize("layout", ["edge generations", "local mode"])
+def test_a_store_an_earlier_version_wrote_is_rebuilt_by_index_and_nothing_is_lost(fresh, detector, capsys, layout) -> None:
+    from core import services
+    from core.history import History
+    from core.settings import get_settings
+    from core.similarity.indexing import open_store
+
+    history = History()
+    uploads = [inspect_upload(history, detector, upload) for upload in make_uploads(detector, 5, seed=7)]
+    indexed = {hid: point for hid, point, _ in uploads}
+    assert all(indexed.values())
+    write_as_an_earlier_version(layout)
+    path = get_settings().qdrant_path
+    old_files = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+    # Until the index run the app finds nothing to show and says how to build it; nothing is lost.
+    assert services.similar.gallery(MODEL, TINY_CATEGORY) == []
+    out = run_index_command(capsys)
+    assert f"{PAIR}: added 5 DEFECT inspection(s) from the history's thumbnails" in out
+
+    gallery = {case["id"] for case in services.similar.gallery(MODEL, TINY_CATEGORY)}
+    for hid, point in indexed.items():
+        row = history.get(hid)
+        assert row.point_id == point and point in gallery
+        hits = services.similar.similar_cases(MODEL, TINY_CATEGORY, record=row, k=5).hits  # searchable again
+        assert len(hits) == 5 and point not in {h.id for h in hits}
+    with open_store() as store:
+        for hid, point in indexed.items():
+            payload = store.get(MODEL, TINY_CATEGORY, [point])[0].payload
+            assert payload["inspection_id"] == str(hid) and payload["split"] == "inspection"
+            assert payload["image_path"] == history.get(hid).thumbnail_path
+    assert services.similar.index_problem(MODEL, TINY_CATEGORY) is None
+    assert {p: p.read_bytes() for p in path.rglob("*") if p in old_files} == old_files  # the old store is kept
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_gallery_past_the_embedded_store_size_says_how_to_move_it(fresh, monkeypatch, capsys) -> None:
+    from conftest import APP_SCRIPT
+    from streamlit.testing.v1 import AppTest
+
+    from core.similarity import store
+
+    monkeypatch.setattr(store, "EMBEDDED_MAX_POINTS", 10)
+    from core.cli import main
+
+    capsys.readouterr()
+    main(["index", "--model", MODEL, "--category", TINY_CATEGORY])
+    said = capsys.readouterr().err
+    assert f"has outgrown the embedded store ({expected_points():,} points" in said and "--to-server" in said
+    at = AppTest.from_file(str(APP_SCRIPT), default_timeout=240)
+    at.run()
+    at.switch_page("pages/similar_defects.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    warnings = [w.value for w in at.warning]
+    moved = "has outgrown the embedded store"
+    assert any(moved in w and "python -m core index --to-server" in w for w in warnings), warnings

@@ -1,29 +1,25 @@
-"""The similarity store on qdrant-client's local mode: ids, idempotent upserts, filters, exclusion, errors.
+"""The similarity store's front door on both engines: ids, idempotent upserts, filters, exclusion, errors.
 
-Local mode stands in for the server API here (the same qdrant-client calls); the embedded default,
-Qdrant Edge, is tested in test_similarity_edge*.py, and the two are compared result by result there.
+Every test runs on Qdrant Edge (the embedded default) and on the Qdrant server's API through
+qdrant-client, whose local mode stands in for a server (a server cannot run here); the two are
+compared result by result in test_similarity_edge_congruence.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
+from qdrant_client import QdrantClient
 
 from core.errors import StoreError
+from core.similarity import backends
 from core.similarity.retrieval_eval import EvalItem, evaluate_retrieval, neighbours_from_store
-from core.similarity.store import (
-    Record,
-    SimilarityStore,
-    StoreLockedError,
-    collection_name,
-    make_record,
-    open_client,
-    point_id,
-)
+from core.similarity.store import Record, SimilarityStore, collection_name, make_record, point_id, release
+
+pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect")
 
 MODEL, CATEGORY = "patchcore", "tile"
 DIM = 8
@@ -58,20 +54,16 @@ def mixed_records(n: int = 30) -> list[Record]:
 @pytest.fixture(autouse=True)
 def no_server(monkeypatch):
     monkeypatch.delenv("QDRANT_URL", raising=False)
-    monkeypatch.setenv("INSPECT_QDRANT_BACKEND", "local")
     monkeypatch.delenv("QDRANT_API_KEY", raising=False)
+    yield
+    release()
 
 
-@pytest.fixture
-def store_path(tmp_path: Path) -> Path:
-    return tmp_path / "qdrant"
-
-
-@pytest.fixture
-def store(store_path: Path):
-    s = SimilarityStore.open(store_path)
-    yield s
-    s.close()
+@pytest.fixture(params=["edge", "server"])
+def store(request, tmp_path):
+    if request.param == "edge":
+        return SimilarityStore.open(tmp_path / "qdrant")
+    return SimilarityStore(QdrantClient(location=":memory:"))
 
 
 # -- ids and names ---------------------------------------------------------------------------
@@ -96,6 +88,18 @@ def test_collection_names_are_safe_and_distinct():
     assert odd != collection_name("patch-core", "metal-nut")
 
 
+def test_the_engine_is_picked_once_from_settings(tmp_path, monkeypatch):
+    """Callers never choose: QDRANT_URL decides, and one engine per location serves the process."""
+    a, b = SimilarityStore.open(tmp_path / "q"), SimilarityStore.open(tmp_path / "q")
+    assert a.backend is b.backend and a.backend.embedded and a.location == str((tmp_path / "q" / "shards").resolve())
+    server = QdrantClient(location=":memory:")
+    monkeypatch.setattr(backends, "server_client", lambda url, key: server)
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant.example:6333/")
+    s = SimilarityStore.open(tmp_path / "q")
+    assert not s.backend.embedded and s.backend.client is server and s.location == "http://qdrant.example:6333"
+    assert SimilarityStore.open(tmp_path / "q", embedded=True).backend is a.backend  # copy_to_server's source
+
+
 # -- writing ---------------------------------------------------------------------------------
 
 
@@ -104,8 +108,7 @@ def test_reupserting_same_records_adds_nothing(store):
     assert store.upsert(MODEL, CATEGORY, records, batch_size=5) == 12
     assert store.count(MODEL, CATEGORY) == 12
     store.upsert(MODEL, CATEGORY, records)
-    again = [record(i) for i in range(12)]  # same images, rebuilt records
-    store.upsert(MODEL, CATEGORY, again)
+    store.upsert(MODEL, CATEGORY, [record(i) for i in range(12)])  # same images, rebuilt records
     assert store.count(MODEL, CATEGORY) == 12
 
 
@@ -171,6 +174,16 @@ def test_k_is_respected_and_scores_descend(store):
         store.similar(MODEL, CATEGORY, vector=np.ones(DIM), k=0)
 
 
+def test_search_is_exact(store):
+    """The embedded store has no HNSW: its top-k is the brute-force top-k, on every size."""
+    records = mixed_records(60)
+    store.upsert(MODEL, CATEGORY, records)
+    unit = np.stack([r.vectors["defect"] / np.linalg.norm(r.vectors["defect"]) for r in records])
+    for q in np.random.default_rng(3).normal(size=(10, DIM)):
+        expected = [records[i].id for i in np.argsort(-(unit @ (q / np.linalg.norm(q))), kind="stable")[:7]]
+        assert [h.id for h in store.similar(MODEL, CATEGORY, vector=q, k=7)] == expected
+
+
 def test_query_never_returns_itself(store):
     records = mixed_records(20)
     store.upsert(MODEL, CATEGORY, records)
@@ -218,50 +231,12 @@ def test_leave_one_out_evaluation_through_the_store(store):
         assert entry["n_queries"] == 20 and 0.0 <= entry["precision_anomalous"] <= 1.0
 
 
-# -- opening: persistence, lock, corruption, server ------------------------------------------
-
-
-def test_persists_across_close_and_reopen(store_path):
-    records = mixed_records(9)
-    with SimilarityStore.open(store_path) as first:
-        first.upsert(MODEL, CATEGORY, records)
-        before = [h.id for h in first.similar(MODEL, CATEGORY, point_id=records[1].id, k=4)]
-    with SimilarityStore.open(store_path) as second:
-        assert second.count(MODEL, CATEGORY) == 9
-        assert [h.id for h in second.similar(MODEL, CATEGORY, point_id=records[1].id, k=4)] == before
-        assert second.get(MODEL, CATEGORY, [records[2].id])[0].payload["image_path"].endswith("002.png")
-
-
-def test_second_client_on_open_store_gives_store_error(store, store_path):
-    store.upsert(MODEL, CATEGORY, mixed_records(3))
-    with pytest.raises(StoreError) as info:
-        open_client(store_path)
-    message = str(info.value)
-    assert "in use by another process" in message and str(store_path) in message
-    assert "QDRANT_URL" in message and "\n" not in message
-    assert "close the app" not in message  # the app never holds the store between calls
-    assert isinstance(info.value, StoreLockedError)  # transient: an upload is queued, not lost
-    assert store.count(MODEL, CATEGORY) == 3  # the first client is unharmed
-    store.close()
-    open_client(store_path).close()  # and the folder opens once it is released
-
-
-@pytest.mark.parametrize("target", ["meta.json", f"collection/{collection_name(MODEL, CATEGORY)}/storage.sqlite"])
-def test_corrupt_store_gives_store_error_and_keeps_files(store_path, target):
-    with SimilarityStore.open(store_path) as s:
-        s.upsert(MODEL, CATEGORY, mixed_records(3))
-    (store_path / target).write_bytes(b"\x00not a qdrant file\xff" * 64)
-    before = {p: p.read_bytes() for p in store_path.rglob("*") if p.is_file()}
-    with pytest.raises(StoreError) as info:
-        open_client(store_path)
-    message = str(info.value)
-    assert str(store_path) in message and "nothing was deleted" in message and "\n" not in message
-    after = {p: p.read_bytes() for p in store_path.rglob("*") if p.is_file()}
-    assert after == before
+# -- a server that cannot be reached -----------------------------------------------------------
 
 
 def test_unreachable_server_gives_store_error(monkeypatch, tmp_path):
     monkeypatch.setenv("QDRANT_URL", "http://127.0.0.1:1")
-    with pytest.raises(StoreError, match="cannot reach the Qdrant server at http://127.0.0.1:1"):
-        open_client(tmp_path / "unused")
+    with pytest.raises(StoreError, match="cannot reach the Qdrant server at http://127.0.0.1:1") as info:
+        SimilarityStore.open(tmp_path / "unused")
+    assert "\n" not in str(info.value) and "unset QDRANT_URL" in str(info.value)
     assert not (tmp_path / "unused").exists()

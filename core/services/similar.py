@@ -1,11 +1,13 @@
-"""Similar-case search: the gallery of past defects, the nearest cases to a query, and how to show a case."""
+"""Similar-case search: the gallery of past defects, the nearest cases to a query, the index's health
+and how to show a case. The store behind it is whichever ``core.similarity.store`` opens; nothing
+here asks which."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -28,18 +30,23 @@ __all__ = [
     "case_type",
     "find_session_inspection",
     "gallery",
+    "hand_over_index",
     "index_command",
     "index_problem",
     "load_case_image",
+    "outgrown",
     "query_pictures",
     "ranking_note",
     "similar_cases",
     "stored_case",
+    "waiting_uploads",
 ]
 
 # core.similarity.indexing imports torch, anomalib and qdrant: imported inside the functions below.
 
 INDEX_COMMAND = "python -m core index"
+#: How long the app leaves the embedded store to an index run it starts.
+HAND_OVER_S = 60.0
 
 
 def index_command(model: str, category: str) -> str:
@@ -47,11 +54,25 @@ def index_command(model: str, category: str) -> str:
     return f"{INDEX_COMMAND} --model {model} --category {category}"
 
 
-def gallery(model: str, category: str) -> list[dict[str, Any]]:
-    """Past defects of (model, category), each stored payload with its ``id``; raises InspectError."""
+def gallery(model: str, category: str, *, defect_type: str | None = None) -> list[dict[str, Any]]:
+    """Past defects, inspected uploads first, then the test set's, each stored payload with its
+    ``id``; ``defect_type``: only those. Raises InspectError when the store cannot be used."""
     from core.similarity import indexing
+    from core.similarity.payload import INSPECTION_SPLIT
 
-    return indexing.gallery(model, category)
+    with indexing.open_store() as store:
+        cases = [(rec.id, rec.payload, rec.case) for rec in store.points(model, category, label="anomalous")]
+    cases = [c for c in cases if c[2].is_anomalous and defect_type in (None, c[2].defect_type)]
+    cases.sort(key=lambda c: (c[2].split != INSPECTION_SPLIT, c[2].defect_type, c[2].image_path))
+    return [{"id": pid, **payload} for pid, payload, _ in cases]
+
+
+def hand_over_index() -> None:
+    """Before the app starts an index run: leave the embedded store to it for a minute (the run takes
+    its collections at once; meanwhile this process queues uploads and says the index is busy)."""
+    from core.similarity import store
+
+    store.release(HAND_OVER_S)
 
 
 def case_type(payload: dict[str, Any]) -> str:
@@ -138,23 +159,63 @@ def case_heatmap_png(path: str, get_detector: Callable[[], Detector]) -> tuple[b
     return to_png_bytes(thumbnail(heatmap_overlay(small, prediction.anomaly_map, opacity=0.5), 256)), prediction.score
 
 
-def query_pictures(entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+class SessionInspection(Protocol):
+    """What a page keeps of one inspection it ran: the name it shows, the model and category
+    chosen, and the service's result (None when the file could not be judged)."""
+
+    name: str
+    model: str
+    category: str
+    result: inspection.Inspected | None
+
+
+def query_pictures(entry: SessionInspection) -> tuple[np.ndarray, np.ndarray]:
     """A session inspection's image (384 px display copy) and its heatmap overlay."""
     from core.inference.overlay import heatmap_overlay
 
-    shown = inspection.display_copy(entry["image"], 384)
-    return shown, heatmap_overlay(shown, entry["prediction"].anomaly_map, opacity=0.5)
+    shown = inspection.display_copy(entry.result.image, 384)
+    return shown, heatmap_overlay(shown, entry.result.prediction.anomaly_map, opacity=0.5)
 
 
 def index_problem(model: str, category: str) -> str | None:
     """One line when the (model, category) index holds fewer points than its last index run wrote
-    (emptied or damaged store) or that run did not finish; None when healthy or unknown."""
+    (emptied or damaged) or that run did not finish; None when healthy or unknown."""
+    from core.similarity import indexing, manifest
+
+    try:
+        with indexing.open_store() as store:
+            return manifest.check_index(store, model, category)
+    except InspectError:
+        return None  # the store cannot be opened: the page already shows that error
+
+
+def outgrown(model: str, category: str) -> str | None:
+    """One line when the (model, category) gallery has outgrown the embedded store: how to move it."""
     from core.similarity import indexing
 
     try:
-        return indexing.index_health(model, category)
+        with indexing.open_store() as store:
+            return store.outgrown(model, category)
     except InspectError:
-        return None  # the store cannot be opened: the page already shows that error
+        return None
+
+
+def store_problem() -> str | None:
+    """Why the similar-defect store cannot be opened now (one line), or None when it can."""
+    from core.similarity import indexing
+
+    try:
+        with indexing.open_store():
+            return None
+    except InspectError as exc:
+        return str(exc)
+
+
+def waiting_uploads() -> int:
+    """Uploads judged DEFECT waiting for the similar-defect index (the store could not take them yet)."""
+    from core.similarity import pending
+
+    return len(pending.pending_uploads())
 
 
 def stored_case(model: str, category: str, point_id: str) -> dict[str, Any] | None:
@@ -175,42 +236,51 @@ class SimilarQuery:
 
     payload: dict[str, Any]
     hits: list[Hit]
-    entry: dict[str, Any] | None = None
+    entry: SessionInspection | None = None
+
+
+def _search(model: str, category: str, k: int, filters: dict[str, str], **query: Any) -> list[Hit]:
+    """The ``k`` stored cases nearest the query (a stored ``point_id``, or a ``detector``'s ``image``
+    with its ``sha256`` and ``prediction``), never the query itself, on the descriptor measured best
+    and ranked as :mod:`core.similarity.label_metric` ranks them."""
+    from core.similarity import indexing, label_metric
+
+    using = indexing.best_descriptor(model, category)
+    if query.get("point_id") is None:
+        vectors, _ = indexing.describe(query["detector"], query["image"], query.get("prediction"))
+        query = {"vector": vectors[using], "exclude_sha256": query.get("sha256")}
+    with indexing.open_store() as store:
+        return label_metric.similar(store, model, category, using=using, k=k, **query, **filters)
 
 
 def _entry_query(
     model: str,
     category: str,
-    entry: dict[str, Any],
+    entry: SessionInspection,
     get_detector: Callable[[], Detector] | None,
     k: int,
     filters: dict[str, str],
 ) -> SimilarQuery:
     """Search by an inspection of this session: by its point when it was indexed, else by its image."""
-    from core.similarity import indexing
-
-    if entry.get("point_id"):
-        hits = indexing.similar_to_point(model, category, entry["point_id"], k=k, **filters)
-        stored = stored_case(model, category, entry["point_id"])
+    result = entry.result
+    if result.point_id:
+        hits = _search(model, category, k, filters, point_id=result.point_id)
+        stored = stored_case(model, category, result.point_id)
     else:
-        hits = indexing.similar_to_image(
-            get_detector(), entry["image"], k=k, sha256=entry["sha"], prediction=entry["prediction"], **filters
-        )
-        stored = None
+        query = {"image": result.image, "sha256": result.sha256, "prediction": result.prediction}
+        hits, stored = _search(model, category, k, filters, detector=get_detector(), **query), None
     payload = stored or {
         "label": "inspected upload",
-        "defect_type": entry.get("defect_type") or "unknown",
-        "score": entry["prediction"].score,
-        "inspection_id": entry.get("history_id"),
+        "defect_type": "unknown",
+        "score": result.prediction.score,
+        "inspection_id": result.inspection_id,
     }
     return SimilarQuery(payload, hits, entry)
 
 
 def _record_query(model: str, category: str, record: InspectionRecord, k: int, filters: dict[str, str]) -> SimilarQuery:
     """Search by a history record of another session (a shared link), by its indexed point."""
-    from core.similarity import indexing
-
-    hits = indexing.similar_to_point(model, category, str(record.point_id), k=k, **filters)
+    hits = _search(model, category, k, filters, point_id=str(record.point_id))
     payload = {
         "image_path": record.thumbnail_path,
         "label": "inspected upload",
@@ -226,7 +296,7 @@ def similar_cases(
     category: str,
     *,
     point: dict[str, Any] | None = None,
-    entry: dict[str, Any] | None = None,
+    entry: SessionInspection | None = None,
     record: InspectionRecord | None = None,
     get_detector: Callable[[], Detector] | None = None,
     k: int = 5,
@@ -244,9 +314,7 @@ def similar_cases(
     """
     filters = {"label": "anomalous"} if only_defects else {}
     if point is not None:
-        from core.similarity import indexing
-
-        return SimilarQuery(point, indexing.similar_to_point(model, category, point["id"], k=k, **filters))
+        return SimilarQuery(point, _search(model, category, k, filters, point_id=point["id"]))
     if entry is not None:
         return _entry_query(model, category, entry, get_detector, k, filters)
     if record is not None and record.point_id:
@@ -254,14 +322,10 @@ def similar_cases(
     return None
 
 
-def find_session_inspection(kept: dict[str, Any], sha256: str | None, model: str, category: str) -> dict[str, Any] | None:
-    """The inspection of this session with that file hash, model and category, if kept."""
+def find_session_inspection(kept: dict[str, Any], sha256: str | None, model: str, category: str) -> SessionInspection | None:
+    """The inspection of this session with that file hash, model and category, if kept (and judged)."""
     for entry in kept.values():
-        if (
-            isinstance(entry, dict)
-            and entry.get("sha") == sha256
-            and entry.get("model") == model
-            and entry.get("category") == category
-        ):
+        result = getattr(entry, "result", None)
+        if result is not None and (result.sha256, entry.model, entry.category) == (sha256, model, category):
             return entry
     return None

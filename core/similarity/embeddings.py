@@ -1,21 +1,14 @@
-"""Per-image descriptors for similar-defect search, from the trained model's own features.
+"""Per-image descriptors for similar-defect search, from the trained model's own patch features
+(PatchCore's memory-bank embedding, EfficientAD's teacher output), so "similar" means similar in
+the space the detector judges in:
 
-Both come from the model's patch features (PatchCore: its memory-bank embedding; EfficientAD:
-the teacher's output), so "similar" means similar in the space the detector itself judges in:
+* ``global``: the mean of the patch features: the whole part, mostly its normal texture;
+* ``defect``: the features pooled with weights ``(map - median(map))_+ ** 2`` from the anomaly map,
+  minus the global mean: the hot region decides, not what every image of the category shares. A
+  flat map has no defect to describe: ``defect`` is then the global one (cosine needs a direction).
 
-* ``global``: the mean of all patch features. It describes the whole part, mostly its normal
-  texture, so defective images with the same background cluster together whatever their defect.
-* ``defect``: patch features pooled with weights from the anomaly map, minus the global mean.
-  Weights are ``(map - median(map))_+ ** 2``: zero on the image's typical level, growing fast on
-  the hot region, so the defect, not the background texture, decides similarity. Subtracting the
-  global mean removes what every image of the category shares. A perfectly flat map has no
-  defect to describe: its ``defect`` descriptor is then the global one (cosine needs a direction).
-
-The choice was measured, not assumed: on real MVTec bottle (PatchCore, EfficientNet-Lite0,
-83 test images + 60 train images, leave-one-out cosine top-5 over anomalous queries),
-global: p@5 anomalous 0.711, same defect type 0.537; map-weighted without the residual:
-0.921 / 0.667; map-weighted residual (this one): 0.956 / 0.673; top-3% patches: 0.946 / 0.613
-(an exploratory script; ``python -m core eval-similar`` measures the indexed store, README).
+Measured on real MVTec bottle (leave-one-out cosine top-5, anomalous queries; p@5 anomalous / same
+type): global 0.711 / 0.537, map-weighted 0.921 / 0.667, map-weighted residual (this) 0.956 / 0.673.
 """
 
 from __future__ import annotations

@@ -1,29 +1,14 @@
 """Similar past cases ranked with what the gallery's own labels teach (a metric learned from them).
 
-Why: the ``defect`` descriptor alone finds defects well but mixes their types (real bottle: p@5
-"same defect type" 0.648). The gallery already knows more: every dataset image carries its label
-and defect type, and so does every case an inspector has named. Linear discriminant analysis
-(scikit-learn's ``LinearDiscriminantAnalysis``, eigen solver with Ledoit-Wolf shrinkage, which
-copes with 152-d features and a handful of cases per type) finds the few directions of the
-descriptor that separate those classes ("good" and each defect type). A candidate's score is
-
-    MIX * cos(LDA(query), LDA(candidate)) + (1 - MIX) * cos(query, candidate)
-
-so the learned directions decide and the plain cosine breaks ties within a type.
-
-Measured, not assumed (leave-one-out over each category's train + test images, the fit never sees
-the query; README "Retrieval quality"): the ranking is used only where the gallery can teach it,
-at least ``MIN_TYPES`` defect types with ``MIN_PER_TYPE`` named cases each; elsewhere the plain
-cosine order is returned unchanged. ``MIX`` was chosen from a sweep (0.3-1.0) on bottle, grid and
-leather as the value that keeps every category's "is anomalous" at or above the plain cosine's
-while bottle's "same type" reaches 0.75 (0.87; the margins are about one neighbour, README "Retrieval
-quality" has the whole sweep); tile was held out and improved as well.
-
-Scale: Qdrant returns the ``POOL`` nearest candidates by plain cosine (HNSW, filters applied), and
-only those are re-ranked; the fit reads at most ``MAX_PER_CLASS`` cases per class (``MAX_DEFECTS``
-defects in all), is cached per collection and refitted when the collection has grown by
-``REFIT_GROWTH`` or was re-indexed with new features. The evaluation ranks each query by a fit
-without it (``leave_one_out``), so a case never votes for its own type there.
+The ``defect`` descriptor finds defects well but mixes their types; yet every dataset image, and
+every case an inspector has named, carries its label and defect type. Linear discriminant analysis
+(eigen solver, Ledoit-Wolf shrinkage: fine with 152-d features and a few cases per type) finds the
+directions that separate "good" and each defect type, and a candidate scores
+``MIX * cos(LDA(query), LDA(candidate)) + (1 - MIX) * cos(query, candidate)``. Used only where the
+gallery can teach it (``MIN_TYPES`` types with ``MIN_PER_TYPE`` named cases each); ``MIX`` comes from
+a leave-one-out sweep (docs/similar-defects.md). Only the store's ``POOL`` nearest candidates are
+re-ranked; the fit reads at most ``MAX_PER_CLASS`` cases a class, is cached per collection and redone
+when the collection changed. The evaluation ranks each query by a fit without it (``leave_one_out``).
 """
 
 from __future__ import annotations
@@ -31,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +30,7 @@ from core.similarity.store import point_id as id_of_hash
 
 #: Weight of the learned (LDA) cosine; the rest is the descriptor's own cosine.
 MIX = 0.87
-#: Candidates Qdrant returns for re-ranking (all of them in a gallery this small or smaller).
+#: Candidates the store returns for re-ranking (all of them in a gallery this small or smaller).
 POOL = 500
 #: The fit uses at most this many cases per class, and defects of all types together (the first
 #: by point id: deterministic).
@@ -71,11 +57,7 @@ class Labelled:
 
     def usable(self) -> bool:
         """Whether there are enough named defect types to learn anything from."""
-        counts: dict[str, int] = {}
-        for cls in self.classes:
-            counts[cls] = counts.get(cls, 0) + 1
-        types = [c for c, n in counts.items() if c != GOOD and n >= MIN_PER_TYPE]
-        return len(types) >= MIN_TYPES
+        return sum(n >= MIN_PER_TYPE for c, n in Counter(self.classes).items() if c != GOOD) >= MIN_TYPES
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -98,19 +80,16 @@ def labelled_points(store: SimilarityStore, model: str, category: str, using: st
     ``MAX_DEFECTS`` defects, read in point-id order, which is a hash of the image (uuid5): a
     fixed, effectively random sample. The reads stop there, so a fit costs the same at 10k and 1M
     points."""
-    ids: list[str] = []
-    vectors: list[np.ndarray] = []
-    classes: list[str] = []
-    per_class: dict[str, int] = {}
+    ids, vectors, classes, per_class = [], [], [], Counter()
     for label, cap in ((GOOD, MAX_PER_CLASS), (ANOMALOUS, MAX_DEFECTS)):
         taken = 0
         for scanned, rec in enumerate(store.points(model, category, label=label, with_vectors=True, batch=256)):
             if taken >= cap or scanned >= MAX_SCAN:  # many unnamed uploads must not make it a full scan
                 break
             cls = case_class(rec.payload)
-            if cls is None or per_class.get(cls, 0) >= MAX_PER_CLASS or using not in (rec.vectors or {}):
+            if cls is None or per_class[cls] >= MAX_PER_CLASS or using not in (rec.vectors or {}):
                 continue
-            per_class[cls] = per_class.get(cls, 0) + 1
+            per_class[cls] += 1
             taken += 1
             ids.append(rec.id)
             vectors.append(np.asarray(rec.vectors[using], dtype=np.float64))
@@ -122,11 +101,8 @@ def labelled_points(store: SimilarityStore, model: str, category: str, using: st
 def fit(labelled: Labelled, exclude_id: str | None = None) -> LinearDiscriminantAnalysis | None:
     """The LDA projection of the labelled cases (without ``exclude_id``), or None if too few."""
     keep = [i for i, pid in enumerate(labelled.ids) if pid != exclude_id]
-    subset = Labelled(
-        ids=tuple(labelled.ids[i] for i in keep),
-        vectors=labelled.vectors[keep] if keep else labelled.vectors[:0],
-        classes=tuple(labelled.classes[i] for i in keep),
-    )
+    classes = tuple(labelled.classes[i] for i in keep)
+    subset = Labelled(tuple(labelled.ids[i] for i in keep), labelled.vectors[keep] if keep else labelled.vectors[:0], classes)
     if not subset.usable():
         return None
     lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto")
@@ -228,8 +204,7 @@ def similar(
         lda = fit(entry.labelled, exclude_id=self_id)
     if lda is None:
         return store.similar(model, category, k=k, **query)
-    # the pool without payloads (their conversion costs more than the search): only the k kept
-    # are read back with theirs
+    # the pool without payloads (converting them costs more than the search): the k kept read theirs
     pool = store.similar(model, category, k=max(k, POOL), with_vector=True, with_payload=False, **query)
     pool = [h for h in pool if h.vector is not None]
     if not pool:

@@ -1,29 +1,18 @@
 """What each ``index`` run wrote, so that an emptied, damaged or half-built index is noticed.
 
-An embedded Qdrant store whose ``storage.sqlite`` was truncated to 0 bytes or deleted opens
-without a word as an empty collection, and a killed ``index`` run leaves a partial one. Neither can
-be told from the store alone, so the index run records, *outside* the store folder, per store and
-(model, category): how many dataset points it meant to write (``expected``), how many the
-collection held when it finished (``points``) and whether it finished (``complete``).
-:func:`check_index` compares a collection with that record.
-
-The file (``get_settings().similarity_manifest``, JSON) is written atomically (temporary file +
-rename) under an exclusive file lock, so two index runs never lose each other's entries and a
-reader never sees half a file. Only dataset points (splits train/test) are compared: uploads are
-added between runs and are not part of what a run promises.
-
-Entries are keyed by the store's location (folder or server URL), so pointing the app at another
-store does not report the new one as emptied; an entry with no record at all means "never indexed
-here", and nothing is reported.
+A deleted collection reads as missing and a killed run leaves a partial one: neither shows in the
+store itself. So each run records outside it, per store location (folder or server URL) and
+(model, category), the dataset points it meant to write, those the collection held when it
+finished, and whether it finished; :func:`check_index` compares a collection with that. Uploads
+are added between runs, so only dataset points (splits train/test) count. The file is replaced
+atomically under a file lock; a pair without a record means "never indexed here".
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,14 +28,6 @@ REINDEX_COMMAND = "python -m core index"
 
 def manifest_path() -> Path:
     return get_settings().similarity_manifest
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _pair(model: str, category: str) -> str:
-    return f"{model}/{category}"
 
 
 def load_manifest(path: Path | None = None) -> dict[str, Any]:
@@ -66,76 +47,53 @@ def load_manifest(path: Path | None = None) -> dict[str, Any]:
 
 def entry(location: str, model: str, category: str, path: Path | None = None) -> dict[str, Any] | None:
     """The last run's record for (model, category) in the store at ``location``, if any."""
-    found = load_manifest(path)["stores"].get(location, {}).get(_pair(model, category))
+    found = load_manifest(path)["stores"].get(location, {}).get(f"{model}/{category}")
     return found if isinstance(found, dict) else None
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock beside the manifest for one read-modify-write (processes and threads)."""
-    import portalocker  # a qdrant-client dependency, like the store's own lock
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = portalocker.Lock(str(path) + ".lock", mode="a", timeout=30)  # polls a non-blocking lock
-    try:
-        lock.acquire()
-    except portalocker.exceptions.BaseLockException:
-        raise StoreError(f"the index manifest {path} stayed locked for 30 s by another index run; try again") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def _update(location: str, model: str, category: str, values: dict[str, Any]) -> None:
+    """Replace one record, under an exclusive lock beside the file (index runs in other processes)."""
+    import portalocker  # a qdrant-client dependency
+
     path = manifest_path()
     try:
-        with _locked(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with portalocker.Lock(str(path) + ".lock", mode="a", timeout=30):  # polls a non-blocking lock
             data = load_manifest(path)
-            data["stores"].setdefault(location, {})[_pair(model, category)] = values
+            data["stores"].setdefault(location, {})[f"{model}/{category}"] = values
             write_atomically(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"), sync=True, private=True)
+    except portalocker.exceptions.BaseLockException:
+        raise StoreError(f"the index manifest {path} stayed locked for 30 s by another index run; try again") from None
     except OSError as exc:
         raise StoreError(f"cannot write the index manifest {path}: {exc}") from None
 
 
-def run_started(location: str, model: str, category: str, expected: int) -> None:
-    """Mark (model, category) as being indexed: incomplete until :func:`run_finished`.
+def _run(location: str, model: str, category: str, expected: int, points: int | None, state: str) -> None:
+    # a pid and host only while running: a reader tells a run still going from one that was killed
+    running = {"pid": os.getpid(), "host": socket.gethostname()} if state == "started" else {"pid": None, "host": None}
+    record = {"expected": int(expected), "points": points, "complete": state == "finished"}
+    _update(location, model, category, record | running | {state: datetime.now(UTC).isoformat(timespec="seconds")})
 
-    The pid and host let a reader tell a run still going (not a problem) from one that was killed.
-    """
-    _update(
-        location,
-        model,
-        category,
-        {
-            "expected": int(expected),
-            "points": None,
-            "complete": False,
-            "started": _now(),
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-        },
-    )
+
+def run_started(location: str, model: str, category: str, expected: int) -> None:
+    """Mark (model, category) as being indexed: incomplete until :func:`run_finished`."""
+    _run(location, model, category, expected, None, "started")
 
 
 def run_finished(location: str, model: str, category: str, expected: int, points: int) -> None:
-    """Record a finished run: the collection held ``points`` dataset points at the end."""
-    _update(
-        location,
-        model,
-        category,
-        {"expected": int(expected), "points": int(points), "complete": True, "finished": _now(), "pid": None, "host": None},
-    )
+    """A finished run: the collection held ``points`` dataset points at the end."""
+    _run(location, model, category, expected, int(points), "finished")
 
 
 def run_failed(location: str, model: str, category: str, expected: int) -> None:
-    """A run that stopped on an error (or Ctrl-C): still incomplete, but no longer running."""
-    _update(
-        location,
-        model,
-        category,
-        {"expected": int(expected), "points": None, "complete": False, "stopped": _now(), "pid": None, "host": None},
-    )
+    """A run that stopped on an error (or Ctrl-C): incomplete, but no longer running."""
+    _run(location, model, category, expected, None, "stopped")
+
+
+def copy_records(source: str, target: str) -> None:
+    """Give the store at ``target`` the records of the store at ``source`` (its points were copied)."""
+    for pair, record in load_manifest()["stores"].get(source, {}).items():
+        _update(target, *pair.split("/", 1), record)
 
 
 def _still_running(record: dict[str, Any]) -> bool:
@@ -153,24 +111,21 @@ def _still_running(record: dict[str, Any]) -> bool:
 
 
 def problem(record: dict[str, Any] | None, have: int, model: str, category: str, *, hint: bool = True) -> str | None:
-    """A one-line problem when a collection holding ``have`` dataset points disagrees with ``record``.
-
-    ``hint=False`` leaves out "re-run `python -m core index`" (for the index run itself).
-    """
-    if record is None:
+    """One line when a collection holding ``have`` dataset points disagrees with ``record``;
+    ``hint=False`` leaves out "re-run `python -m core index`" (for the index run itself)."""
+    if record is None or record.get("complete") and have >= int(record.get("points") or 0) or _still_running(record):
         return None
-    pair = _pair(model, category)
-    rerun = f"re-run `{REINDEX_COMMAND}`"
-    if not record.get("complete"):
-        if _still_running(record):
-            return None
-        found = f"the last index run for {pair} did not finish ({have} of {record.get('expected', '?')} points)"
-        return f"{found}: {rerun}" if hint else found
-    expected = int(record.get("points") or 0)
-    if have < expected:
-        found = f"the similar-defect index for {pair} holds {have} of {expected} expected points: it was emptied or damaged"
-        return f"{found}; {rerun}" if hint else found
-    return None
+    if record.get("complete"):
+        found, glue = (
+            f"the similar-defect index for {model}/{category} holds {have} of {record['points']} expected points: it was emptied or damaged",
+            "; ",
+        )
+    else:
+        found, glue = (
+            f"the last index run for {model}/{category} did not finish ({have} of {record.get('expected', '?')} points)",
+            ": ",
+        )
+    return f"{found}{glue}re-run `{REINDEX_COMMAND}`" if hint else found
 
 
 #: (store, model, category) -> (all points, dataset points) at the last exact count, per process.
@@ -178,13 +133,9 @@ _DATASET_COUNTS: dict[tuple[str, str, str], tuple[int, int]] = {}
 
 
 def dataset_points(store: Any, model: str, category: str) -> int:
-    """The collection's dataset points (splits train/test), recounted only when its total changed.
-
-    Why cached: counting by ``split`` scans every payload on Qdrant Edge (~0.2 s at 100,000 points,
-    with or without an index on it; README), and the Similar page asks on every render, while the
-    plain total is a few milliseconds. Points are added or dropped, never moved between splits, so
-    an unchanged total means an unchanged dataset count.
-    """
+    """The collection's dataset points (splits train/test), recounted only when its total changed:
+    the Similar page asks on every render, and the total costs less than half the count by split.
+    Points are added or dropped, never moved between splits."""
     total = store.count(model, category)
     key = (str(store.location), model, category)
     cached = _DATASET_COUNTS.get(key)

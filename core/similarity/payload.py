@@ -27,18 +27,14 @@ INSPECTION_SPLIT = "inspection"
 INSPECTED = "inspected"
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _optional_text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _optional_float(value: Any) -> float | None:
+def _read(name: str, value: Any) -> Any:
+    """A stored value as its field's type; a missing one is the field's default, and a score that
+    is not a number reads as None (a hand-edited or foreign payload: no score rather than no case)."""
+    if value is None or name != "score":
+        return (None if name in ("score", "inspection_id") else "") if value is None else str(value)
     try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):  # a hand-edited or foreign payload: no score rather than no case
+        return float(value)
+    except (TypeError, ValueError):
         return None
 
 
@@ -75,19 +71,9 @@ class CasePayload:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> CasePayload:
-        """Read a stored payload; missing fields (older payloads) get their defaults."""
+        """Read a stored payload; fields that older payloads lack get their defaults."""
         data = dict(data or {})
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = [f.name for f in fields(cls) if f.name != "extra"]
         return cls(
-            image_path=_text(data.get("image_path")),
-            category=_text(data.get("category")),
-            split=_text(data.get("split")),
-            label=_text(data.get("label")),
-            defect_type=_text(data.get("defect_type")),
-            score=_optional_float(data.get("score")),
-            model=_text(data.get("model")),
-            time=_text(data.get("time")),
-            inspection_id=_optional_text(data.get("inspection_id")),
-            sha256=_text(data.get("sha256")),
-            extra={k: v for k, v in data.items() if k not in known},
+            **{name: _read(name, data.get(name)) for name in known}, extra={k: v for k, v in data.items() if k not in known}
         )

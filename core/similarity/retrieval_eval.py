@@ -1,21 +1,11 @@
 """How useful are the "similar past cases"? Precision@k of the neighbours of anomalous images.
 
-For every anomalous image (the query) we look at its ``k`` nearest neighbours among all *other*
-images of its category (leave-one-out: the store never returns the query itself) and ask:
-
-* **is anomalous** -- what fraction of the neighbours are anomalous too;
-* **same defect type** -- what fraction have the query's defect type (a "crack" query should
-  bring back cracks).
-
-Each is averaged over the anomalous queries, separately per descriptor ("global", "defect"), and
-reported next to the *chance* level: the value a random pick of ``k`` other images of the same
-category would get on average. A descriptor is useful where it clearly beats chance.
-
-Precision@k divides by ``k`` even when fewer than ``k`` neighbours came back (a category with
-fewer than ``k + 1`` images, or a filter): missing neighbours count as misses.
-
-The arithmetic is plain Python over labels, with no Qdrant in it; :func:`neighbours_from_store`
-adapts a :class:`~core.similarity.store.SimilarityStore` to the ``neighbours_fn`` it needs.
+Each anomalous image (the query) gets its ``k`` nearest neighbours among the *other* images of its
+category (leave-one-out), and two shares are averaged over the queries, per descriptor: neighbours
+that are anomalous too, and neighbours of the query's defect type. Each is reported beside
+*chance*, what ``k`` random other images of the category would score on average. Precision@k
+divides by ``k`` even when fewer neighbours came back: missing ones count as misses. Plain Python
+over labels, no Qdrant: :func:`neighbours_from_store` adapts a store's search.
 """
 
 from __future__ import annotations
@@ -75,19 +65,9 @@ def _fields(neighbour: Any) -> tuple[str | None, str, str, str | None]:
     elif isinstance(getattr(neighbour, "payload", None), Mapping):
         data, nid = neighbour.payload, getattr(neighbour, "id", None)
     else:
-        data = {
-            "label": neighbour.label,
-            "defect_type": getattr(neighbour, "defect_type", ""),
-            "category": getattr(neighbour, "category", None),
-        }
-        nid = getattr(neighbour, "id", None)
+        data, nid = vars(neighbour), getattr(neighbour, "id", None)
     category = data.get("category") or None
-    return (
-        None if nid is None else str(nid),
-        str(data["label"]),
-        str(data.get("defect_type") or ""),
-        None if category is None else str(category),
-    )
+    return (None if nid is None else str(nid), str(data["label"]), str(data.get("defect_type") or ""), category and str(category))
 
 
 def _chance(items: Sequence[EvalItem], queries: Sequence[EvalItem]) -> dict[str, float | None]:
@@ -124,16 +104,11 @@ def evaluate_retrieval(
 ) -> dict[str, Any]:
     """Precision@k of the neighbours of every anomalous item, per descriptor (and per category).
 
-    ``items`` are all indexed images (good and anomalous, every split) so that the chance level
-    can be computed; ``neighbours_fn(item, descriptor, k)`` must search the other images of the
-    item's category. Returning the query itself, or an image of another category, is an error.
-
-    Returns a JSON-ready dict (``None`` where there were no anomalous queries)::
-
-        {"k": 5, "n_items": 120, "n_queries": 40,
-         "chance": {"precision_anomalous": 0.33, "precision_same_defect": 0.11},
-         "descriptors": {"defect": {"precision_anomalous": 0.9, "precision_same_defect": 0.7,
-                                    "n_queries": 40, "by_category": {"tile": {...}}}, ...}}
+    ``items`` are all indexed images (for the chance level); ``neighbours_fn(item, descriptor, k)``
+    must search the other images of the item's category: the query itself, or another category,
+    is an error. Returns ``{"k", "n_items", "n_queries", "chance": {"precision_anomalous",
+    "precision_same_defect"}, "descriptors": {name: {the two, "n_queries", "by_category": {...}}}}``,
+    JSON-ready (``None`` where there were no anomalous queries).
     """
     if k < 1:
         raise ValueError("k must be at least 1")

@@ -1,244 +1,51 @@
-"""Similar past cases: a Qdrant store of per-image descriptors, and nearest-neighbour search.
+"""The similarity store's one front door, :class:`SimilarityStore`, whichever engine holds the points.
 
-Each indexed image is one Qdrant point with two *named vectors* and a payload:
+Each indexed image is one point with two named cosine vectors (``global``: the part; ``defect``: the
+defect, see embeddings.py) and a :class:`~core.similarity.payload.CasePayload`. One collection per
+(model, category): vector sizes differ per model, descriptors of two categories live in different
+feature spaces (models are trained per category), and a retrained category is re-indexed by
+dropping exactly its collection. Point ids are ``uuid5(model, category, sha256 of the image)``:
+an image indexed twice is one point, and excluding a query's id excludes every copy of it.
 
-* ``global`` -- the model's patch features pooled over the whole image (what the part looks like);
-* ``defect`` -- the same patch features pooled with anomaly-map weights (what the defect looks
-  like). Searching ``defect`` answers "where have we seen a defect like this one?".
-
-Both use cosine distance, so a hit's ``score`` is a cosine similarity (1 = same direction). A Qdrant
-server normalises vectors of a cosine collection on insert (vectors read back are unit length);
-embedded mode returns them as given.
-
-Collection design: one collection per (model, category)
---------------------------------------------------------
-The alternative is one collection for everything, with ``model`` and ``category`` as filtered
-payload fields. We use one collection per (model, category), named ``inspect__<model>__<category>``,
-because:
-
-* **Dimensions differ per model and backbone.** A collection fixes the size of each named vector
-  (PatchCore on wide_resnet50 layers 2+3 gives 1536 dims, EfficientAD another size), so a single
-  collection cannot hold both models anyway; the split is at least per model.
-* **Vectors of different categories are not comparable.** Models are trained per category
-  (EfficientAD's student, PatchCore's memory bank and the anomaly maps that weight the ``defect``
-  descriptor), so a "tile" descriptor and a "grid" descriptor do not live in one space, and a
-  search never crosses categories. Every query restricts to one model+category; with a
-  collection per pair that restriction costs nothing, while a shared collection must filter every
-  query (fine on a server with a tenant index, but a Python scan over *all* points in embedded
-  mode, where filters are evaluated point by point).
-* **Rebuilds are per pair.** Retraining one category invalidates exactly its descriptors: drop and
-  re-index that one collection, without deleting by filter from a shared one.
-* **Many categories.** A factory with tens to a few hundred (model, category) pairs is well within
-  what Qdrant handles as collections. Qdrant recommends payload partitioning (one collection,
-  ``is_tenant`` keyword index) for *thousands* of tenants with small, same-sized vectors; if a
-  deployment ever gets there, only :func:`collection_name` and the filters here change.
-
-Within a collection, queries filter by ``label`` and ``defect_type`` and exclude the query image
-by id (an image's id follows from its ``sha256``, so excluding the id excludes the hash); those
-fields get keyword payload indexes (not in qdrant-client's local mode, which scans).
-
-Point ids are ``uuid5(model, category, sha256 of the image bytes)``: indexing the same image twice
-overwrites one point instead of adding a second, and the query image can be excluded by id.
-
-Embedded store or Qdrant server
--------------------------------
-By default the store is embedded with Qdrant Edge on ``get_settings().qdrant_path``
-(:mod:`core.similarity.edge_store`: the server's engine in-process, HNSW past 20,000 points, payload
-indexes, one handle per process shared by its threads); ``INSPECT_QDRANT_BACKEND=local`` selects
-qdrant-client's local mode instead (exact brute force in Python, the whole store loaded at open,
-one client per folder), the engine before Edge, kept for the congruence tests and comparison. A
-local-mode store is copied into Edge once, verified, and kept (:mod:`core.similarity.migration`).
-Both are reached through the same small engine interface (:class:`ClientBackend`,
-:class:`~core.similarity.edge_store.EdgeBackend`), so this class does not change with the engine.
-``scripts/bench_qdrant.py`` measures both.
-
-Run a Qdrant server when several processes must use the store at once (app + indexer, several
-app replicas), when a category holds tens of thousands of images or more (HNSW index instead of
-brute force, payload indexes, nothing loaded at start-up), or when the store should live on
-another machine. Point the app at it with environment variables; the rest of the code path is
-unchanged::
-
-    docker run -p 6333:6333 -v "$PWD/var/qdrant_server:/qdrant/storage" qdrant/qdrant
-    export QDRANT_URL=http://localhost:6333      # or https://<cluster>.cloud.qdrant.io:6333
-    export QDRANT_API_KEY=...                    # only if the server requires one
-
-An embedded store is not read by a server: re-run the index command after switching.
+The engine is picked once, from settings (:func:`open_backend`): Qdrant Edge in this process by
+default, a Qdrant server when ``QDRANT_URL`` is set (:mod:`core.similarity.backends`). Callers never
+ask which; :meth:`SimilarityStore.outgrown` says when to move to a server, :func:`copy_points` moves.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_client import QdrantClient
 
 from core import settings
 from core.data.layout import LABELS
 from core.errors import StoreError
 from core.settings import get_settings
-from core.similarity.conditions import Conditions, search_conditions
+from core.similarity import backends
+from core.similarity.backends import Backend, Conditions, EdgeBackend, ServerBackend
 from core.similarity.payload import CasePayload
 
-#: Payload fields that queries filter on; keyword-indexed on a server and in Edge. Not ``sha256``
-#: (the query image is excluded by its point id, which the hash decides: :func:`point_id`) and not
-#: ``category`` (a collection holds one): each index made loading an Edge shard slower (README).
-INDEXED_FIELDS: tuple[str, ...] = ("label", "defect_type", "split")
-#: What the messages tell the user to run to rebuild the store.
-REINDEX_HINT = "re-run `python -m core index`"
-
+#: Points in one collection up to which the embedded store's exact search answers the Similar
+#: page's filtered top-5 within 20 ms at p95 on 2 CPU cores (AMD EPYC, AVX-512 with bf16), with a
+#: margin: ``benchmarks/bench_qdrant.py`` measured 5.3 ms at 100,000 points, 16.0 at 200,000, 11.7 at
+#: 250,000, 14.7 and 23.1 at 300,000 (two runs), 24.2 and 29.6 at 400,000 (two 152-d vectors, 20 %
+#: of them defects). Past it, a Qdrant server's HNSW index is the tool: ``index --to-server``.
+EMBEDDED_MAX_POINTS = 250_000
 COLLECTION_PREFIX = "inspect"
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://inspect.invalid/similarity/point")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-# --------------------------------------------------------------------------------------------
-# Opening a client
-# --------------------------------------------------------------------------------------------
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def open_client(path: Path | None = None, *, timeout: int = 10) -> QdrantClient:
-    """A client for the server named by ``QDRANT_URL``, else for the embedded store at ``path``.
-
-    ``path`` defaults to ``get_settings().qdrant_path``. Raises :class:`StoreError` with a one-line
-    message when the embedded folder is locked by another process, cannot be read (corrupt; nothing
-    is deleted), or when the server cannot be reached or refuses the API key.
-    """
-    url = settings.qdrant_url()
-    if url:
-        return _open_remote(url, settings.qdrant_api_key(), timeout)
-    return _open_embedded(Path(path) if path is not None else get_settings().qdrant_path)
-
-
-def _open_remote(url: str, api_key: str | None, timeout: int) -> QdrantClient:
-    try:
-        client = QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=False)
-        client.get_collections()  # the constructor does not connect; this does
-    except UnexpectedResponse as exc:
-        if exc.status_code in (401, 403):
-            raise StoreError(
-                f"the Qdrant server at {url} refused the request (HTTP {exc.status_code}): set QDRANT_API_KEY to a valid key"
-            ) from exc
-        raise StoreError(f"the Qdrant server at {url} answered HTTP {exc.status_code}: {_one_line(exc)}") from exc
-    except Exception as exc:  # connection refused, DNS, timeout, malformed URL
-        raise StoreError(
-            f"cannot reach the Qdrant server at {url} ({_one_line(exc)}): start it or fix "
-            "QDRANT_URL, or unset QDRANT_URL to use the embedded store"
-        ) from exc
-    return client
-
-
-class StoreLockedError(StoreError):
-    """The embedded store is held by another process (e.g. a running ``python -m core index``).
-
-    A separate class because it is transient: callers that can wait (an upload to index) queue
-    their work instead of giving up, see :mod:`core.similarity.pending`.
-    """
-
-
-def _locked_message(path: Path) -> str:
-    # Never "close the app": the app opens the store per call and never holds it between clicks,
-    # so the holder is another process such as an index run, which ends by itself.
-    return (
-        f"the Qdrant store {path} is in use by another process, e.g. a running `python -m core "
-        "index` (embedded Qdrant admits one process at a time): it frees up when that finishes; "
-        "to share the store between processes run a Qdrant server and set QDRANT_URL"
-    )
-
-
-def _corrupt_message(path: Path, reason: str) -> str:
-    return (
-        f"the Qdrant store {path} cannot be read ({reason}); nothing was deleted: move the folder "
-        f"aside (e.g. mv {path} {path}.broken) and {REINDEX_HINT}"
-    )
-
-
-def _is_locked(path: Path) -> bool:
-    """Whether another client holds the folder's lock (the same check ``QdrantLocal`` makes).
-
-    Checked before opening so that a locked store is reported as such without first loading it
-    all into memory. The lock is taken and released at once; the file is never created here.
-    """
-    lock_path = path / ".lock"
-    if not lock_path.is_file():
-        return False
-    import portalocker  # a qdrant-client dependency; imported late as qdrant-client does
-
-    with open(lock_path, "r+") as handle:
-        try:
-            portalocker.lock(handle, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
-        except portalocker.exceptions.LockException:
-            return True
-        portalocker.unlock(handle)
-    return False
-
-
-def _open_embedded(path: Path) -> QdrantClient:
-    path = path.expanduser()
-    if path.exists() and not path.is_dir():
-        raise StoreError(f"the Qdrant store {path} is a file, not a folder: set INSPECT_QDRANT_PATH to a folder")
-    if path.is_dir() and (path / "collection").is_dir() and not (path / "meta.json").is_file():
-        # Qdrant would start an empty store over the old data without a word
-        raise StoreError(_corrupt_message(path, "meta.json is missing"))
-    try:
-        if _is_locked(path):
-            raise StoreLockedError(_locked_message(path))
-        return QdrantClient(path=str(path))
-    except StoreError:
-        raise
-    except RuntimeError as exc:
-        if "already accessed by another instance" in str(exc):  # lost a race with another opener
-            raise StoreLockedError(_locked_message(path)) from exc
-        raise StoreError(_corrupt_message(path, _one_line(exc))) from exc
-    except PermissionError as exc:
-        raise StoreError(f"no permission to use the Qdrant store {path}: {_one_line(exc)}") from exc
-    except Exception as exc:  # bad JSON, not a database, truncated pickles, wrong config...
-        raise StoreError(_corrupt_message(path, f"{type(exc).__name__}: {_one_line(exc)}")) from exc
-
-
-def is_embedded(client: QdrantClient) -> bool:
-    """Whether ``client`` is an embedded (local mode) client rather than a server connection."""
-    options = client.init_options
-    return options.get("path") is not None or options.get("location") == ":memory:"
-
-
-def store_location(path: Path | None = None) -> str:
-    """Which store :func:`open_client` would open: the server URL, else the embedded folder.
-
-    Used as a key, by the in-process lock (one per folder) and by the index manifest (what was
-    indexed *into which store*: switching to a server must not look like an emptied store).
-    """
-    url = settings.qdrant_url()
-    if url:
-        return url.rstrip("/")
-    return str(Path(path if path is not None else get_settings().qdrant_path).expanduser().resolve())
-
-
-def client_location(client: QdrantClient) -> str:
-    """:func:`store_location` of an open client."""
-    options = client.init_options
-    if options.get("path") is not None:
-        return str(Path(options["path"]).expanduser().resolve())
-    return str(options.get("url") or options.get("location") or ":memory:").rstrip("/")
-
-
-# --------------------------------------------------------------------------------------------
-# Names, ids and records
-# --------------------------------------------------------------------------------------------
 
 
 def collection_name(model: str, category: str, prefix: str = COLLECTION_PREFIX) -> str:
@@ -249,8 +56,7 @@ def collection_name(model: str, category: str, prefix: str = COLLECTION_PREFIX) 
     if all(_SAFE_NAME.match(p) and "__" not in p for p in parts):
         return "__".join(parts)
     digest = hashlib.sha256(f"{model}\x1f{category}".encode()).hexdigest()[:10]
-    cleaned = [re.sub(r"[^A-Za-z0-9.-]+", "-", p).strip("-") or "x" for p in parts]
-    return "__".join(cleaned) + f"__{digest}"
+    return "__".join(re.sub(r"[^A-Za-z0-9.-]+", "-", p).strip("-") or "x" for p in parts) + f"__{digest}"
 
 
 def point_id(image_bytes_sha256: str, model: str, category: str) -> str:
@@ -274,7 +80,21 @@ class Record:
 
     @property
     def case(self) -> CasePayload:
-        """The payload, typed."""
+        return CasePayload.from_dict(self.payload)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A neighbour: point id, similarity to the query, and the stored payload."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+    #: The stored query-side vector (``using``), only when asked for (``similar(with_vector=True)``).
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def case(self) -> CasePayload:
         return CasePayload.from_dict(self.payload)
 
 
@@ -292,7 +112,7 @@ def make_record(
     inspection_id: str | None = None,
     time: str | None = None,
 ) -> Record:
-    """Build a :class:`Record` with the id and payload fields the store expects."""
+    """A :class:`Record` with the id and payload fields the store expects."""
     if label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, got {label!r}")
     payload = CasePayload(
@@ -310,40 +130,9 @@ def make_record(
     return Record(id=point_id(sha256, model, category), vectors=dict(vectors), payload=payload.to_dict())
 
 
-@dataclass(frozen=True)
-class Hit:
-    """A neighbour: point id, cosine similarity to the query, and the stored payload."""
-
-    id: str
-    score: float
-    payload: dict[str, Any]
-    #: The stored query-side vector (``using``), only when asked for (``similar(with_vector=True)``).
-    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def case(self) -> CasePayload:
-        """The payload, typed."""
-        return CasePayload.from_dict(self.payload)
-
-
-def _jsonable(value: Any) -> Any:
-    """Payload values as plain JSON types (numpy scalars, paths, tuples)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _as_vector(value: Any, name: str, size: int | None) -> np.ndarray:
-    vector = np.asarray(value, dtype=np.float32).reshape(-1) if value is not None else None
-    if vector is None or vector.size == 0:
-        raise ValueError(f"vector {name!r} is empty")
-    if size is not None and vector.size != size:
+def _as_vector(value: Any, name: str, size: int) -> np.ndarray:
+    vector = np.asarray(value, dtype=np.float32).reshape(-1) if value is not None else np.zeros(0, np.float32)
+    if vector.size != size:
         raise ValueError(f"vector {name!r} has {vector.size} dims, the collection expects {size}")
     if not np.all(np.isfinite(vector)):
         raise ValueError(f"vector {name!r} contains NaN or infinite values")
@@ -352,195 +141,54 @@ def _as_vector(value: Any, name: str, size: int | None) -> np.ndarray:
     return vector
 
 
-# --------------------------------------------------------------------------------------------
-# Engines: qdrant-client (server or local mode) and Qdrant Edge, behind one small interface
-# --------------------------------------------------------------------------------------------
+_BACKENDS: dict[str, Backend] = {}
+_BACKENDS_LOCK = threading.Lock()
 
 
-def _client_filter(cond: Conditions | None) -> models.Filter | None:
-    """:class:`Conditions` as a qdrant-client filter."""
-    if cond is None or cond.empty:
-        return None
-    must: list[models.Condition] = [_field_is(k, v) for k, v in cond.equals.items()]
-    must += [models.FieldCondition(key=k, match=models.MatchAny(any=list(v))) for k, v in cond.any_of.items()]
-    must_not: list[models.Condition] = [models.HasIdCondition(has_id=list(cond.exclude_ids))] if cond.exclude_ids else []
-    return models.Filter(must=must or None, must_not=must_not or None)
-
-
-class ClientBackend:
-    """The engine interface over a :class:`QdrantClient`: a server, or local mode (``path=``)."""
-
-    kind = "client"
-
-    def __init__(self, client: QdrantClient) -> None:
-        self.client = client
-        self.location = client_location(client)
-
-    def close(self) -> None:
-        self.client.close()
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Server connection problems in the middle of a session, as :class:`StoreError`."""
-        try:
-            yield
-        except ResponseHandlingException as exc:
-            url = self.client.init_options.get("url")
-            raise StoreError(f"lost the connection to the Qdrant server at {url}: {_one_line(exc)}") from exc
-        except UnexpectedResponse as exc:
-            if exc.status_code in (401, 403):
-                raise StoreError(f"the Qdrant server refused the request (HTTP {exc.status_code}): check QDRANT_API_KEY") from exc
-            raise
-
-    def collection_names(self) -> list[str]:
-        with self._errors():
-            return sorted(c.name for c in self.client.get_collections().collections)
-
-    def vector_sizes(self, name: str) -> dict[str, int] | None:
-        with self._errors():
-            if not self.client.collection_exists(name):
-                return None
-            vectors = self.client.get_collection(name).config.params.vectors
-        if not isinstance(vectors, Mapping):
-            raise StoreError(f"collection {name} has no named vectors; delete it and {REINDEX_HINT}")
-        return {key: int(params.size) for key, params in vectors.items()}
-
-    def create_collection(self, name: str, dims: Mapping[str, int]) -> None:
-        with self._errors():
-            self.client.create_collection(
-                name,
-                vectors_config={
-                    key: models.VectorParams(size=size, distance=models.Distance.COSINE) for key, size in dims.items()
-                },
+def open_backend(path: Path | None = None, *, embedded: bool = False) -> Backend:
+    """This process's engine: the server of ``QDRANT_URL`` unless ``embedded``, else Qdrant Edge at
+    ``path`` (default ``INSPECT_QDRANT_PATH``). Opened once per location, shared by every thread."""
+    url = "" if embedded else settings.qdrant_url().rstrip("/")
+    key = url or str(Path(path or get_settings().qdrant_path).expanduser().resolve())
+    with _BACKENDS_LOCK:
+        if key not in _BACKENDS:
+            _BACKENDS[key] = (
+                ServerBackend(backends.server_client(url, settings.qdrant_api_key()), url) if url else EdgeBackend(Path(key))
             )
-            if not is_embedded(self.client):  # local mode has no payload indexes (it warns)
-                for field_name in INDEXED_FIELDS:
-                    self.client.create_payload_index(name, field_name, field_schema=models.PayloadSchemaType.KEYWORD)
-
-    def delete_collection(self, name: str) -> bool:
-        with self._errors():
-            if not self.client.collection_exists(name):
-                return False
-            self.client.delete_collection(name)
-        return True
-
-    def count(self, name: str, cond: Conditions | None) -> int:
-        with self._errors():
-            return int(self.client.count(name, count_filter=_client_filter(cond), exact=True).count)
-
-    def upsert(self, name: str, points: Sequence[tuple[str, dict[str, list[float]], dict[str, Any]]]) -> None:
-        structs = [models.PointStruct(id=pid, vector=vec, payload=payload) for pid, vec, payload in points]
-        with self._errors():
-            self.client.upsert(name, points=structs, wait=True)
-
-    def retrieve(
-        self, name: str, ids: Sequence[str], with_payload: bool | list[str], with_vectors: bool | list[str]
-    ) -> list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
-        with self._errors():
-            found = self.client.retrieve(name, ids=list(ids), with_payload=with_payload, with_vectors=with_vectors)
-        return [(str(p.id), _np_vectors(p.vector), dict(p.payload or {})) for p in found]
-
-    def query(
-        self,
-        name: str,
-        vector: list[float],
-        using: str,
-        cond: Conditions | None,
-        k: int,
-        *,
-        exact: bool = False,
-        with_vector: bool = False,
-        with_payload: bool = True,
-    ) -> list[tuple[str, float, dict[str, Any], dict[str, np.ndarray]]]:
-        with self._errors():
-            response = self.client.query_points(
-                name,
-                query=vector,
-                using=using,
-                query_filter=_client_filter(cond),
-                limit=k,
-                with_payload=with_payload,
-                with_vectors=[using] if with_vector else False,
-                search_params=models.SearchParams(exact=True) if exact else None,
-            )
-        return [
-            (str(p.id), float(p.score), dict(p.payload or {}), _np_vectors(p.vector) if with_vector else {})
-            for p in response.points
-        ]
-
-    def scroll(
-        self, name: str, offset: str | None, limit: int, with_vectors: bool = False, cond: Conditions | None = None
-    ) -> tuple[list[tuple[str, dict[str, np.ndarray], dict[str, Any]]], str | None]:
-        with self._errors():
-            batch, next_offset = self.client.scroll(
-                name, scroll_filter=_client_filter(cond), limit=limit, offset=offset, with_payload=True, with_vectors=with_vectors
-            )
-        points = [(str(p.id), _np_vectors(p.vector), dict(p.payload or {})) for p in batch]
-        return points, None if next_offset is None else str(next_offset)
+        return _BACKENDS[key]
 
 
-def _np_vectors(value: Any) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v, dtype=np.float32) for k, v in value.items()} if isinstance(value, Mapping) else {}
-
-
-def open_backend(path: Path | None = None, *, lock_wait_s: float = 0.0) -> Any:
-    """The configured engine: a server (``QDRANT_URL``), else the embedded folder at ``path``.
-
-    The embedded engine is Qdrant Edge unless ``INSPECT_QDRANT_BACKEND=local``. A local-mode store
-    left by an earlier version is copied into Edge once, verified, and kept (see
-    :mod:`core.similarity.migration`).
-    """
-    if settings.qdrant_url() or settings.qdrant_embedded_engine() == "local":
-        return ClientBackend(open_client(path))
-    from core.similarity.edge_store import EdgeBackend
-    from core.similarity.migration import migrate_if_needed
-
-    folder = Path(path if path is not None else get_settings().qdrant_path).expanduser()
-    migrate_if_needed(folder)
-    return EdgeBackend(folder, lock_wait_s=lock_wait_s)
-
-
-# --------------------------------------------------------------------------------------------
-# The store
-# --------------------------------------------------------------------------------------------
+def release(hold_off_s: float = 0.0) -> None:
+    """Close what this process holds; the next call opens it again. ``hold_off_s``: leave the
+    embedded shards alone that long, so that an index run this process starts can take them."""
+    with _BACKENDS_LOCK:
+        for key, backend in list(_BACKENDS.items()):
+            backend.close()
+            if isinstance(backend, EdgeBackend):
+                backend.held_off_until = time.monotonic() + hold_off_s
+            else:
+                del _BACKENDS[key]
 
 
 class SimilarityStore:
     """Index and search per-image descriptors; one collection per (model, category).
 
-    Wraps an engine (:class:`ClientBackend` for a server or local mode,
-    :class:`~core.similarity.edge_store.EdgeBackend` for the embedded default). Use :meth:`open`
-    for the configured store, or pass a client or an engine. Closing the store closes a client; an
-    Edge engine stays open for the process (:mod:`core.similarity.edge_store`).
+    Checks every record and query before the engine sees it, so both engines get the same calls.
+    Build one with :meth:`open` (the configured engine) or from a backend or a ``QdrantClient``.
     """
 
-    def __init__(self, client: QdrantClient | Any, *, prefix: str = COLLECTION_PREFIX) -> None:
-        self.backend = ClientBackend(client) if isinstance(client, QdrantClient) else client
-        #: The qdrant-client client (server or local mode), None on Qdrant Edge.
-        self.client: QdrantClient | None = getattr(self.backend, "client", None)
+    def __init__(self, backend: Backend | QdrantClient, *, prefix: str = COLLECTION_PREFIX) -> None:
+        self.backend: Backend = ServerBackend(backend) if isinstance(backend, QdrantClient) else backend
         self.prefix = prefix
         self._dims: dict[str, dict[str, int]] = {}
 
     @classmethod
-    def open(cls, path: Path | None = None, *, lock_wait_s: float = 0.0, **kwargs: Any) -> SimilarityStore:
-        """The configured store; ``lock_wait_s``: how long to wait for another process's Edge handle."""
-        return cls(open_backend(path, lock_wait_s=lock_wait_s), **kwargs)
-
-    def close(self) -> None:
-        self.backend.close()
-
-    def __enter__(self) -> SimilarityStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def open(cls, path: Path | None = None, *, embedded: bool = False) -> SimilarityStore:
+        return cls(open_backend(path, embedded=embedded))
 
     @property
-    def engine(self) -> str:
-        """ "edge" (embedded Qdrant Edge) or "client" (a server or local mode, via qdrant-client)."""
-        return str(self.backend.kind)
-
-    # -- collections -----------------------------------------------------------------------
+    def location(self) -> str:
+        return self.backend.location
 
     def name(self, model: str, category: str) -> str:
         return collection_name(model, category, self.prefix)
@@ -556,122 +204,100 @@ class SimilarityStore:
         return self._dims[name]
 
     def ensure_collection(self, model: str, category: str, dims: Mapping[str, int]) -> bool:
-        """Create the collection if missing; True when created.
-
-        An existing collection must have the same named vectors and sizes (a model or backbone
-        change alters them): otherwise :class:`StoreError` says to delete it and re-index.
-        """
-        if not dims:
-            raise ValueError("dims must name at least one vector")
+        """Create the collection if missing (True). An existing one with other vectors or sizes (a
+        model or backbone change) is a :class:`StoreError` that says to delete it and re-index."""
         wanted = {str(k): int(v) for k, v in dims.items()}
-        existing = self.dims(model, category)
-        name = self.name(model, category)
-        if existing is not None:
-            if existing != wanted:
-                raise StoreError(
-                    f"collection {name} holds vectors {existing} but the model now produces {wanted}: "
-                    f"delete the collection and {REINDEX_HINT}"
-                )
-            return False
-        self.backend.create_collection(name, wanted)
-        self._dims[name] = wanted
-        return True
+        if not wanted:
+            raise ValueError("dims must name at least one vector")
+        existing, name = self.dims(model, category), self.name(model, category)
+        if existing is not None and existing != wanted:
+            raise StoreError(
+                f"collection {name} holds vectors {existing} but the model now produces {wanted}: "
+                "delete the collection and re-run `python -m core index`"
+            )
+        if existing is None:
+            self.backend.create(name, wanted)
+            self._dims[name] = wanted
+        return existing is None
 
     def delete_collection(self, model: str, category: str) -> bool:
         """Drop the (model, category) collection; True if it existed."""
-        name = self.name(model, category)
-        self._dims.pop(name, None)
-        return bool(self.backend.delete_collection(name))
-
-    @property
-    def location(self) -> str:
-        """The server URL or the embedded folder (see :func:`store_location`)."""
-        return str(self.backend.location)
+        self._dims.pop(self.name(model, category), None)
+        return self.backend.drop(self.name(model, category))
 
     def count(self, model: str, category: str, *, splits: Sequence[str] | None = None) -> int:
-        """Points in the collection (0 when it does not exist); ``splits`` counts only those.
-
-        ``splits=("train", "test")`` counts the dataset's points, which an index run writes and
-        uploads never add to: what the index manifest compares with.
-        """
+        """Points in the collection (0 when it does not exist); ``splits`` counts only those
+        (``("train", "test")``: the dataset's points, which uploads never add to)."""
         if self.dims(model, category) is None:
             return 0
         cond = Conditions(any_of={"split": list(splits)}) if splits is not None else None
-        return int(self.backend.count(self.name(model, category), cond))
+        return self.backend.count(self.name(model, category), cond)
 
-    # -- writing ---------------------------------------------------------------------------
+    def outgrown(self, model: str, category: str) -> str | None:
+        """How to move on, once an embedded collection holds more than :data:`EMBEDDED_MAX_POINTS`."""
+        points = self.count(model, category) if self.backend.embedded else 0
+        if points <= EMBEDDED_MAX_POINTS:
+            return None
+        return (
+            f"the similar-defect gallery of {model}/{category} has outgrown the embedded store ({points:,} points; "
+            f"its exact search stays fast up to {EMBEDDED_MAX_POINTS:,}): move it to a Qdrant server: "
+            "set QDRANT_URL (and QDRANT_API_KEY) and run `python -m core index --to-server`"
+        )
 
     def upsert(self, model: str, category: str, records: Sequence[Record], batch_size: int = 256) -> int:
-        """Insert or overwrite records (same id = same point); returns how many were written.
+        """Insert or overwrite records (same id, same point); returns how many were written.
 
-        Creates the collection from the first record's vector sizes when it does not exist.
-        Every record must carry the collection's named vectors, a payload ``sha256`` from which
-        its id derives, and a ``label`` of "good" or "anomalous"; ``model`` and ``category`` are
-        filled in when missing.
+        Creates the collection from the first record's vector sizes. Every record must carry the
+        collection's named vectors, a payload ``sha256`` its id derives from (build it with
+        :func:`make_record`) and a ``label``; ``model`` and ``category`` are filled in when missing.
         """
         if not records:
             return 0
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        dims = self.dims(model, category)
-        if dims is None:
-            first = records[0].vectors
-            self.ensure_collection(model, category, {k: int(np.asarray(v).size) for k, v in first.items()})
-            dims = self.dims(model, category)
-            assert dims is not None
-        name = self.name(model, category)
-        written = 0
+        if self.dims(model, category) is None:
+            self.ensure_collection(model, category, {k: np.asarray(v).size for k, v in records[0].vectors.items()})
+        dims, name = self.dims(model, category) or {}, self.name(model, category)
         for start in range(0, len(records), batch_size):
-            points = [self._point(rec, model, category, dims) for rec in records[start : start + batch_size]]
-            self.backend.upsert(name, points)
-            written += len(points)
-        return written
+            self.backend.upsert(name, [self._point(rec, model, category, dims) for rec in records[start : start + batch_size]])
+        return len(records)
 
-    def _point(
-        self, rec: Record, model: str, category: str, dims: Mapping[str, int]
-    ) -> tuple[str, dict[str, list[float]], dict[str, Any]]:
+    def _point(self, rec: Record, model: str, category: str, dims: Mapping[str, int]) -> tuple[str, dict, dict]:
         if set(rec.vectors) != set(dims):
             raise ValueError(f"record {rec.id} has vectors {sorted(rec.vectors)}, expected {sorted(dims)}")
-        payload = _jsonable(dict(rec.payload))
+        payload = dict(rec.payload)
         for key, value in (("model", model), ("category", category)):
             if payload.setdefault(key, value) != value:
                 raise ValueError(f"record {rec.id} has payload {key}={payload[key]!r}, not {value!r}")
         if payload.get("label") not in LABELS:
             raise ValueError(f"record {rec.id}: payload label must be one of {LABELS}")
-        sha = str(payload.get("sha256") or "").strip().lower()
-        if point_id(sha, model, category) != rec.id:
+        payload["sha256"] = str(payload.get("sha256") or "").strip().lower()
+        if point_id(payload["sha256"], model, category) != rec.id:
             raise ValueError(f"record {rec.id} does not match point_id(sha256, model, category); build it with make_record")
-        payload["sha256"] = sha
-        vectors = {key: _as_vector(value, key, dims[key]).tolist() for key, value in rec.vectors.items()}
-        return rec.id, vectors, payload
-
-    # -- reading ---------------------------------------------------------------------------
+        return rec.id, {k: _as_vector(v, k, dims[k]) for k, v in rec.vectors.items()}, payload
 
     def get(self, model: str, category: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Record]:
-        """Stored records for ``ids`` in the given order; unknown ids are skipped.
-
-        Vectors (when asked for) come back unit-normalised from a server and from Qdrant Edge
-        (both normalise cosine vectors on insert) and as given from local mode.
-        """
+        """Stored records for ``ids`` in the given order (unknown ids skipped); vectors come back
+        unit length (both engines normalise cosine vectors on insert)."""
         if not ids or self.dims(model, category) is None:
             return []
-        found = self.backend.retrieve(self.name(model, category), [str(i) for i in ids], True, with_vectors)
-        by_id = {pid: (vectors, payload) for pid, vectors, payload in found}
-        return [Record(id=str(pid), vectors=by_id[str(pid)][0], payload=by_id[str(pid)][1]) for pid in ids if str(pid) in by_id]
+        found = {
+            pid: (vec, payload)
+            for pid, vec, payload in self.backend.retrieve(self.name(model, category), [str(i) for i in ids], True, with_vectors)
+        }
+        return [Record(str(i), *found[str(i)]) for i in ids if str(i) in found]
 
     def points(
         self, model: str, category: str, *, label: str | None = None, with_vectors: bool = False, batch: int = 512
     ) -> Iterator[Record]:
-        """Every stored record of the collection (in id order), page by page; ``label`` keeps only
-        those (the gallery lists past defects: a payload index answers it without a scan)."""
+        """Every record of the collection in id order, page by page; ``label``: only those."""
         if self.dims(model, category) is None:
             return
         cond = Conditions(equals={"label": label}) if label is not None else None
         offset: str | None = None
         while True:
             page, offset = self.backend.scroll(self.name(model, category), offset, batch, with_vectors, cond)
-            for pid, vectors, payload in page:
-                yield Record(id=pid, vectors=vectors, payload=payload)
+            yield from (Record(pid, vectors, payload) for pid, vectors, payload in page)
             if offset is None:
                 return
 
@@ -688,70 +314,79 @@ class SimilarityStore:
         defect_type: str | None = None,
         exclude_ids: Sequence[str] = (),
         exclude_sha256: str | None = None,
-        exact: bool = False,
         with_vector: bool = False,
         with_payload: bool = True,
     ) -> list[Hit]:
-        """The ``k`` stored images most similar to a query, best first.
+        """The ``k`` stored images most similar to a query, best first; [] when nothing is indexed.
 
-        Query by ``vector`` (e.g. a fresh upload) or by ``point_id`` of a stored image, whose
-        ``using`` vector is fetched first. The query image is never returned: its id and its
-        ``sha256`` (the stored one for a point id query, ``exclude_sha256`` for a vector query) are
+        Query by ``vector`` (a fresh upload) or by ``point_id`` of a stored image. The query image
+        is never returned: its id and its ``sha256`` (the stored one, or ``exclude_sha256``) are
         excluded, as are ``exclude_ids``. ``label`` and ``defect_type`` restrict the candidates.
-        ``exact`` bypasses HNSW (brute force; what HNSW results are checked against);
-        ``with_vector`` returns each hit's stored ``using`` vector too (a re-ranking needs it);
-        ``with_payload=False`` leaves payloads out (empty dicts): a re-ranking of hundreds of
-        candidates reads the payloads of the few it keeps.
-        Returns an empty list when nothing is indexed for (model, category).
+        ``with_vector``: each hit's stored ``using`` vector too (a re-ranking needs it);
+        ``with_payload=False``: empty payloads (a re-ranking reads those of the few it keeps).
         """
-        _check_query(vector, point_id, k, label)
-        dims = self.dims(model, category)
-        name = self.name(model, category)
+        if (vector is None) == (point_id is None):
+            raise ValueError("give exactly one of vector= or point_id=")
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        if label is not None and label not in LABELS:
+            raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+        dims, name = self.dims(model, category), self.name(model, category)
         if dims is None:
             if point_id is not None:
                 raise LookupError(f"point {point_id} is not in {name} (the collection does not exist)")
             return []
         if using not in dims:
             raise ValueError(f"unknown vector {using!r}; {name} has {sorted(dims)}")
-        excluded_ids = [str(i) for i in exclude_ids]
-        excluded_sha = {exclude_sha256.strip().lower()} if exclude_sha256 else set()
+        excluded = [str(i) for i in exclude_ids]
+        hashes = {exclude_sha256.strip().lower()} if exclude_sha256 else set()
         if point_id is not None:
-            query, stored_sha = self._stored_vector(name, point_id, using)
-            excluded_ids.append(str(point_id))
-            excluded_sha.update([stored_sha] if stored_sha else [])
+            found = self.backend.retrieve(name, [str(point_id)], ["sha256"], [using])
+            if not found:
+                raise LookupError(f"point {point_id} is not in {name}")
+            query = found[0][1][using]
+            excluded.append(str(point_id))
+            hashes.add(str(found[0][2].get("sha256") or ""))
         else:
             query = _as_vector(vector, using, dims[using])
-        # within (model, category) a hash has exactly one point id (upsert refuses any other), so
-        # excluding that id excludes every point of the hash, without a payload index on it
-        excluded_ids += [_id_of_hash(sha, model, category) for sha in sorted(excluded_sha) if _SHA256.match(sha)]
-        cond = search_conditions(label, defect_type, excluded_ids)
-        found = self.backend.query(
-            name, query.tolist(), using, cond, k, exact=exact, with_vector=with_vector, with_payload=with_payload
-        )
+        # within (model, category) a hash has exactly one point id (upsert refuses any other)
+        excluded += [_id_of_hash(sha, model, category) for sha in sorted(hashes) if _SHA256.match(sha)]
+        equals = {key: value for key, value in (("label", label), ("defect_type", defect_type)) if value is not None}
+        cond = Conditions(equals=equals, exclude_ids=tuple(excluded))
+        found_hits = self.backend.query(name, query.tolist(), using, cond, k, with_vector, with_payload)
         return [
-            Hit(id=pid, score=score, payload=payload, vector=vectors.get(using) if with_vector else None)
-            for pid, score, payload, vectors in found
+            Hit(pid, score, payload, vectors.get(using) if with_vector else None) for pid, score, payload, vectors in found_hits
         ]
 
-    def _stored_vector(self, name: str, point_id: str, using: str) -> tuple[np.ndarray, str | None]:
-        """The ``using`` vector of a stored point and its payload ``sha256``; LookupError if absent."""
-        found = self.backend.retrieve(name, [str(point_id)], ["sha256"], [using])
-        if not found:
-            raise LookupError(f"point {point_id} is not in {name}")
-        _, vectors, payload = found[0]
-        sha = payload.get("sha256")
-        return np.asarray(vectors[using], dtype=np.float32), (str(sha) if sha else None)
 
-
-def _check_query(vector: np.ndarray | None, point_id: str | None, k: int, label: str | None) -> None:
-    """The argument errors of :meth:`SimilarityStore.similar`, before the store is asked anything."""
-    if (vector is None) == (point_id is None):
-        raise ValueError("give exactly one of vector= or point_id=")
-    if k < 1:
-        raise ValueError("k must be at least 1")
-    if label is not None and label not in LABELS:
-        raise ValueError(f"label must be one of {LABELS}, got {label!r}")
-
-
-def _field_is(key: str, value: str) -> models.FieldCondition:
-    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+def copy_points(source: SimilarityStore, target: SimilarityStore, batch: int = 256) -> dict[str, int]:
+    """Copy every point of every collection of ``source`` into ``target`` (same ids, vectors and
+    payloads), reading ``source`` only; returns the points per collection. Verified by counts: the
+    ids read, the ids found in ``target`` afterwards and ``source``'s own count must agree."""
+    copied = {}
+    for name in source.backend.names():
+        dims = source.backend.vector_sizes(name) or {}
+        have = target.backend.vector_sizes(name)
+        if have is None:
+            target.backend.create(name, dims)
+        elif have != dims:
+            raise StoreError(
+                f"{target.location} already has a collection {name} with vectors {have}, not {dims}; nothing was copied into it"
+            )
+        read = found = 0
+        offset: str | None = None
+        while True:
+            page, offset = source.backend.scroll(name, offset, batch, True, None)
+            if page:
+                target.backend.upsert(name, page)
+                read += len(page)
+                found += len(target.backend.retrieve(name, [pid for pid, _, _ in page], False, False))
+            if offset is None:
+                break
+        expected = source.backend.count(name)
+        if not read == found == expected:
+            raise StoreError(
+                f"copying {name}: {found} of {expected} points arrived in {target.location}; the source is unchanged"
+            )
+        copied[name] = found
+    return copied

@@ -1,6 +1,6 @@
 """PatchCore's nearest-neighbour search: anomalib's method against Inspect's, interleaved, same data.
 
-    python scripts/bench_search.py [--bank 17203] [--dims 152] [--queries 1024] [--rounds 7]
+    python benchmarks/bench_search.py [--bank 17203] [--dims 152] [--queries 1024] [--rounds 7]
 
 The default shape is real bottle's (10% coreset of EfficientNet-Lite0 blocks.2+blocks.4 features,
 1,024 patches per 256 px image). Prints the median ms of each and the ratio.

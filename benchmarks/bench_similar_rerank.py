@@ -1,12 +1,13 @@
-"""What the Similar page's re-ranking by the learned metric costs (core/similarity/label_metric.py).
+"""What the Similar page's store calls cost, re-ranking by the learned metric included
+(core/similarity/label_metric.py).
 
-Fills an Edge collection like bench_qdrant.py's (random 152-d vectors, 20% defects of four types),
-builds HNSW once past the threshold, then times filtered top-5 queries plain
-(``SimilarityStore.similar``) and re-ranked (``label_metric.similar``) for each candidate pool,
-the read and fit of the named cases, a query by a point that is itself one of them, and the
-page's other store calls (a defect-type filter, the dataset count, the gallery's list of defects).
+Fills an embedded collection like bench_qdrant.py's (random 152-d vectors, 20% defects of four
+types; exact search), then times filtered top-5 queries plain (``SimilarityStore.similar``) and
+re-ranked (``label_metric.similar``) for each candidate pool, the read and fit of the named cases,
+a query by a point that is itself one of them, and the page's other store calls (a defect-type
+filter, the dataset count, the gallery's list of defects).
 
-    .venv/bin/python scripts/bench_similar_rerank.py --points 100000 --pools 100 500
+    .venv/bin/python benchmarks/bench_similar_rerank.py --points 100000 --pools 100 500
 
 The store stays in ``--folder`` (default /tmp/bench_rerank_<points>) and is reused when present.
 """
@@ -15,21 +16,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.pop("QDRANT_URL", None)
-os.environ["INSPECT_QDRANT_BACKEND"] = "edge"
 
-import bench_qdrant as bq  # noqa: E402  (the same records as the scale benchmark)
+import bench_qdrant as bq  # noqa: E402  (this folder is on the path of a script run from it: the same records)
 
 from core.similarity import label_metric  # noqa: E402
-from core.similarity.edge_store import HNSW_THRESHOLD  # noqa: E402
 from core.similarity.store import SimilarityStore  # noqa: E402
 
 DIMS = {"global": 152, "defect": 152}  # EfficientNet-Lite0 blocks.2 + blocks.4, as in bench_qdrant.py
@@ -56,19 +52,14 @@ def main() -> None:
     args = parser.parse_args()
     folder = args.folder or Path(f"/tmp/bench_rerank_{args.points}")
     fresh = not folder.exists()
-    store = SimilarityStore.open(folder)
-    name = store.name(bq.MODEL, bq.CATEGORY)
+    store = SimilarityStore.open(folder, embedded=True)
     if fresh:
         rng = np.random.default_rng(0)
         start = time.perf_counter()
         for first in range(0, args.points, 2000):
             store.upsert(bq.MODEL, bq.CATEGORY, bq.make_records(first, min(args.points, first + 2000), DIMS, rng))
         print(f"filled {args.points} points in {time.perf_counter() - start:.1f} s")
-        if args.points >= HNSW_THRESHOLD:
-            start = time.perf_counter()
-            store.backend.build_hnsw(name)
-            print(f"HNSW built in {time.perf_counter() - start:.1f} s")
-    print("collection:", store.backend.info(name))
+    print("collection:", store.count(bq.MODEL, bq.CATEGORY), "points")
     start = time.perf_counter()
     labelled = label_metric.labelled_points(store, bq.MODEL, bq.CATEGORY, "defect")
     read = time.perf_counter()
@@ -85,8 +76,7 @@ def main() -> None:
             lambda v: label_metric.similar(store, bq.MODEL, bq.CATEGORY, vector=v, k=5, label="anomalous"), queries
         )
         print(f"re-ranked, pool {pool:4d}          median {median:5.1f} ms  p95 {p95:5.1f} ms")
-    # the page's other store calls, which filter on fields without a keyword index on Edge
-    # (edge_store.INDEXED_FIELDS: label only)
+    # the page's other store calls (keyword indexes on label, defect_type and split)
     median, p95 = timed(
         lambda v: store.similar(bq.MODEL, bq.CATEGORY, vector=v, k=5, label="anomalous", defect_type=bq.DEFECT_TYPES[0]),
         queries,
@@ -102,7 +92,6 @@ def main() -> None:
         queries[:10],
     )
     print(f"query by a fitted case, leave-one-out (refit without it)  median {median:.1f} ms")
-    store.close()
 
 
 if __name__ == "__main__":
