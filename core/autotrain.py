@@ -22,6 +22,7 @@ The queue's state (``<workspace>/efficientad_queue.json``) says what each catego
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -35,6 +36,8 @@ from core.auth import COMMAND_LINE
 from core.errors import InspectError, ModelNotTrainedError
 from core.files import write_atomically
 from core.settings import DEMO_CATEGORIES, get_settings
+
+log = logging.getLogger(__name__)
 
 MODEL = "efficientad"
 KIND = "autotrain"
@@ -110,7 +113,7 @@ def _wait_for_other_training(category: str, poll_s: float = 30.0) -> None:
     """One EfficientAD training at a time: wait while one of ``category`` started elsewhere (the
     Inspect page's button) runs; the registry then usually has it and the queue skips it."""
     while (job := jobs.active_job("train", MODEL, category)) is not None:
-        print(f"[autotrain] waiting for the running training of '{category}' (job {job.id})", flush=True)
+        log.info(f"[autotrain] waiting for the running training of '{category}' (job {job.id})")
         time.sleep(poll_s)
 
 
@@ -140,7 +143,7 @@ def run_queue(
         "categories": {c: {"status": QUEUED} for c in names},
     }
     _write_state(state)
-    print(f"[autotrain] {len(names)} categories in {root}, at priority nice {os.nice(0)}: {', '.join(names)}", flush=True)
+    log.info(f"[autotrain] {len(names)} categories in {root}, at priority nice {os.nice(0)}: {', '.join(names)}")
     for category in names:
         entry = state["categories"][category]
         try:
@@ -149,19 +152,19 @@ def run_queue(
             if trained_now:
                 entry.update(status=TRAINING, started_at=_now())
                 _write_state(state)
-                print(f"[autotrain] training EfficientAD on '{category}' (time budget {time_budget_s / 60:.0f} min)", flush=True)
+                log.info(f"[autotrain] training EfficientAD on '{category}' (time budget {time_budget_s / 60:.0f} min)")
                 start = time.monotonic()
                 train_fn(category, root, time_budget_s)
                 entry["train_s"] = round(time.monotonic() - start, 1)
             if trained_now or needs_evaluation(category):
                 entry.update(status=EVALUATING)
                 _write_state(state)
-                print(f"[autotrain] evaluating EfficientAD on '{category}'", flush=True)
+                log.info(f"[autotrain] evaluating EfficientAD on '{category}'")
                 evaluate_fn(category)
             entry.update(status=DONE, finished_at=_now())
         except InspectError as exc:
             entry.update(status=FAILED, message=str(exc), finished_at=_now())
-            print(f"[autotrain] {category}: error: {exc}", flush=True)
+            log.info(f"[autotrain] {category}: error: {exc}")
         _write_state(state)
     state["finished_at"] = _now()
     _write_state(state)

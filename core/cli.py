@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import os
 import sys
 import warnings
@@ -31,10 +32,27 @@ def _quiet_libraries() -> None:
         message=".*(eval mode|configure_optimizers|LeafSpec|num_workers|litlogger|no logger configured|infer the `batch_size`).*",
     )
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-    import logging
-
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "anomalib"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class _Say(logging.Handler):
+    """Core's progress messages (the ``core`` loggers, INFO and up) as plain lines on stdout.
+
+    The core logs what it is doing ("[setup] training PatchCore on demo 'tile'"); printing it is
+    the command line's job, and in a background job these lines are what its log shows.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), flush=True)
+
+
+def _show_core_messages() -> None:
+    core_log = logging.getLogger("core")
+    if not any(isinstance(h, _Say) for h in core_log.handlers):
+        core_log.addHandler(_Say())
+    core_log.setLevel(logging.INFO)
+    core_log.propagate = False
 
 
 def call_with(func: Callable[..., Any], args: argparse.Namespace, **given: Any) -> Any:
@@ -91,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_autotrain(args: argparse.Namespace) -> None:
-    from core.models.efficientad.background import run_queue, start_background
+    from core.autotrain import run_queue, start_background
     from core.models.efficientad.durations import parse_duration
 
     budget = parse_duration(args.time_budget)
@@ -124,21 +142,97 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_distill_teacher(args: argparse.Namespace) -> None:
-    from core.models.efficientad.teacher import distill_cli
+    import shlex
 
-    distill_cli(args)
+    from core.models.efficientad.teacher import distill_teacher, read_provenance
+
+    command = "python -m core " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    path = distill_teacher(
+        model_size=args.model_size or "small",
+        steps=args.steps,
+        device=args.device,
+        out=args.out,
+        progress=True,
+        command=command,
+        batch_size=args.batch_size,
+        crop=getattr(args, "crop", None),
+        lr=args.lr,
+        time_budget_s=args.time_budget,
+    )
+    entry = read_provenance(path)
+    print(
+        f"teacher written to {path} ({entry.get('bytes', 0) / 2**20:.1f} MiB, sha256 {entry.get('sha256', '?')[:12]}…): "
+        f"{entry.get('steps_done')} steps in {entry.get('wall_time_s')} s on {entry.get('device')}, "
+        f"final loss {entry.get('final_loss')}, held-out MSE {entry.get('heldout_mse_before')} → {entry.get('heldout_mse_after')}"
+    )
+
+
+def index_with_bars(models: list[str] | None, categories: list[str] | None) -> dict[str, int]:
+    """``python -m core index``'s work, printed: a progress bar per category (the job panel reads
+    them), what the run found and did, and the points per collection."""
+    from tqdm import tqdm
+
+    from core.similarity.indexing import index_categories
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(what: str, done: int, total: int) -> None:
+        bar = bars.get(what) or bars.setdefault(what, tqdm(total=total, desc=what, unit="img"))
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+
+    report = index_categories(models, categories, progress=progress)
+    for line in report.notes:
+        print(line)
+    for key, count in report.counts.items():
+        print(f"{key}: {count} points")
+    for line in report.outgrown:
+        print(f"warning: {line}", file=sys.stderr)
+    return report.counts
 
 
 def cmd_index(args: argparse.Namespace) -> None:
-    from core.similarity.indexing import index_cli
+    if args.to_server:
+        from core.settings import qdrant_url
+        from core.similarity.indexing import copy_to_server
 
-    index_cli(args)
+        copied = copy_to_server()
+        for name, points in copied.items():
+            print(f"{name}: {points} points copied and counted on the server")
+        print(
+            f"copied {sum(copied.values())} point(s) in {len(copied)} collection(s) to {qdrant_url()}; the embedded store "
+            "is unchanged. Keep QDRANT_URL (and QDRANT_API_KEY) set: Inspect now uses the server."
+        )
+        return
+    if not index_with_bars(args.model, args.category):
+        raise InspectError("no trained model matches: train one first with `python -m core train ...`")
+
+
+def format_retrieval(entries: dict[str, Any]) -> str:
+    """precision@k per (model/category, descriptor) beside chance, as ``eval-similar`` prints it."""
+    header = f"{'model/category':<24}{'descriptor':<10}{'p@k anomalous':>15}{'p@k same type':>15}{'chance (anom/type)':>20}"
+    rows = [header, "-" * len(header)]
+    for key, e in sorted(entries.items()):
+        chance = e["chance"]
+        for name, d in e["descriptors"].items():
+            pa, ps = d["precision_anomalous"], d["precision_same_defect"]
+            rows.append(
+                f"{key:<24}{name:<10}{pa if pa is None else f'{pa:.3f}':>15}{ps if ps is None else f'{ps:.3f}':>15}"
+                f"{chance['precision_anomalous']:>12.3f} / {chance['precision_same_defect']:.3f}"
+            )
+    return "\n".join(rows)
 
 
 def cmd_eval_similar(args: argparse.Namespace) -> None:
-    from core.similarity.indexing import eval_similar_cli
+    from core.similarity.indexing import eval_similar
 
-    eval_similar_cli(args)
+    report = eval_similar(args.model, args.category, k=args.k, plain=args.plain)
+    for line in report.skipped:
+        print(f"warning: {line}", file=sys.stderr)
+    if not report.entries:
+        raise InspectError("nothing indexed yet: run `python -m core index` first")
+    print(format_retrieval(report.entries))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -189,9 +283,34 @@ def _export_parser(sub: Any) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from core.services.batch import run_command
+    """Exit 0 when every file was judged, 1 when any could not be (its row says why)."""
+    from tqdm import tqdm
 
-    return call_with(run_command, args)
+    from core.services.batch import run_folder
+
+    bar: list[tqdm] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bar:
+            bar.append(tqdm(total=total, desc="Inspecting", unit="img", file=sys.stderr))
+        bar[0].update(done - bar[0].n)
+
+    def line(row: dict[str, Any]) -> None:  # without --csv, one line per file on stdout
+        if row["verdict"] is None:
+            text = f"FAILED  {row['error']}"
+        else:
+            text = f"{row['verdict']:<7} {row['score']:.3f}  {row['file']}" + (f"  ({row['error']})" if row["error"] else "")
+        tqdm.write(text, file=sys.stdout)
+
+    try:
+        report = call_with(run_folder, args, on_row=None if args.csv_path else line, progress=progress)
+    finally:
+        if bar:
+            bar[0].close()
+    for note in report.notes:
+        print(f"warning: {note}", file=sys.stderr)
+    print(report.summary() + (f"; rows in {args.csv_path}" if args.csv_path else ""))
+    return 1 if report.failed else 0
 
 
 def _unit_interval(text: str) -> float:
@@ -290,6 +409,11 @@ def cmd_users(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from core.api.server import serve
 
+    if args.station:
+        from core.settings import station
+
+        os.environ["INSPECT_STATION"] = args.station
+        station()  # a bad name is one line now, not at the first inspection
     serve(args.host, args.port)
 
 
@@ -402,6 +526,9 @@ def _serve_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the REST API alone (no dashboard), for line PCs")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: this computer only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
+    p.add_argument(
+        "--station", help="the line station this server inspects for, recorded with every inspection (INSPECT_STATION)"
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -494,6 +621,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="index a category's images in Qdrant for similar-defect search")
     p.add_argument("--model", nargs="+", help="only these models (default: every trained one)")
     p.add_argument("--category", nargs="+", help="only these categories")
+    p.add_argument(
+        "--to-server",
+        action="store_true",
+        help="copy every point of the embedded store to the Qdrant server of QDRANT_URL (verified by counts; the embedded store is not changed)",
+    )
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("eval-similar", help="measure similar-defect retrieval (precision@5)")
@@ -524,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
+    _show_core_messages()
     try:
         status = args.func(args)  # None, or an exit status (inspect: 1 when any file failed)
     except InspectError as exc:

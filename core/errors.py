@@ -67,6 +67,11 @@ class StoreError(InspectError):
     """The similarity store or history database cannot be opened (corrupt, locked, unreachable)."""
 
 
+class StoreLockedError(StoreError):
+    """The embedded similarity store is open in another process (Qdrant Edge admits one per
+    collection). Transient, unlike the others: an upload that meets it is queued, not given up."""
+
+
 class AuthError(InspectError):
     """A user, password, role or API key cannot be added, removed or read (core.auth)."""
 

@@ -67,6 +67,11 @@ _COLUMNS: dict[str, str] = {
     # The registry version ('v0003') of the model that judged it: feedback recalibrates and grows
     # models, and a score is only comparable with the calibration of the version that produced it.
     "model_version": "TEXT",
+    # 1 when the model judged the image not to look like its category at all (the wrong-category
+    # rule of core.learning.drift): kept in the history, kept out of the similar-defect gallery.
+    "wrong_category": "INTEGER",
+    # The line station that judged it (``core serve --station``, INSPECT_STATION); NULL on one PC.
+    "station": "TEXT",
 }
 #: Columns of the CSV export: all but ``thumbnail_path``, an absolute path on the server.
 EXPORT_COLUMNS: tuple[str, ...] = tuple(c for c in _COLUMNS if c != "thumbnail_path")
@@ -94,6 +99,8 @@ class InspectionRecord:
     defect_type: str | None = None
     point_id: int | str | None = None
     model_version: str | None = None
+    wrong_category: bool | None = None
+    station: str | None = None
     id: int | None = None
     created_at: str | None = None
 
@@ -169,6 +176,14 @@ class History:
             if cur.rowcount == 0:
                 raise StoreError(f"there is no inspection with id {inspection_id} in {self.path}")
 
+    def set_wrong_category(self, inspection_id: int, flagged: bool) -> None:
+        """Clear (or set) the wrong-category mark: a person confirmed the image is of its category."""
+        self._refuse_if_damaged()
+        with self._connect() as con:
+            cur = con.execute("UPDATE inspections SET wrong_category = ? WHERE id = ?", (int(flagged), int(inspection_id)))
+            if cur.rowcount == 0:
+                raise StoreError(f"there is no inspection with id {inspection_id} in {self.path}")
+
     def set_point_id(self, inspection_id: int, point_id: int | str | None) -> None:
         """Link an inspection to its point in the similarity store (set after the fact)."""
         self._refuse_if_damaged()
@@ -213,13 +228,14 @@ class History:
         verdict: str | None = None,
         feedback: str | None = None,
         limit: int | None = None,
+        station: str | None = None,
     ) -> list[InspectionRecord]:
         """Inspections, newest first, filtered by any of the arguments (``None``: no filter).
 
         ``feedback`` is one of :data:`FEEDBACK_VALUES`, or :data:`UNREVIEWED` for inspections that
         have no feedback yet.
         """
-        where, params = _where(category, model, verdict, feedback)
+        where, params = _where(category, model, verdict, feedback, station)
         sql = f"SELECT * FROM inspections{where} ORDER BY created_at DESC, id DESC"
         if limit is not None:
             sql += " LIMIT ?"
@@ -227,13 +243,15 @@ class History:
         return self._records(sql, params)
 
     def list_unindexed_defects(self, model: str | None = None, category: str | None = None) -> list[InspectionRecord]:
-        """DEFECT inspections without a similarity-store point, oldest first.
+        """DEFECT inspections without a similarity-store point, oldest first, but those marked as
+        not looking like their category (kept out of the gallery until a person lets them in).
 
         ``python -m core index`` catches up on these (uploads the store refused, rows whose link
         was never written); ``None`` means any model / category.
         """
         where, params = _where(category, model, "DEFECT", None)
-        return self._records(f"SELECT * FROM inspections{where} AND point_id IS NULL ORDER BY id", params)
+        sql = f"SELECT * FROM inspections{where} AND point_id IS NULL AND COALESCE(wrong_category, 0) = 0 ORDER BY id"
+        return self._records(sql, params)
 
     def _records(self, sql: str, params: list[Any]) -> list[InspectionRecord]:
         with self._connect() as con:
@@ -461,11 +479,15 @@ def _check_feedback(feedback: str | None) -> None:
 
 
 def _where(
-    category: str | None = None, model: str | None = None, verdict: str | None = None, feedback: str | None = None
+    category: str | None = None,
+    model: str | None = None,
+    verdict: str | None = None,
+    feedback: str | None = None,
+    station: str | None = None,
 ) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
-    for column, value in (("category", category), ("model", model), ("verdict", verdict)):
+    for column, value in (("category", category), ("model", model), ("verdict", verdict), ("station", station)):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
@@ -483,4 +505,7 @@ _FIELD_NAMES = {f.name for f in fields(InspectionRecord)}
 
 def _record(row: sqlite3.Row) -> InspectionRecord:
     # sqlite3.Row iterates its values, not its keys: .keys() is needed here
-    return InspectionRecord(**{k: row[k] for k in row.keys() if k in _FIELD_NAMES})  # noqa: SIM118
+    record = InspectionRecord(**{k: row[k] for k in row.keys() if k in _FIELD_NAMES})  # noqa: SIM118
+    if record.wrong_category is not None:  # stored as 0/1
+        record.wrong_category = bool(record.wrong_category)
+    return record

@@ -9,6 +9,7 @@ an environment variable, which is how a factory points the app at its own datase
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,26 +156,29 @@ def api_max_batch() -> int:
     return int(_number_from_env("INSPECT_API_MAX_BATCH", 16, 1))
 
 
+def station() -> str | None:
+    """INSPECT_STATION: the line station this process inspects for (``core serve --station line-3``),
+    recorded with every inspection; None (unset) on a single PC."""
+    name = os.environ.get("INSPECT_STATION", "").strip()
+    if name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise ConfigError(
+            f"station {name!r}: use letters, digits, '.', '-' and '_' (at most 64, starting with a letter or digit)"
+        )
+    return name or None
+
+
 # --- Services and files outside the workspace ------------------------------------------------------
 
 
 def qdrant_url() -> str:
-    """QDRANT_URL: the Qdrant server to use; "" (unset) means the embedded store."""
+    """QDRANT_URL: the Qdrant server that holds the similar-defect store; "" (unset): the embedded
+    store at ``INSPECT_QDRANT_PATH`` (core.similarity.store picks one from this, once)."""
     return os.environ.get("QDRANT_URL", "").strip()
 
 
 def qdrant_api_key() -> str | None:
     """QDRANT_API_KEY: the key the Qdrant server asks for, or None."""
     return os.environ.get("QDRANT_API_KEY") or None
-
-
-def qdrant_embedded_engine() -> str:
-    """INSPECT_QDRANT_BACKEND: the embedded engine, "edge" (default, Qdrant Edge) or "local"
-    (qdrant-client's local mode, the engine before Edge; kept for comparison and the tests)."""
-    value = os.environ.get("INSPECT_QDRANT_BACKEND", "").strip().lower() or "edge"
-    if value not in ("edge", "local"):
-        raise ValueError(f'INSPECT_QDRANT_BACKEND must be "edge" or "local", got {value!r}')
-    return value
 
 
 def backbone_weights() -> str | None:

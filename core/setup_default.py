@@ -8,11 +8,15 @@ trained on request (the Inspect page's button, or ``python -m core train --model
 
 from __future__ import annotations
 
+import logging
+
 from core import registry
 from core.data.layout import file_list_hash
 from core.errors import ModelNotTrainedError
 from core.evaluation.results import entry_key, load_results
 from core.settings import DEMO_CATEGORIES, get_settings
+
+log = logging.getLogger(__name__)
 
 
 def _needs_training(category: str, root: str) -> bool:
@@ -30,23 +34,29 @@ def prepare_default(*, skip_index: bool = False) -> None:
 
     settings = get_settings()
     root = generate_demo_dataset(settings.demo_data_root)
-    print(f"[setup] demo data: {root}")
+    log.info(f"[setup] demo data: {root}")
     trained = []
     for category in DEMO_CATEGORIES:
         if _needs_training(category, str(root)):
-            print(f"[setup] training PatchCore on demo '{category}'")
+            log.info(f"[setup] training PatchCore on demo '{category}'")
             meta = train("patchcore", category, data_root=root)
-            print(f"[setup]   done in {meta.train_time_s:.0f} s")
+            log.info(f"[setup]   done in {meta.train_time_s:.0f} s")
             trained.append(category)
         else:
-            print(f"[setup] PatchCore for '{category}' is up to date")
+            log.info(f"[setup] PatchCore for '{category}' is up to date")
     have = load_results()["models"]
     stale = [c for c in DEMO_CATEGORIES if c in trained or entry_key("patchcore", c) not in have]
     if stale:
-        print(f"[setup] evaluating PatchCore on {', '.join(stale)}")
-        print(format_table(evaluate(["patchcore"], stale)))
+        log.info(f"[setup] evaluating PatchCore on {', '.join(stale)}")
+        log.info(format_table(evaluate(["patchcore"], stale)))
     if skip_index:
         return
     from core.similarity.indexing import index_categories
 
-    index_categories(models=["patchcore"], categories=list(DEMO_CATEGORIES))
+    report = index_categories(models=["patchcore"], categories=list(DEMO_CATEGORIES))
+    for line in [
+        *report.notes,
+        *(f"similar-defect index {key}: {n} points" for key, n in report.counts.items()),
+        *report.outgrown,
+    ]:
+        log.info(f"[setup] {line}")

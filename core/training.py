@@ -9,6 +9,7 @@ split described in :func:`core.data.layout.make_datamodule`.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from core.data.layout import CALIBRATION_FRACTION, check_layout, file_list_hash,
 from core.inference.device import device_label, pick_device
 from core.models import get_spec
 from core.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 CALIBRATION_SOURCE = (
     f"{int(CALIBRATION_FRACTION * 100)}% of train/good held out (never in the model), half of them given "
@@ -173,7 +176,7 @@ def train(
     runs = [cb.attach_run(category, str(root), data_hash, spec.full_config(config)) for cb in recorders]
     resume = next((r.resume_from() for r in runs if r.resume_from() is not None), None)
     if resume is not None:
-        print(f"resuming the interrupted training from {resume}", flush=True)
+        log.info(f"resuming the interrupted training from {resume}")
     engine = make_engine(dev, progress=progress, **engine_kwargs)
     started = time.perf_counter()
     engine.fit(model=module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)

@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from core.errors import BusyError, InspectError
-from core.services import batch, catalog, feedback_loop, history_view, inspection
+from core.errors import InspectError
+from core.services import batch, catalog, history_view, inspection
 from pages import _common as ui
 from pages._drift import drift_panel
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from core.inference.detector import Detector, Prediction
+    from core.inference.detector import Detector
     from core.registry import ModelMeta
 
 MAX_KEPT = 16  # inspections kept per browser session (images included), beyond the batch on screen
@@ -145,90 +145,34 @@ def _from_test_set(category: str) -> list[Source]:
 # --- Run the model once per (file, model version) ----------------------------------------------
 
 
-def inspect_once(source: Source, model: str, category: str) -> tuple[str, dict[str, Any]]:
-    """This session's inspection of ``source`` (run, recorded and indexed on first sight): (key, entry)."""
-    sha = inspection.sha256_of(source.data)
-    key = inspection.inspection_key(sha, model, category, catalog.checkpoint_mtime(model, category))
-    kept: dict = st.session_state.setdefault("inspections", {})
-    entry = kept.get(key)
-    if entry is None:
-        entry = _run(source, sha, model, category)
-        kept[key] = entry
-        while len(kept) > MAX_KEPT:
-            kept.pop(next(iter(kept)))
-    return key, entry
+@dataclass
+class Shown:
+    """One image of this session: the service's typed result (or why there is none) and what the
+    page adds to it (the name shown, the model and category chosen, a thumbnail for the table)."""
+
+    name: str
+    model: str
+    category: str
+    result: inspection.Inspected | None = None
+    error: str | None = None
+    retry: bool = False  # the loader was busy: shown, not kept, so the next run tries again
+    not_recorded: str | None = None  # why the history could not take it
+    thumb: str | None = None
 
 
-def _run(source: Source, sha: str, model: str, category: str) -> dict[str, Any]:
-    try:
-        image = inspection.load_image(source.data, source.name)
-        detector = ui.get_detector(model, category)
-        with st.spinner("Inspecting…"):
-            prediction = inspection.predict(detector, image)
-    except InspectError as exc:
-        # "busy" passes in moments: such an error is shown but not kept, so a rerun tries again.
-        return {"error": str(exc), "name": source.name, "retry": isinstance(exc, BusyError)}
-    entry = {
-        "image": image,
-        "prediction": prediction,
-        "name": source.name,
-        "sha": sha,
-        "model": model,
-        "category": category,
-        "defect_type": source.known_type,
-        "history_id": None,
-        "point_id": None,
-        "notes": [],
-        "not_recorded": None,
-    }
-    _record(entry, detector)
-    return entry
+def inspect_once(source: Source, model: str, category: str) -> tuple[str, Shown]:
+    """This session's inspection of ``source`` (judged, recorded and indexed on first sight): (key, shown)."""
+    key, shown, _ = inspect_many([source], model, category)[0]
+    return key, shown
 
 
-def _record(entry: dict[str, Any], detector: Detector) -> None:
-    """Write the new inspection to the history and, for an upload judged DEFECT, to the index."""
-    threshold_now = float(st.session_state.get("inspect_threshold", inspection.CALIBRATED))
-    # A history that cannot be written (damaged, locked) costs the record, not the verdict:
-    # the reason is shown beside the verdict instead of stopping the page.
-    history, entry["not_recorded"] = ui.open_history()
-    if history is not None:
-        try:
-            entry["history_id"] = inspection.record_inspection(
-                history,
-                file_name=entry["name"],
-                sha256=entry["sha"],
-                image_rgb=entry["image"],
-                model=entry["model"],
-                category=entry["category"],
-                prediction=entry["prediction"],
-                threshold=threshold_now,
-                defect_type=entry["defect_type"],
-                model_version=detector.version,
-            )
-        except InspectError as exc:
-            entry["not_recorded"] = str(exc)
-    if entry["prediction"].verdict(threshold_now) == "DEFECT" and entry["defect_type"] is None:
-        # An upload judged DEFECT joins the past cases that later searches can find.
-        point, note = inspection.index_inspection(
-            detector,
-            entry["image"],
-            entry["prediction"],
-            sha256=entry["sha"],
-            inspection_id=entry["history_id"],
-            history=history,
-        )
-        entry["point_id"] = point
-        if note:
-            entry["notes"].append(note)
-
-
-def shown_error(key: str, entry: dict[str, Any]) -> bool:
+def shown_error(key: str, shown: Shown) -> bool:
     """Show the inspection's error, if it has one (a retryable one is forgotten); True if shown."""
-    if "error" not in entry:
+    if shown.error is None:
         return False
-    if entry.get("retry"):
+    if shown.retry:
         st.session_state["inspections"].pop(key, None)
-    st.error(ui.plain_names(entry["error"], entry.get("name", "")))
+    st.error(ui.plain_names(shown.error, shown.name))
     return True
 
 
@@ -264,14 +208,13 @@ def threshold_controls() -> tuple[float, float]:
     return threshold, opacity
 
 
-def show_verdict(judgement: inspection.Judgement, entry: dict[str, Any], detector: Detector) -> None:
+def show_verdict(judgement: inspection.Judgement, shown: Shown, detector: Detector) -> None:
     """The verdict badge, the not-recorded warning, the score metrics and the raw numbers."""
     ui.verdict_badge(judgement.verdict)
-    if entry.get("not_recorded"):
-        st.warning(f"This inspection was not recorded in the history: {entry['not_recorded']}", icon=":material/warning:")
-    ood = feedback_loop.ood_note(judgement.raw_score, inspection.defect_area(entry["prediction"]), detector)
-    if ood:
-        st.warning(ood, icon=":material/help:")
+    if shown.not_recorded:
+        st.warning(f"This inspection was not recorded in the history: {shown.not_recorded}", icon=":material/warning:")
+    if shown.result.wrong_category_note:
+        st.warning(shown.result.wrong_category_note, icon=":material/help:")
     m1, m2, m3 = st.columns(3)
     m1.metric("Anomaly score", f"{judgement.score:.3f}", help="Normalised: 0.5 = the calibrated threshold.")
     m2.metric("Threshold", f"{judgement.threshold:.2f}", help="Normalised threshold the score is compared with.")
@@ -279,16 +222,17 @@ def show_verdict(judgement: inspection.Judgement, entry: dict[str, Any], detecto
     st.caption(
         f"Raw score {judgement.raw_score:.6g} vs raw threshold {judgement.raw_threshold:.6g} "
         f"(calibrated: {judgement.calibrated_raw_threshold:.6g}). "
-        f"{catalog.model_label(entry['model'])} on '{entry['category']}'. Threshold calibrated on: {judgement.calibration_source}."
+        f"{catalog.model_label(shown.model)} on '{shown.category}'. Threshold calibrated on: {judgement.calibration_source}."
     )
 
 
-def show_pictures(entry: dict[str, Any], opacity: float) -> None:
+def show_pictures(shown: Shown, opacity: float) -> None:
     """The image, its heatmap and the predicted defect region, side by side."""
-    pics = inspection.pictures(entry["image"], entry["prediction"], opacity)
+    image = shown.result.image
+    pics = inspection.pictures(image, shown.result.prediction, opacity)
     c1, c2, c3 = st.columns(3)
-    size = f"{entry['image'].shape[1]}×{entry['image'].shape[0]}"
-    c1.image(pics.shown, caption=f"{ui.plain_text(entry['name'])} ({size})", width="stretch")
+    size = f"{image.shape[1]}×{image.shape[0]}"
+    c1.image(pics.shown, caption=f"{ui.plain_text(shown.name)} ({size})", width="stretch")
     c2.image(pics.heatmap, caption="Anomaly heatmap (fixed scale: blue normal, red above threshold)", width="stretch")
     c3.image(pics.region, caption="Predicted defect region (calibrated pixel threshold)", width="stretch")
 
@@ -296,20 +240,21 @@ def show_pictures(entry: dict[str, Any], opacity: float) -> None:
 # --- Actions -----------------------------------------------------------------------------------
 
 
-def download_and_link(entry: dict[str, Any], prediction: Prediction, opacity: float, verdict: str) -> None:
+def download_and_link(shown: Shown, opacity: float, verdict: str) -> None:
     """The overlay download and, for a DEFECT, the link to its similar past defects."""
+    result = shown.result
     st.download_button(
         "Download overlay (PNG)",
-        data=lambda: inspection.overlay_png(entry["image"], prediction, opacity),
-        file_name=f"{inspection.file_stem(entry['name'])}_overlay.png",
+        data=lambda: inspection.overlay_png(result.image, result.prediction, opacity),
+        file_name=f"{inspection.file_stem(shown.name)}_overlay.png",
         mime="image/png",
         icon=":material/download:",
         key="inspect_download",
     )
     if verdict == "DEFECT":
-        params = {"model": entry["model"], "category": entry["category"], "sha": entry["sha"]}
-        if entry["history_id"]:
-            params["inspection"] = str(entry["history_id"])
+        params = {"model": shown.model, "category": shown.category, "sha": result.sha256}
+        if result.inspection_id:
+            params["inspection"] = str(result.inspection_id)
         st.page_link(
             "pages/similar_defects.py", label="Similar past defects →", icon=":material/image_search:", query_params=params
         )
@@ -343,11 +288,11 @@ class BatchItem:
     """One chosen image of a batch: its cache key, its inspection (or error) and its CSV row."""
 
     key: str
-    entry: dict[str, Any]
+    entry: Shown
     row: dict[str, Any]
 
 
-def inspect_many(sources: list[Source], model: str, category: str) -> list[tuple[str, dict[str, Any], Source]]:
+def inspect_many(sources: list[Source], model: str, category: str) -> list[tuple[str, Shown, Source]]:
     """This session's inspections of ``sources``; the new ones run in batches, each image once."""
     mtime = catalog.checkpoint_mtime(model, category)
     keys = [inspection.inspection_key(inspection.sha256_of(s.data), model, category, mtime) for s in sources]
@@ -366,20 +311,23 @@ def _trim(kept: dict[str, Any], keep: set[str]) -> None:
         kept.pop(key)
 
 
-def _run_many(pending: dict[str, Source], model: str, category: str) -> dict[str, dict[str, Any]]:
-    """Decode, then judge, record and index the readable ones through ``inspection.inspect_images``."""
+def _run_many(pending: dict[str, Source], model: str, category: str) -> dict[str, Shown]:
+    """Decode, then judge, record and index the readable ones through ``inspection.inspect_images``:
+    the one path the folder command and the API take too."""
     decoded = {k: batch.decode(s.data, s.name) for k, s in pending.items()}
-    entries = {k: {"error": d.error, "name": d.name, "sha": d.sha256, "retry": d.retry} for k, d in decoded.items() if d.error}
+    entries = {k: Shown(d.name, model, category, error=d.error, retry=d.retry) for k, d in decoded.items() if d.error}
     readable = [k for k, d in decoded.items() if d.error is None]
     if not readable:
         return entries
     try:
         detector = ui.get_detector(model, category)
     except InspectError as exc:  # said again below the table by ready_detector; not kept, so a rerun retries
-        return entries | {k: {"error": str(exc), "name": pending[k].name, "retry": True} for k in readable}
+        return entries | {k: Shown(pending[k].name, model, category, error=str(exc), retry=True) for k in readable}
     threshold_now = float(st.session_state.get("inspect_threshold", inspection.CALIBRATED))
+    # A history that cannot be written (damaged, locked) costs the record, not the verdict: the
+    # reason is shown beside the verdict instead of stopping the page.
     history, not_recorded = ui.open_history()
-    bar = st.progress(0.0, text=f"Inspecting {len(readable)} images…")
+    bar = st.progress(0.0, text=f"Inspecting {len(readable)} image(s)…")
     for done, group in _groups(readable, pending):
         items = [(pending[k].name, decoded[k].image, decoded[k].sha256) for k in group]
         results = inspection.inspect_images(
@@ -410,43 +358,28 @@ def _groups(keys: list[str], pending: dict[str, Source]) -> Iterator[tuple[int, 
             yield done, chunk
 
 
-def _batch_entry(
-    result: inspection.Inspected, source: Source, model: str, category: str, not_recorded: str | None
-) -> dict[str, Any]:
-    """The cache entry of one batch result: what the one-image view needs, and a thumbnail."""
-    return {
-        "image": result.image,
-        # The descriptors went to the index in the same pass; the session does not keep them.
-        "prediction": replace(result.prediction, patch_features=None),
-        "name": source.name,
-        "sha": result.sha256,
-        "model": model,
-        "category": category,
-        "defect_type": source.known_type,
-        "history_id": result.inspection_id,
-        "point_id": result.point_id,
-        "notes": list(result.notes),
-        "not_recorded": not_recorded,
-        "model_version": result.model_version,
-        "thumb": batch.thumbnail_uri(result.image),
-    }
+def _batch_entry(result: inspection.Inspected, source: Source, model: str, category: str, not_recorded: str | None) -> Shown:
+    """The cache entry of one result: what the one-image view needs, and a thumbnail for the table."""
+    # The descriptors went to the index in the same pass; the session does not keep them.
+    kept = replace(result, prediction=replace(result.prediction, patch_features=None))
+    return Shown(source.name, model, category, kept, not_recorded=not_recorded, thumb=batch.thumbnail_uri(result.image))
 
 
-def batch_items(inspected: list[tuple[str, dict[str, Any], Source]], detector: Detector, threshold: float) -> list[BatchItem]:
+def batch_items(inspected: list[tuple[str, Shown, Source]], detector: Detector, threshold: float) -> list[BatchItem]:
     """Each image's CSV row at ``threshold``, most suspicious first, unreadable files last."""
     items = [BatchItem(key, entry, _row(entry, source, detector, threshold)) for key, entry, source in inspected]
     return sorted(items, key=lambda i: (i.row["score"] is None, -(i.row["score"] or 0.0)))
 
 
-def _row(entry: dict[str, Any], source: Source, detector: Detector, threshold: float) -> dict[str, Any]:
+def _row(shown: Shown, source: Source, detector: Detector, threshold: float) -> dict[str, Any]:
     by = batch.JudgedBy.of(detector)
-    if "error" in entry:
-        return batch.failed_row(batch.Decoded(source.name, error=entry["error"], sha256=entry.get("sha")), by)
-    prediction = entry["prediction"]
-    judgement = inspection.judge(prediction, detector, threshold)
-    by = by._replace(model_version=entry.get("model_version", detector.version))
-    area = inspection.defect_area(prediction, threshold)
-    return batch.verdict_row(source.name, entry["sha"], by, judgement, area, entry["history_id"])
+    result = shown.result
+    if result is None:
+        return batch.failed_row(batch.Decoded(source.name, error=shown.error), by)
+    judgement = inspection.judge(result.prediction, detector, threshold)
+    by = by._replace(model_version=result.model_version)
+    area = inspection.defect_area(result.prediction, threshold)
+    return batch.verdict_row(source.name, result.sha256, by, judgement, area, result.inspection_id)
 
 
 def batch_summary(items: list[BatchItem]) -> None:
@@ -455,7 +388,7 @@ def batch_summary(items: list[BatchItem]) -> None:
     m1.metric("Images", len(items))
     m2.metric("DEFECT", sum(i.row["verdict"] == "DEFECT" for i in items), help="At the threshold on the right.")
     m3.metric("Failed", sum(i.row["error"] is not None for i in items), help="Files that could not be read.")
-    problem = next((i.entry["not_recorded"] for i in items if i.entry.get("not_recorded")), None)
+    problem = next((i.entry.not_recorded for i in items if i.entry.not_recorded), None)
     if problem:
         st.warning(f"These inspections were not recorded in the history: {problem}", icon=":material/warning:")
 
@@ -464,7 +397,7 @@ def batch_table(items: list[BatchItem]) -> BatchItem | None:
     """The verdicts with thumbnails (sortable by any column); returns the selected row's item."""
     rows = [
         {
-            "image": i.entry.get("thumb"),
+            "image": i.entry.thumb,
             "file": i.row["file"],
             "verdict": i.row["verdict"] or "FAILED",
             "score": i.row["score"],
@@ -502,7 +435,7 @@ def show_batch(sources: list[Source], model: str, category: str) -> None:
     """The batch view: summary, threshold, the table and its CSV; the selected row's one-image view below."""
     inspected = inspect_many(sources, model, category)
     for key, entry, _ in inspected:  # "busy" passes in moments: shown now, not kept, so a rerun tries again
-        if entry.get("retry"):
+        if entry.retry:
             st.session_state["inspections"].pop(key, None)
     detector = ready_detector(model, category)
     if detector is None:
@@ -529,7 +462,7 @@ def show_batch(sources: list[Source], model: str, category: str) -> None:
         st.caption("Select a row to see its heatmap, defect region and feedback.")
         return
     st.subheader(ui.plain_text(picked.row["file"]), divider="gray")
-    if "error" in picked.entry:
+    if picked.entry.result is None:
         st.error(ui.plain_names(picked.row["error"], picked.row["file"]))
     else:
         show_result(picked.entry, detector, controls)
@@ -562,13 +495,14 @@ def choose() -> tuple[str, str, list[Source]] | None:
     return category, model, sources[:MAX_BATCH]
 
 
-def show_result(entry: dict[str, Any], detector: Detector, controls: tuple[float, float] | None = None) -> None:
+def show_result(shown: Shown, detector: Detector, controls: tuple[float, float] | None = None) -> None:
     """Verdict, controls, pictures, actions and feedback of one inspection.
 
     ``controls``: the (threshold, opacity) of sliders already drawn (the batch view draws them
     above its table, so that one slider judges the table and the selected image alike).
     """
-    for note in entry["notes"]:
+    result = shown.result
+    for note in result.notes:
         st.caption(note)
     left, right = st.columns([1, 1], gap="large")
     if controls is None:
@@ -576,28 +510,28 @@ def show_result(entry: dict[str, Any], detector: Detector, controls: tuple[float
             threshold, opacity = threshold_controls()
     else:
         threshold, opacity = controls
-    judgement = inspection.judge(entry["prediction"], detector, threshold)
+    judgement = inspection.judge(result.prediction, detector, threshold)
     with left:
-        show_verdict(judgement, entry, detector)
-    show_pictures(entry, opacity)
+        show_verdict(judgement, shown, detector)
+    show_pictures(shown, opacity)
     a1, a2 = st.columns([1, 2])
     with a1:
-        download_and_link(entry, entry["prediction"], opacity, judgement.verdict)
+        download_and_link(shown, opacity, judgement.verdict)
     with a2:
-        if entry["history_id"]:
-            feedback_form(entry["history_id"])
+        if result.inspection_id:
+            feedback_form(result.inspection_id)
     with st.expander("Recent scores against the calibration (drift)"):
         drift_panel(detector, ui.open_history()[0], compute=False, key="inspect_drift")
 
 
 def show_one(source: Source, model: str, category: str) -> None:
     """The one-image view: run (once), then verdict, heatmap, controls and feedback."""
-    key, entry = inspect_once(source, model, category)
-    if shown_error(key, entry):
+    key, shown = inspect_once(source, model, category)
+    if shown_error(key, shown):
         return
     detector = ready_detector(model, category)
     if detector is not None:
-        show_result(entry, detector)
+        show_result(shown, detector)
 
 
 def render() -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from core.errors import InspectError
-from core.services import catalog, feedback_loop, history_view
+from core.services import catalog, feedback_loop, history_view, inspection
 from pages import _common as ui
 from pages._drift import drift_panel
 
@@ -30,6 +30,7 @@ TABLE_COLUMNS = [
     "raw score",
     "feedback",
     "comment",
+    "station",
 ]
 
 
@@ -65,6 +66,9 @@ def filters(everything: list[InspectionRecord]) -> dict[str, str | None]:
         key="history_feedback",
     )
     chosen = {"category": category, "model": model, "verdict": verdict, "feedback": feedback}
+    stations = sorted({r.station for r in everything if r.station})
+    if stations:  # several line stations write this history: filter by the one that judged
+        chosen["station"] = st.selectbox("Station", [ALL, *stations], key="history_station")
     return {name: None if value == ALL else value for name, value in chosen.items()}
 
 
@@ -134,6 +138,21 @@ def edit_feedback(history: History, records: list[InspectionRecord]) -> None:
             st.image(rec.thumbnail_path, width=200)
     with c2:
         _feedback_fields(history, rec)
+        if rec.wrong_category and rec.verdict == "DEFECT" and not rec.point_id:
+            _gallery_offer(history, rec)
+
+
+def _gallery_offer(history: History, rec: InspectionRecord) -> None:
+    """A DEFECT kept out of the similar-defect gallery as "wrong category": a person may let it in."""
+    st.caption(f"Kept out of the similar-defect gallery: the model judged it not to look like a {rec.category} image.")
+    if st.button(f"It is a {rec.category} part: add it to the gallery", key=f"history_gallery:{rec.id}"):
+        try:
+            _, note = inspection.add_to_gallery(history, int(rec.id))
+        except InspectError as exc:
+            st.error(str(exc))
+            return
+        st.toast(note or f"Inspection #{rec.id} added to the similar-defect gallery")
+        st.rerun()
 
 
 def _feedback_fields(history: History, rec: InspectionRecord) -> None:

@@ -651,3 +651,45 @@ def test_part_sizes_are_counted_across_chunks_and_within_one() -> None:
     split = PartSizes(b"bnd", 16)
     assert split.feed(b"--bnd\r\n12345") and split.feed(b"6\r\n--b") and split.feed(b"nd\r\nabc")  # boundary split in two
     assert split.current == 5 and split.feed(b"x" * 11) and not split.feed(b"x")
+
+
+def test_station_and_metrics(
+    make_client, api_env: Path, monkeypatch: pytest.MonkeyPatch, defect_png: bytes, good_png: bytes
+) -> None:
+    """A line station records itself with every inspection and says so; /metrics counts what it did."""
+    from core.history import History
+
+    monkeypatch.setenv("INSPECT_STATION", "line-3")
+    client = make_client()
+    answers = [_post(client, defect_png).json(), _post(client, good_png).json()]
+    assert [a["station"] for a in answers] == ["line-3", "line-3"]
+    assert History(api_env / "history.sqlite").get(answers[0]["inspection_id"]).station == "line-3"
+    assert client.get("/v1/models").json()["station"] == "line-3"
+    assert client.get(f"/v1/inspections/{answers[0]['inspection_id']}").json()["station"] == "line-3"
+    client.get("/v1/nothing")
+    text = client.get("/metrics").text
+    for a in answers:
+        labels = f'category="{TINY_CATEGORY}",model="patchcore",station="line-3",verdict="{a["verdict"]}"'  # sorted
+        assert f"inspect_inspections_total{{{labels}}} {1.0 + (answers[0]['verdict'] == answers[1]['verdict'])}" in text
+    assert 'inspect_inspection_seconds_count{model="patchcore"} 2.0' in text
+    assert 'inspect_http_responses_total{status="4xx"} 1.0' in text and "inspect_index_waiting 0.0" in text
+    monkeypatch.setenv("INSPECT_STATION", "../line")
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="station '../line': use letters"):
+        make_client()
+
+
+def test_readyz_checks_the_history_and_reports_the_store(make_client, api_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ready means a model loads and inspections can be recorded; an unavailable similar-defect store
+    is reported (uploads wait in the queue meanwhile) but does not take the station out."""
+    from core.services import similar
+
+    client = make_client()
+    body = client.get("/readyz").json()
+    assert body["status"] == "ready" and body["similar_store"] == "ok"
+    monkeypatch.setattr(similar, "store_problem", lambda: "the similarity store is held by another process")
+    assert client.get("/readyz").json()["similar_store"] == "the similarity store is held by another process"
+    api_env.mkdir(parents=True, exist_ok=True)
+    (api_env / "history.sqlite").write_bytes(b"not a database, just bytes" * 100)
+    assert "inspections cannot be recorded" in _error(client.get("/readyz"), 503)

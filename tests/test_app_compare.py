@@ -152,7 +152,7 @@ def test_background_efficientad_progress_and_validation_curves(app_test, results
     """Where EfficientAD's bar is missing the page shows the queue's progress and time left; the
     validation curves of trained models (and of the training in progress) are drawn."""
     from core import jobs
-    from core.models.efficientad.background import QueueRow
+    from core.autotrain import QueueRow
     from core.services import comparison
 
     job = jobs.Job(id="q", kind="autotrain", title="queue", args=[], log_path="/tmp/q.log")
@@ -184,7 +184,7 @@ def test_validation_curves_come_from_model_metadata(monkeypatch):
 
     from core.services import comparison
 
-    monkeypatch.setattr("core.models.efficientad.background.queue_view", lambda: ([], None))
+    monkeypatch.setattr("core.autotrain.queue_view", lambda: ([], None))
     curve = [{"step": 100, "image_auroc": 0.9, "loss": 0.4}]
     trained = {
         ("efficientad", "tile"): SimpleNamespace(extra={"validation_curve": curve}),

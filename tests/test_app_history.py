@@ -13,8 +13,7 @@ def _inspect_one(at, path) -> int:
     at.file_uploader(key="inspect_upload").upload(path.name, path.read_bytes(), "image/png")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    entry = next(e for e in at.session_state["inspections"].values() if "history_id" in e)
-    return entry["history_id"]
+    return next(e.result.inspection_id for e in at.session_state["inspections"].values() if e.result)
 
 
 def test_history_survives_a_restart_and_edits_feedback(app_test, app_home):

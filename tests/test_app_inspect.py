@@ -64,18 +64,18 @@ def history_count() -> int:
 
 @pytest.fixture
 def model_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """A spy on ``core.services.inspection.predict``, the one place the app runs a model on an
-    inspected image: one (model, category) per call made during the test."""
+    """A spy on ``core.services.inspection.inspect_images``, the one path that runs a model on
+    inspected images (page, API and command alike): one (model, category) per image judged."""
     from core.services import inspection
 
     runs: list[tuple[str, str]] = []
-    real_predict = inspection.predict
+    real = inspection.inspect_images
 
-    def spy(detector, image_rgb):
-        runs.append((detector.meta.model, detector.meta.category))
-        return real_predict(detector, image_rgb)
+    def spy(detector, images, **kwargs):
+        runs.extend((detector.meta.model, detector.meta.category) for _ in images)
+        return real(detector, images, **kwargs)
 
-    monkeypatch.setattr(inspection, "predict", spy)
+    monkeypatch.setattr(inspection, "inspect_images", spy)
     return runs
 
 
@@ -186,7 +186,7 @@ def test_feedback_is_saved(app_test, scored_images):
     open_upload(at).upload("feedback_case.png", path.read_bytes(), "image/png")
     at.run()
     no_exceptions(at)
-    record_id = next(k for k in at.session_state["inspections"].values() if "history_id" in k)["history_id"]
+    record_id = next(e.result.inspection_id for e in at.session_state["inspections"].values() if e.result)
     at.text_input(key=f"comment:{record_id}").set_value("glare on the left").run()
     at.button(key=f"feedback:false_alarm:{record_id}").click().run()
     no_exceptions(at)

@@ -68,7 +68,7 @@ def test_damaged_history_keeps_the_verdict_and_says_it_was_not_recorded(app_test
     assert any("not recorded" in w and "damaged" in w and "move it aside" in w for w in warnings), warnings
     assert not at.error, [e.value for e in at.error]
     entry = next(iter(at.session_state["inspections"].values()))
-    assert entry["history_id"] is None
+    assert entry.result.inspection_id is None
     # Reruns keep saying it, and still write nothing.
     at.slider(key="inspect_opacity").set_value(0.8).run()
     assert any("not recorded" in w.value for w in at.warning)

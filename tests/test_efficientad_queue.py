@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import inspect_home_at
 
+from core import autotrain as background
 from core import jobs
 from core.errors import InspectError
-from core.models.efficientad import background
 from core.models.efficientad.runs import RunFolder
 
 

@@ -61,6 +61,8 @@ def test_creates_folder_schema_and_wal(db: Path) -> None:
         "defect_type",
         "point_id",
         "model_version",
+        "wrong_category",
+        "station",
     ]
 
 

@@ -16,9 +16,10 @@ from core import auth
 from core.api import security
 from core.api.detectors import DetectorCache, Loader
 from core.api.errors import install_error_handlers
+from core.api.metrics import ApiMetrics, ResponseCounter
 from core.api.middleware import ApiKeyMiddleware, UploadLimitMiddleware
-from core.api.routes import body_limits, health_router, part_limits, v1_router
-from core.settings import api_max_batch, max_upload_bytes
+from core.api.routes import body_limits, health_router, metrics_router, part_limits, v1_router
+from core.settings import api_max_batch, max_upload_bytes, station
 
 DESCRIPTION = """\
 Inspect for line-side clients: post an image, get GOOD/DEFECT with the scores, the anomaly map's
@@ -37,15 +38,19 @@ def create_api(*, host: str = "127.0.0.1", load: Loader | None = None) -> FastAP
     one-process server) so that pages and API share loaded models; default: the API's own LRU.
     """
     max_batch = api_max_batch()
+    station()  # a bad INSPECT_STATION is one line at start, not a failure at the first inspection
     app = FastAPI(title="Inspect API", version="1", description=DESCRIPTION)
     app.state.detectors = DetectorCache(load=load)
+    app.state.metrics = ApiMetrics()
     install_error_handlers(app)
     # The last added runs first: the key is checked before the size, both before the body is read.
     app.add_middleware(
         UploadLimitMiddleware, limits=body_limits(max_upload_bytes(), max_batch), part_limits=part_limits(max_upload_bytes())
     )
     app.add_middleware(ApiKeyMiddleware, loopback=auth.is_loopback(host))
+    app.add_middleware(ResponseCounter, metrics=app.state.metrics)  # outermost: every answer counts
     app.include_router(health_router())
+    app.include_router(metrics_router())
     app.include_router(v1_router(max_batch=max_batch))
     app.openapi = lambda: openapi_as_configured(app, loopback=auth.is_loopback(host))
     return app

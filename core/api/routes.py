@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.security import HTTPBearer
 
 from core.api import schemas, views
 from core.api.detectors import DetectorCache
 from core.api.errors import BadValueError, NotFoundError, TooLargeError, error_response, status_for
 from core.api.inspecting import check_threshold, decode, detector_for, file_name, inspect_decoded, read_upload
+from core.api.metrics import CONTENT_TYPE
 from core.errors import ImageError, StoreError
 from core.history import History, InspectionRecord
 from core.services import comparison, history_view, similar
+from core.settings import station
 
 #: Room for the form fields and multipart boundaries around the image bytes.
 FORM_OVERHEAD = 64 * 1024
@@ -92,10 +94,13 @@ def health_router() -> APIRouter:
     @router.get(
         "/readyz",
         response_model=schemas.Ready,
-        responses={503: {"model": schemas.ErrorOut, "description": "no model can be loaded"}},
-        summary="A model can be loaded (or is loaded): ready for /v1/inspect",
+        responses={503: {"model": schemas.ErrorOut, "description": "no model can be loaded, or the history cannot be opened"}},
+        summary="Ready for /v1/inspect: a model can be loaded, the history opens; the similar-defect store is reported",
     )
     def readyz(request: Request) -> Any:
+        """Ready when a model can be loaded and inspections can be recorded. A similar-defect store
+        that cannot be opened is reported but does not stop the station: DEFECT uploads wait in a
+        queue and are indexed when it is back, so nothing is lost."""
         from core import registry
 
         metas, problems = registry.list_trained_with_problems()
@@ -103,12 +108,30 @@ def health_router() -> APIRouter:
         if not metas and not loaded:
             why = f"; unusable: {', '.join(f'{m}/{c}' for m, c in problems)}" if problems else ""
             return error_response(f"no trained model can be loaded: train one with `python -m core train ...`{why}", 503)
+        _, history_problem = history_view.open_history()
+        if history_problem is not None:
+            return error_response(f"inspections cannot be recorded: {history_problem}", 503)
         return schemas.Ready(
             status="ready",
             loadable=[f"{m.model}/{m.category}" for m in metas],
             loaded=loaded,
             unreadable=[f"{m}/{c}" for m, c in sorted(problems)],
+            similar_store=similar.store_problem() or "ok",
+            station=station(),
         )
+
+    return router
+
+
+def metrics_router() -> APIRouter:
+    """``GET /metrics``: Prometheus text, behind the API key when one is configured (a scraper sends
+    it as a Bearer token); not in the OpenAPI document, which describes the JSON API."""
+    router = APIRouter()
+
+    @router.get("/metrics", include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        body = request.app.state.metrics.render(waiting=similar.waiting_uploads())
+        return Response(body, media_type=CONTENT_TYPE)
 
     return router
 
@@ -147,6 +170,7 @@ def _inspect_route(router: APIRouter) -> None:
         detector = detector_for(_detectors(request), model, category)
         decoded = decode(read_upload(image.filename, image.file))
         result = inspect_decoded(detector, [decoded], threshold=level)[0]
+        request.app.state.metrics.judged([result], detector)
         return views.inspect_result(result, detector, overlay=overlay, root_path=request.scope.get("root_path", ""))
 
 
@@ -187,7 +211,9 @@ def _batch_route(router: APIRouter, max_batch: int) -> None:
         level = check_threshold(threshold)
         detector = detector_for(_detectors(request), model, category)
         items, decoded = _decode_batch(images, max_batch)
-        results = iter(inspect_decoded(detector, decoded, threshold=level) if decoded else [])
+        judged = inspect_decoded(detector, decoded, threshold=level) if decoded else []
+        request.app.state.metrics.judged(judged, detector)
+        results = iter(judged)
         root = request.scope.get("root_path", "")
         for i, item in enumerate(items):
             if item is None:  # the next result belongs to this file
@@ -221,7 +247,7 @@ def _models_route(router: APIRouter) -> None:
             loaded = cache.is_loaded(meta.model, meta.category)
             models.append(views.model_out(meta, version, entries.get((meta.model, meta.category)), loaded))
         unreadable = [schemas.UnreadableModelOut(model=m, category=c, problem=p) for (m, c), p in sorted(problems.items())]
-        return schemas.ModelsOut(models=models, unreadable=unreadable, results_problem=status.problem)
+        return schemas.ModelsOut(models=models, unreadable=unreadable, results_problem=status.problem, station=station())
 
 
 def _inspection_routes(router: APIRouter) -> None:

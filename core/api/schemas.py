@@ -48,6 +48,10 @@ class InspectResult(BaseModel):
     similar: str | None = Field(description="link to the similar past cases of this inspection, when it is indexed")
     overlay_png_base64: str | None = Field(None, description="heatmap overlay as base64 PNG when overlay=true")
     notes: list[str] = Field(description="what could not be recorded or indexed (the verdict stands)")
+    wrong_category: bool = Field(
+        False, description="the image does not look like the category at all: recorded, kept out of the similar-defect gallery"
+    )
+    station: str | None = Field(None, description="the line station that answered (INSPECT_STATION), null on a single PC")
 
 
 class BatchItem(BaseModel):
@@ -121,6 +125,7 @@ class ModelsOut(BaseModel):
     models: list[ModelOut]
     unreadable: list[UnreadableModelOut]
     results_problem: str | None = Field(None, description="why the results file could not be read, if so")
+    station: str | None = Field(None, description="the line station that answered (INSPECT_STATION), null on a single PC")
 
 
 class InspectionOut(BaseModel):
@@ -141,6 +146,8 @@ class InspectionOut(BaseModel):
     defect_type: str | None
     point_id: str | None
     similar: str | None
+    wrong_category: bool = Field(False, description="judged not to look like its category: kept out of the gallery")
+    station: str | None = Field(None, description="the line station that judged it, null on a single PC")
 
 
 class FeedbackIn(BaseModel):
@@ -185,3 +192,7 @@ class Ready(BaseModel):
     loadable: list[str] = Field(description="model/category pairs that can be loaded")
     loaded: list[str] = Field(description="model/category@version loaded in this process")
     unreadable: list[str] = Field(description="model/category pairs whose files are unusable")
+    similar_store: str = Field(
+        "ok", description='"ok", or why the similar-defect store cannot be opened (uploads wait in a queue meanwhile)'
+    )
+    station: str | None = Field(None, description="the line station this process inspects for")

@@ -13,6 +13,7 @@ from core.api import schemas
 from core.models import model_label
 from core.services import inspection, similar
 from core.services.comparison import finite_number
+from core.settings import station
 
 if TYPE_CHECKING:
     from core.history import InspectionRecord
@@ -57,6 +58,8 @@ def inspect_result(result: Inspected, detector: Detector, *, overlay: bool, root
         similar=similar_link(root_path, result.inspection_id, result.point_id),
         overlay_png_base64=base64.b64encode(png).decode("ascii") if png is not None else None,
         notes=list(result.notes),
+        wrong_category=result.wrong_category,
+        station=station(),
     )
 
 
@@ -78,6 +81,8 @@ def inspection_out(record: InspectionRecord, root_path: str = "") -> schemas.Ins
         defect_type=record.defect_type,
         point_id=None if record.point_id is None else str(record.point_id),
         similar=similar_link(root_path, record.id, record.point_id),
+        wrong_category=bool(record.wrong_category),
+        station=record.station,
     )
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -52,7 +51,7 @@ __all__ = [
     "inspect_paths",
     "read_file",
     "result_row",
-    "run_command",
+    "run_folder",
     "thumbnail_uri",
     "verdict_row",
 ]
@@ -424,20 +423,23 @@ def inspect_paths(
     record: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
     overlays: Path | None = None,
-    progress: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BatchReport:
-    """Judge every file of ``paths`` in batches and hand each row to ``on_row`` as soon as it is known."""
-    from tqdm import tqdm
+    """Judge every file of ``paths`` in batches and hand each row to ``on_row`` as soon as it is known.
 
+    ``progress(done, total)`` is called after each batch (the command line draws its bar from it).
+    """
     report = BatchReport()
     names = overlay_names(paths) if overlays is not None else {}
     started = time.perf_counter()
-    with tqdm(total=len(paths), desc="Inspecting", unit="img", disable=not progress, file=sys.stderr) as bar:
-        for chunk in batches(decoded_in_background(paths, queue_size=2 * batch_size), batch_size):
-            outcomes = inspect_decoded(detector, chunk, threshold=threshold, history=history, record=record)
-            for row in _rows_of_batch(outcomes, detector=detector, overlays=overlays, names=names, report=report):
-                on_row(row)
-            bar.update(len(chunk))
+    done = 0
+    for chunk in batches(decoded_in_background(paths, queue_size=2 * batch_size), batch_size):
+        outcomes = inspect_decoded(detector, chunk, threshold=threshold, history=history, record=record)
+        for row in _rows_of_batch(outcomes, detector=detector, overlays=overlays, names=names, report=report):
+            on_row(row)
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(paths))
     report.seconds = time.perf_counter() - started
     return report
 
@@ -468,25 +470,17 @@ def _prepare_overlays(folder: Path) -> None:
         raise InspectError(f"cannot create the overlay folder {folder}: {exc.strerror or exc}") from None
 
 
-def _open_history(record: bool) -> History | None:
-    """The history to record into (None for ``--no-record``, or when it cannot be opened: said once)."""
+def _open_history(record: bool, report: BatchReport) -> History | None:
+    """The history to record into (None for ``--no-record``, or when it cannot be opened: a note)."""
     if not record:
         return None
     history, problem = history_view.open_history()
     if problem is not None:
-        print(f"warning: nothing is recorded in the history: {problem}", file=sys.stderr)
+        report.notes[f"nothing is recorded in the history: {problem}"] = None
     return history
 
 
-def _line(row: dict[str, Any]) -> str:
-    """One row for the terminal: verdict, score, file (or the error)."""
-    if row["verdict"] is None:
-        return f"FAILED  {row['error']}"
-    tail = f"  ({row['error']})" if row["error"] else ""
-    return f"{row['verdict']:<7} {row['score']:.3f}  {row['file']}{tail}"
-
-
-def run_command(
+def run_folder(
     paths: Sequence[str],
     *,
     category: str,
@@ -496,14 +490,15 @@ def run_command(
     overlays: str | None = None,
     record: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: bool = True,
     runtime: str | None = None,
-) -> int:
-    """``python -m core inspect``: judge files and folders; 0 when every file was judged, 1 otherwise.
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchReport:
+    """``python -m core inspect``: judge files and folders through the one inspection path.
 
-    Rows go to ``csv_path`` (streamed, so an interrupted run keeps what it did) or, without one,
-    one line per image to stdout; the summary line comes last. Usage problems raise
-    :class:`~core.errors.InspectError` before any image is read.
+    Rows go to ``csv_path`` (streamed, so an interrupted run keeps what it did) and to ``on_row``.
+    Usage problems raise :class:`~core.errors.InspectError` before any image is read; so does a
+    CSV that cannot be written (a full disk), saying what was kept.
     """
     model = _pick_model(category, model)
     files = find_images(paths)
@@ -511,10 +506,21 @@ def run_command(
     if overlay_dir is not None:
         _prepare_overlays(overlay_dir)
     detector = inspection.load_detector(model, category, runtime)
-    history = _open_history(record)
+    notes = BatchReport()
+    history = _open_history(record, notes)
     out = _open_csv(Path(csv_path)) if csv_path else None
     try:
-        report = _run_into(out, detector, files, threshold, history, history is not None, batch_size, overlay_dir, progress)
+        report = inspect_paths(
+            detector,
+            files,
+            _row_sink(out, on_row),
+            threshold=threshold,
+            history=history,
+            record=history is not None,
+            batch_size=batch_size,
+            overlays=overlay_dir,
+            progress=progress,
+        )
         if out is not None:
             out.close()  # its last flush can fail too
     except OSError as exc:  # the CSV could not be written (a full disk): one line, and what is safe
@@ -522,10 +528,25 @@ def run_command(
     finally:
         if out is not None and not out.closed:
             _close_quietly(out)
-    for note in report.notes:
-        print(f"warning: {note}", file=sys.stderr)
-    print(report.summary() + (f"; rows in {csv_path}" if csv_path else ""))
-    return 1 if report.failed else 0
+    report.notes = notes.notes | report.notes
+    return report
+
+
+def _row_sink(out: TextIO | None, on_row: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None]:
+    """Each row to the CSV ``out`` (formula-safe, flushed: an interrupted run keeps what it did) and to ``on_row``."""
+    writer = None
+    if out is not None:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([safe_cell(c) for c in CSV_COLUMNS])
+
+    def sink(row: dict[str, Any]) -> None:
+        if writer is not None:
+            writer.writerow(safe_row(row, CSV_COLUMNS))
+            out.flush()
+        if on_row is not None:
+            on_row(row)
+
+    return sink
 
 
 def _csv_failure(csv_path: str | None, exc: OSError, recorded: bool) -> str:
@@ -542,41 +563,3 @@ def _close_quietly(out: TextIO) -> None:
         out.close()
     except OSError:
         pass
-
-
-def _run_into(
-    out: TextIO | None,
-    detector: Detector,
-    files: list[Path],
-    threshold: float,
-    history: History | None,
-    record: bool,
-    batch_size: int,
-    overlays: Path | None,
-    progress: bool,
-) -> BatchReport:
-    """Run :func:`inspect_paths` with rows going to the CSV ``out`` or, without it, to stdout."""
-    if out is not None:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([safe_cell(c) for c in CSV_COLUMNS])
-
-        def on_row(row: dict[str, Any]) -> None:
-            writer.writerow(safe_row(row, CSV_COLUMNS))
-            out.flush()
-    else:
-        from tqdm import tqdm
-
-        def on_row(row: dict[str, Any]) -> None:
-            tqdm.write(_line(row), file=sys.stdout)
-
-    return inspect_paths(
-        detector,
-        files,
-        on_row,
-        threshold=threshold,
-        history=history,
-        record=record,
-        batch_size=batch_size,
-        overlays=overlays,
-        progress=progress,
-    )

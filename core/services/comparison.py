@@ -165,7 +165,7 @@ def validation_curves(trained: Mapping[tuple[str, str], Any]) -> dict[str, list[
     Stored curves come from the trained models' metadata (``extra["validation_curve"]``, EfficientAD);
     a training in progress adds its curve so far, named "... (training)".
     """
-    from core.models.efficientad.background import queue_view
+    from core.autotrain import queue_view
     from core.models.efficientad.runs import read_progress
 
     curves = {}
@@ -183,14 +183,14 @@ def validation_curves(trained: Mapping[tuple[str, str], Any]) -> dict[str, list[
 
 
 def background_queue() -> tuple[list[Any], Any]:
-    """(rows, job) of the EfficientAD background queue (core.models.efficientad.background)."""
-    from core.models.efficientad.background import queue_view
+    """(rows, job) of the EfficientAD background queue (core.autotrain)."""
+    from core.autotrain import queue_view
 
     return queue_view()
 
 
 def resume_background_queue() -> Any:
     """Start the EfficientAD queue again if its process died with categories unfinished."""
-    from core.models.efficientad.background import resume_if_interrupted
+    from core.autotrain import resume_if_interrupted
 
     return resume_if_interrupted()

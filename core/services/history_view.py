@@ -69,6 +69,7 @@ def history_rows(records: list[InspectionRecord]) -> list[dict[str, Any]]:
                 "raw score": rec.raw_score,
                 "feedback": FEEDBACK_LABELS.get(rec.feedback or "", "—"),
                 "comment": rec.comment or "",
+                "station": rec.station or "",
                 "thumbnail_path": rec.thumbnail_path,
             }
         )

@@ -12,6 +12,8 @@ from core.data.image_io import SUPPORTED_EXTENSIONS, load_image, sha256_of
 from core.errors import InspectError
 from core.history import History, InspectionRecord
 from core.inference.verdict import CALIBRATED_THRESHOLD
+from core.learning.drift import ood_note
+from core.settings import station
 
 if TYPE_CHECKING:
     from core.inference.detector import Detector, Prediction
@@ -20,6 +22,7 @@ __all__ = [
     "CALIBRATED",
     "IMAGE_TYPES",
     "Inspected",
+    "add_to_gallery",
     "defect_area",
     "inspect_bytes",
     "inspect_images",
@@ -153,10 +156,13 @@ def record_inspection(
     threshold: float = CALIBRATED,
     defect_type: str | None = None,
     model_version: str | None = None,
+    wrong_category: bool = False,
 ) -> int:
     """Store one inspection (and its thumbnail) in the history; returns its id.
 
-    ``model_version`` is the registry version that judged it (``Detector.version``).
+    ``model_version`` is the registry version that judged it (``Detector.version``);
+    ``wrong_category`` marks an image that does not look like the category (kept out of the gallery).
+    The station this process inspects for (INSPECT_STATION) is recorded with it.
     """
     thumb = history.save_thumbnail(image_rgb, sha256)
     record = InspectionRecord(
@@ -171,6 +177,8 @@ def record_inspection(
         thumbnail_path=str(thumb),
         defect_type=defect_type,
         model_version=model_version or None,
+        wrong_category=wrong_category,
+        station=station(),
     )
     return history.add(record)
 
@@ -214,6 +222,32 @@ def index_inspection(
     return outcome.point_id, outcome.note
 
 
+def add_to_gallery(history: History, inspection_id: int) -> tuple[str | None, str | None]:
+    """Put an inspection kept out of the gallery as "wrong category" into it, once a person confirmed
+    it is a part of its category; returns (point id, note) as :func:`index_inspection` does.
+
+    Its descriptors come from its history thumbnail (the upload itself is not kept), judged by the
+    newest version of its model; the wrong-category mark is cleared.
+    """
+    from core.errors import ConfigError, StoreError
+
+    record = history.get(inspection_id)
+    if record is None:
+        raise StoreError(f"there is no inspection {inspection_id}")
+    if record.verdict != "DEFECT":
+        raise ConfigError(f"inspection {inspection_id} was judged {record.verdict}: only DEFECT verdicts join the gallery")
+    if record.point_id:
+        return str(record.point_id), None
+    if not (record.thumbnail_path and Path(record.thumbnail_path).is_file()):
+        raise StoreError(f"inspection {inspection_id}'s thumbnail is gone: it cannot be added to the gallery")
+    detector = load_detector(record.model, record.category)
+    image = load_image(Path(record.thumbnail_path).read_bytes(), record.thumbnail_path)
+    history.set_wrong_category(inspection_id, False)
+    return index_inspection(
+        detector, image, predict(detector, image), sha256=record.sha256, inspection_id=inspection_id, history=history
+    )
+
+
 def file_stem(name: str) -> str:
     """A file-system-safe stem of ``name`` (for download file names)."""
     stem = Path(name).stem or "image"
@@ -239,6 +273,13 @@ class Inspected:
     inspection_id: int | None = None
     point_id: str | None = None
     notes: list[str] = field(default_factory=list)  # why something was not recorded / indexed
+    #: "This does not look like a <category> image ... Wrong category?" (core.learning.drift), or None
+    wrong_category_note: str | None = None
+
+    @property
+    def wrong_category(self) -> bool:
+        """Judged not to look like the category at all: recorded and marked, never put in the gallery."""
+        return self.wrong_category_note is not None
 
 
 def defect_area(prediction: Prediction, threshold: float = CALIBRATED) -> float:
@@ -264,7 +305,9 @@ def inspect_images(
     """
     predictions = detector.predict_batch([image for _, image, _ in images], with_features=True)
     results = []
+    meta = detector.meta
     for (name, image, sha), prediction in zip(images, predictions, strict=True):
+        note = ood_note(prediction.raw_score, prediction.defect_area(), meta.calibration, meta.category)
         result = Inspected(
             file_name=name,
             sha256=sha,
@@ -273,6 +316,7 @@ def inspect_images(
             judgement=judge(prediction, detector, threshold),
             model_version=detector.version,
             defect_area=defect_area(prediction, threshold),
+            wrong_category_note=note,
         )
         if record:
             _record_and_index(result, detector, history, threshold, defect_type)
@@ -298,11 +342,17 @@ def _record_and_index(
             threshold=threshold,
             defect_type=defect_type,
             model_version=detector.version,
+            wrong_category=result.wrong_category,
         )
     except InspectError as exc:
         result.notes.append(f"not recorded: {exc}")
         return
-    if result.judgement.verdict == "DEFECT":
+    if result.judgement.verdict == "DEFECT" and result.wrong_category:
+        result.notes.append(
+            f"Not added to the similar-defect gallery: it does not look like a {detector.meta.category} image. "
+            "It is kept in the history; add it to the gallery from the History page if it is one."
+        )
+    elif result.judgement.verdict == "DEFECT":
         result.point_id, note = index_inspection(
             detector, result.image, result.prediction, sha256=result.sha256, inspection_id=result.inspection_id, history=history
         )

@@ -19,6 +19,7 @@ Compare page reads while the training runs.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -30,6 +31,8 @@ from lightning.pytorch.callbacks import Callback
 
 from core.models.efficientad.fast_step import autocast_context
 from core.models.efficientad.runs import RunFolder
+
+log = logging.getLogger(__name__)
 
 #: An AUROC gain smaller than this is not an improvement (16-40 validation images: 1/64 is one pair).
 AUROC_MIN_DELTA = 0.005
@@ -219,9 +222,8 @@ class ValidationStopper(Callback):
         }
         self.curve.append(point)
         self.rule.update(auroc, loss if math.isfinite(loss) else math.inf)
-        print(
-            f"\n[validation] step {step}: image AUROC {point['image_auroc']}, loss {point['loss']}, {point['elapsed_s']:.0f} s",
-            flush=True,
+        log.info(
+            f"\n[validation] step {step}: image AUROC {point['image_auroc']}, loss {point['loss']}, {point['elapsed_s']:.0f} s"
         )
         return point
 

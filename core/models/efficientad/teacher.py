@@ -44,8 +44,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -642,26 +640,3 @@ def read_provenance(weights_file: str | Path) -> dict[str, Any]:
     if not provenance_file.is_file():
         return {}
     return json.loads(provenance_file.read_text()).get("files", {}).get(weights_file.name, {})
-
-
-def distill_cli(args: Any) -> None:
-    """``python -m core distill-teacher``."""
-    command = "python -m core " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
-    path = distill_teacher(
-        model_size=getattr(args, "model_size", None) or "small",
-        steps=getattr(args, "steps", None),
-        device=getattr(args, "device", None),
-        out=getattr(args, "out", None),
-        progress=True,
-        command=command,
-        batch_size=getattr(args, "batch_size", None),
-        crop=getattr(args, "crop", None),
-        lr=getattr(args, "lr", None),
-        time_budget_s=getattr(args, "time_budget", None),
-    )
-    entry = read_provenance(path)
-    print(
-        f"teacher written to {path} ({entry.get('bytes', 0) / 2**20:.1f} MiB, sha256 {entry.get('sha256', '?')[:12]}…): "
-        f"{entry.get('steps_done')} steps in {entry.get('wall_time_s')} s on {entry.get('device')}, "
-        f"final loss {entry.get('final_loss')}, held-out MSE {entry.get('heldout_mse_before')} → {entry.get('heldout_mse_after')}"
-    )
