@@ -242,7 +242,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"exported {result.model}/{result.category} {result.version} to {result.path} ({result.precision})")
     print(f"parity with the torch model: {result.parity.summary()}")
     if args.use:
-        use_export(result)
+        use_export(result, actor=_actor(args))
         print(f"{result.model}/{result.category} {result.version} now runs with OpenVINO (app and commands without --runtime)")
 
 
@@ -448,7 +448,7 @@ def _actor(args: argparse.Namespace) -> Any:
     """The command line acts as an engineer (a shell on the server can write the models folder anyway)."""
     from core.auth import ENGINEER, Actor
 
-    return Actor(args.who, ENGINEER)
+    return Actor(getattr(args, "who", None) or "command line", ENGINEER)
 
 
 def cmd_update_bank(args: argparse.Namespace) -> None:

@@ -120,6 +120,13 @@ def test_an_inspector_cannot_change_a_model_in_the_service_layer(models: Path, t
     assert load_detector("patchcore", TINY_CATEGORY).meta.lineage["who"] == "eng"
 
 
+def test_choosing_an_exports_runtime_is_an_engineers_action() -> None:
+    from core.export.exporter import use_export
+
+    with pytest.raises(PermissionDeniedError, match="choosing the runtime a model version runs with"):
+        use_export(None, actor=INSPECTOR)  # refused before the export is even looked at
+
+
 def test_no_api_route_changes_a_model(app_env) -> None:
     """The API's writes are inspections and feedback; a model changes through an engineer's CLI or page only."""
     from core.api.app import create_api

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from core import registry
+from core.auth import Actor, require_engineer
 from core.data.layout import category_images, resolve_data_root
 from core.errors import DatasetError, InspectError
 from core.export import FORMATS, PRECISIONS
@@ -205,8 +206,12 @@ def export_model(
     return ExportResult(model, category, reference.version, fmt, precision, model_file(target, fmt), report, export_s)
 
 
-def use_export(result: ExportResult, models_dir: Path | None = None) -> None:
-    """Make the export's runtime the version's choice (only OpenVINO exports run inside Inspect)."""
+def use_export(result: ExportResult, models_dir: Path | None = None, *, actor: Actor) -> None:
+    """Make the export's runtime the version's choice (only OpenVINO exports run inside Inspect).
+
+    It changes how every later inspection is computed: an engineer's action, checked here.
+    """
+    require_engineer(actor, "choosing the runtime a model version runs with")
     if result.format != "openvino":
         raise InspectError("only an OpenVINO export can be used by Inspect: export with --format openvino")
     choose_runtime(registry.version_files(result.model, result.category, result.version, models_dir).folder, "openvino")
