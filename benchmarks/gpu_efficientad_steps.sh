@@ -19,15 +19,7 @@ CAP_S=${CAP_S:-330}
 CAT=${CATEGORY:-tile}
 PY=${PYTHON:-python3}
 DEV=${DEVICE:-cuda}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 INSPECT_AUTOTRAIN=0
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"  # benchmarks/ import core/ (no editable install there)
-exec > >(tee -a "$OUT/gpu_log.txt") 2>&1
-stamp() { echo "[$(date +%T)] $*"; }
-
-stamp "machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_env.sh"
 
 export INSPECT_HOME=/tmp/ih_demo
 $PY -m core demo-data --categories "$CAT" > /tmp/demo.log 2>&1 || { tail -5 /tmp/demo.log; exit 1; }

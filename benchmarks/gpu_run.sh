@@ -23,15 +23,7 @@ PROBE_CATS=${PROBE_CATS-bottle tile leather grid}
 PY=${PYTHON:-python3}
 DEV=${DEVICE:-cuda}
 ROOT=$(pwd)
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 INSPECT_AUTOTRAIN=0
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$ROOT"  # benchmarks/ import core/ (no editable install there)
-exec > >(tee -a "$OUT/gpu_log.txt") 2>&1
-stamp() { echo "[$(date +%T)] $*"; }
-
-stamp "machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-$PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0))"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_env.sh"
 
 # Later runs on the same machine can skip what an earlier one already brought back: SKIP_DISTILL=1 skips
 # stage 1, PROBE_CATS="" skips stage 2, NEW_TEACHER=file picks the teacher for stage 3.
