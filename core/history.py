@@ -72,9 +72,20 @@ _COLUMNS: dict[str, str] = {
     "wrong_category": "INTEGER",
     # The line station that judged it (``core serve --station``, INSPECT_STATION); NULL on one PC.
     "station": "TEXT",
+    # The client's Idempotency-Key (API): unique, so a retry after a timeout is not recorded twice.
+    "request_key": "TEXT",
 }
-#: Columns of the CSV export: all but ``thumbnail_path``, an absolute path on the server.
-EXPORT_COLUMNS: tuple[str, ...] = tuple(c for c in _COLUMNS if c != "thumbnail_path")
+#: Columns of the CSV export: all but ``thumbnail_path``, an absolute path on the server, and the
+#: clients' ``request_key`` (plumbing, not a fact about the part).
+EXPORT_COLUMNS: tuple[str, ...] = tuple(c for c in _COLUMNS if c not in ("thumbnail_path", "request_key"))
+
+
+class DuplicateRequestError(StoreError):
+    """An inspection with this Idempotency-Key is already recorded (a client's retry): ``inspection_id``."""
+
+    def __init__(self, inspection_id: int | None) -> None:
+        super().__init__(f"already recorded as inspection {inspection_id} (same Idempotency-Key)")
+        self.inspection_id = inspection_id
 
 
 @dataclass
@@ -101,6 +112,7 @@ class InspectionRecord:
     model_version: str | None = None
     wrong_category: bool | None = None
     station: str | None = None
+    request_key: str | None = None
     id: int | None = None
     created_at: str | None = None
 
@@ -160,9 +172,21 @@ class History:
         marks = ", ".join(f":{c}" for c in values)
         self._refuse_if_damaged()
         with self._connect() as con:
-            cur = con.execute(f"INSERT INTO inspections ({cols}) VALUES ({marks})", values)
+            try:
+                cur = con.execute(f"INSERT INTO inspections ({cols}) VALUES ({marks})", values)
+            except sqlite3.IntegrityError:
+                if record.request_key is None:
+                    raise
+                row = con.execute("SELECT id FROM inspections WHERE request_key = ?", (record.request_key,)).fetchone()
+                raise DuplicateRequestError(int(row[0]) if row else None) from None
             record.id = int(cur.lastrowid)
         return record.id
+
+    def find_request(self, request_key: str) -> InspectionRecord | None:
+        """The inspection recorded for a client's Idempotency-Key, or None."""
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM inspections WHERE request_key = ?", (request_key,)).fetchone()
+        return _record(row) if row is not None else None
 
     def set_feedback(self, inspection_id: int, feedback: str | None, comment: str | None = None) -> None:
         """Record the inspector's feedback (``None`` clears it) and comment on one inspection."""
@@ -339,6 +363,10 @@ class History:
                         sql = f"ALTER TABLE inspections ADD COLUMN {name} {decl}".rstrip()
                         with contextlib.suppress(sqlite3.OperationalError):  # another process won
                             con.execute(sql)
+            con.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS ux_inspections_request_key ON inspections (request_key) "
+                "WHERE request_key IS NOT NULL"
+            )
 
     @contextlib.contextmanager
     def _connect(self, init: bool = False) -> Iterator[sqlite3.Connection]:

@@ -693,3 +693,40 @@ def test_readyz_checks_the_history_and_reports_the_store(make_client, api_env: P
     api_env.mkdir(parents=True, exist_ok=True)
     (api_env / "history.sqlite").write_bytes(b"not a database, just bytes" * 100)
     assert "inspections cannot be recorded" in _error(client.get("/readyz"), 503)
+
+
+def test_a_retry_with_the_same_idempotency_key_is_not_recorded_twice(client, api_env: Path, defect_png: bytes) -> None:
+    """A line PC that timed out sends the upload again: the answer names the inspection already
+    recorded, and the history holds it once, also when the two requests arrive together."""
+    before = _history_count(api_env)
+    first = _post_keyed(client, defect_png, "part-0001")
+    again = _post_keyed(client, defect_png, "part-0001")
+    assert again["inspection_id"] == first["inspection_id"] and again["verdict"] == first["verdict"]
+    assert again["point_id"] == first["point_id"] and "not recorded again" in again["notes"][-1]
+    assert _history_count(api_env) == before + 1
+    assert _post_keyed(client, defect_png, "part-0002")["inspection_id"] != first["inspection_id"]  # another upload
+    together: list[dict] = []
+    threads = [threading.Thread(target=lambda: together.append(_post_keyed(client, defect_png, "part-0003"))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({a["inspection_id"] for a in together}) == 1 and _history_count(api_env) == before + 3
+    files = [("images", (f"{i}.png", defect_png, "image/png")) for i in range(2)]
+    batch = [
+        client.post("/v1/inspect/batch", files=files, data={"category": TINY_CATEGORY}, headers={"Idempotency-Key": "tray-7"})
+        for _ in range(2)
+    ]
+    ids = [[item["result"]["inspection_id"] for item in b.json()["items"]] for b in batch]
+    assert ids[0] == ids[1] and len(set(ids[0])) == 2 and _history_count(api_env) == before + 5
+
+
+def _post_keyed(client, data: bytes, key: str) -> dict:
+    response = client.post(
+        "/v1/inspect",
+        files={"image": ("part.png", data, "image/png")},
+        data={"category": TINY_CATEGORY},
+        headers={"Idempotency-Key": key},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()

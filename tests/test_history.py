@@ -63,6 +63,7 @@ def test_creates_folder_schema_and_wal(db: Path) -> None:
         "model_version",
         "wrong_category",
         "station",
+        "request_key",
     ]
 
 

@@ -91,10 +91,21 @@ def decode(upload: Upload) -> tuple[str, np.ndarray, str]:
 
 
 def inspect_decoded(
-    detector: Detector, images: list[tuple[str, np.ndarray, str]], *, threshold: float, record: bool = True
+    detector: Detector,
+    images: list[tuple[str, np.ndarray, str]],
+    *,
+    threshold: float,
+    record: bool = True,
+    request_keys: list[str | None] | None = None,
 ) -> list[Inspected]:
-    """One forward pass for all ``images``, then the history and index writes."""
+    """One forward pass for all ``images``, then the history and index writes.
+
+    ``request_keys``: per image, the client's Idempotency-Key; an image already recorded under its
+    key is answered with that inspection and not recorded again (a retry after a timeout).
+    """
     results = inspection.inspect_images(detector, images, threshold=threshold, record=False)
+    for result, key in zip(results, request_keys or [], strict=False):
+        result.request_key = key
     if not record:
         return results
     history, why = history_view.open_history()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request, Response, UploadFile
 from fastapi.security import HTTPBearer
 
 from core.api import schemas, views
@@ -53,6 +53,14 @@ Threshold = Annotated[
     Form(description="normalised 0..1 (default 0.5, the calibrated threshold)", json_schema_extra={"minimum": 0, "maximum": 1}),
 ]
 Overlay = Annotated[bool, Form(description="true: add the heatmap overlay as a base64 PNG")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        description="any unique string per upload (a UUID): a retry with the same key is answered with the inspection "
+        "already recorded, never recorded twice",
+    ),
+]
 BatchImages = Annotated[list[UploadFile], File(description="the images (at most INSPECT_API_MAX_BATCH, default 16)")]
 #: History ids are SQLite rowids: at most 2**63 - 1 (a larger one would overflow the query, not miss).
 MAX_ID = 2**63 - 1
@@ -165,11 +173,12 @@ def _inspect_route(router: APIRouter) -> None:
         model: ModelName = DEFAULT_MODEL,
         threshold: Threshold = None,
         overlay: Overlay = False,
+        idempotency_key: IdempotencyKey = None,
     ) -> schemas.InspectResult:
         level = check_threshold(threshold)
         detector = detector_for(_detectors(request), model, category)
         decoded = decode(read_upload(image.filename, image.file))
-        result = inspect_decoded(detector, [decoded], threshold=level)[0]
+        result = inspect_decoded(detector, [decoded], threshold=level, request_keys=[idempotency_key])[0]
         request.app.state.metrics.judged([result], detector)
         return views.inspect_result(result, detector, overlay=overlay, root_path=request.scope.get("root_path", ""))
 
@@ -207,11 +216,14 @@ def _batch_route(router: APIRouter, max_batch: int) -> None:
         model: ModelName = DEFAULT_MODEL,
         threshold: Threshold = None,
         overlay: Overlay = False,
+        idempotency_key: IdempotencyKey = None,
     ) -> schemas.BatchResult:
         level = check_threshold(threshold)
         detector = detector_for(_detectors(request), model, category)
         items, decoded = _decode_batch(images, max_batch)
-        judged = inspect_decoded(detector, decoded, threshold=level) if decoded else []
+        # Per file, the request's key and the file's place in the request: a retry sends the same files.
+        keys = [f"{idempotency_key}#{i}" if idempotency_key else None for i, item in enumerate(items) if item is None]
+        judged = inspect_decoded(detector, decoded, threshold=level, request_keys=keys) if decoded else []
         request.app.state.metrics.judged(judged, detector)
         results = iter(judged)
         root = request.scope.get("root_path", "")

@@ -10,7 +10,7 @@ import numpy as np
 
 from core.data.image_io import SUPPORTED_EXTENSIONS, load_image, sha256_of
 from core.errors import InspectError
-from core.history import History, InspectionRecord
+from core.history import DuplicateRequestError, History, InspectionRecord
 from core.inference.verdict import CALIBRATED_THRESHOLD
 from core.learning.drift import ood_note
 from core.settings import station
@@ -157,6 +157,7 @@ def record_inspection(
     defect_type: str | None = None,
     model_version: str | None = None,
     wrong_category: bool = False,
+    request_key: str | None = None,
 ) -> int:
     """Store one inspection (and its thumbnail) in the history; returns its id.
 
@@ -179,6 +180,7 @@ def record_inspection(
         model_version=model_version or None,
         wrong_category=wrong_category,
         station=station(),
+        request_key=request_key,
     )
     return history.add(record)
 
@@ -275,6 +277,8 @@ class Inspected:
     notes: list[str] = field(default_factory=list)  # why something was not recorded / indexed
     #: "This does not look like a <category> image ... Wrong category?" (core.learning.drift), or None
     wrong_category_note: str | None = None
+    #: The client's Idempotency-Key (API): a retry with the same key is answered, not recorded again
+    request_key: str | None = None
 
     @property
     def wrong_category(self) -> bool:
@@ -331,6 +335,8 @@ def _record_and_index(
         result.notes.append("not recorded: the inspection history is unavailable")
         return
     try:
+        if result.request_key and _answered_before(result, history.find_request(result.request_key)):
+            return
         result.inspection_id = record_inspection(
             history,
             file_name=result.file_name,
@@ -343,7 +349,11 @@ def _record_and_index(
             defect_type=defect_type,
             model_version=detector.version,
             wrong_category=result.wrong_category,
+            request_key=result.request_key,
         )
+    except DuplicateRequestError as exc:  # the same retry, recorded a moment ago by another request
+        _answered_before(result, history.get(exc.inspection_id) if exc.inspection_id else None)
+        return
     except InspectError as exc:
         result.notes.append(f"not recorded: {exc}")
         return
@@ -358,6 +368,15 @@ def _record_and_index(
         )
         if note:
             result.notes.append(note)
+
+
+def _answered_before(result: Inspected, earlier: InspectionRecord | None) -> bool:
+    """Point ``result`` at the inspection recorded for its Idempotency-Key; False when there is none."""
+    if earlier is None:
+        return False
+    result.inspection_id, result.point_id = earlier.id, earlier.point_id
+    result.notes.append(f"already recorded as inspection {earlier.id} (same Idempotency-Key): not recorded again")
+    return True
 
 
 def inspect_bytes(
