@@ -81,6 +81,27 @@ def show_counts(records: list[InspectionRecord]) -> None:
     m4.metric("False alarms", counts.false_alarms)
 
 
+def show_stations(records: list[InspectionRecord]) -> None:
+    """Which model version each line station judges with (from the newest inspection it recorded)."""
+    rows = history_view.stations(records)
+    if not rows:
+        return
+    with st.expander(f"Line stations ({len({r.station for r in rows})})"):
+        st.table(
+            [
+                {
+                    "station": r.station,
+                    "model": catalog.model_label(r.model),
+                    "category": r.category,
+                    "version": r.version or "",
+                    "last inspection (UTC)": (r.last_inspection or "")[:19].replace("T", " "),
+                    "inspections": r.inspections,
+                }
+                for r in rows
+            ]
+        )
+
+
 def _table_rows(records: list[InspectionRecord]) -> list[dict[str, Any]]:
     rows = history_view.history_rows(records[:MAX_ROWS])
     for row in rows:
@@ -352,6 +373,7 @@ def render() -> None:
     chosen = filters(everything)
     records = history.list(**chosen)
     show_counts(records)
+    show_stations(everything)
     show_table(records)
     export_button(history, chosen)
     edit_feedback(history, records)

@@ -97,3 +97,20 @@ def test_the_page_logic_imports_no_heavy_library():
     code = f"import sys, core.services; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_stations_are_filtered_and_listed(app_test, tmp_path, monkeypatch):
+    from core.history import History, InspectionRecord
+
+    monkeypatch.setenv("INSPECT_HISTORY_DB", str(tmp_path / "history.sqlite"))
+    history = History()
+    for i, where in enumerate(("line-1", "line-2", "line-2")):
+        record = InspectionRecord(f"p{i}.png", f"{i:064x}", TINY_CATEGORY, "patchcore", 0.3, 0.5, "GOOD", station=where)
+        history.add(record)
+    at = app_test()
+    at.run()
+    at.switch_page("pages/inspection_history.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.label for e in at.expander if e.label.startswith("Line stations")] == ["Line stations (2)"]
+    at.selectbox(key="history_station").set_value("line-2").run()
+    assert int(next(m.value for m in at.metric if m.label == "Inspections")) == 2

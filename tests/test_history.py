@@ -261,3 +261,18 @@ def test_a_full_disk_is_called_a_full_disk(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(10**9, 0, 10**9))
     assert not history._disk_full("disk I/O error", tmp_path)  # room left: a real I/O error, said as such
     assert not history._disk_full("database is locked", tmp_path)
+
+
+def test_each_stations_version_and_the_station_filter(db: Path) -> None:
+    """The dashboard reads which version each line station judges with from the rows it records."""
+    from core.services.history_view import stations
+
+    h = History(db)
+    h.add(_rec(1, station="line-1", model_version="v0003"))
+    h.add(_rec(2, station="line-1", model_version="v0004"))
+    h.add(_rec(3, station="line-2", model_version="v0003"))
+    h.add(_rec(4, model_version="v0004"))  # a single PC's row: no station
+    rows = stations(h.list())
+    assert [(r.station, r.version, r.inspections) for r in rows] == [("line-1", "v0004", 2), ("line-2", "v0003", 1)]
+    assert [r.station for r in h.list(station="line-1")] == ["line-1", "line-1"]
+    assert "line-2" in h.to_csv(station="line-2") and "line-1" not in h.to_csv(station="line-2")

@@ -76,6 +76,33 @@ def history_rows(records: list[InspectionRecord]) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass(frozen=True)
+class StationModel:
+    """What one line station last judged with: per (model, category), the version and when."""
+
+    station: str
+    model: str
+    category: str
+    version: str | None
+    last_inspection: str | None
+    inspections: int
+
+
+def stations(records: list[InspectionRecord]) -> list[StationModel]:
+    """Per station and (model, category): the model version of its newest inspection, from the
+    history every station writes (a station reloads a new version when it restarts or reloads)."""
+    newest: dict[tuple[str, str, str], InspectionRecord] = {}
+    seen: dict[tuple[str, str, str], int] = {}
+    for rec in records:
+        if not rec.station:
+            continue
+        key = (rec.station, rec.model, rec.category)
+        seen[key] = seen.get(key, 0) + 1
+        if key not in newest or (rec.created_at or "", rec.id or 0) > (newest[key].created_at or "", newest[key].id or 0):
+            newest[key] = rec
+    return [StationModel(s, m, c, r.model_version, r.created_at, seen[(s, m, c)]) for (s, m, c), r in sorted(newest.items())]
+
+
 def file_mtime(path: str | None) -> float:
     """A file's modification time, 0.0 when there is no such file (part of a thumbnail's cache key)."""
     return os.path.getmtime(path) if path and os.path.isfile(path) else 0.0
