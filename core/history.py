@@ -182,12 +182,6 @@ class History:
             record.id = int(cur.lastrowid)
         return record.id
 
-    def find_request(self, request_key: str) -> InspectionRecord | None:
-        """The inspection recorded for a client's Idempotency-Key, or None."""
-        with self._connect() as con:
-            row = con.execute("SELECT * FROM inspections WHERE request_key = ?", (request_key,)).fetchone()
-        return _record(row) if row is not None else None
-
     def set_feedback(self, inspection_id: int, feedback: str | None, comment: str | None = None) -> None:
         """Record the inspector's feedback (``None`` clears it) and comment on one inspection."""
         _check_feedback(feedback)

@@ -7,11 +7,11 @@ scored by the version in use, and one that does not look like the category at al
 name, with the reason, before anything is computed or written.
 
 The rule is the one behind the Inspect page's "Wrong category?" flag
-(:func:`core.learning.drift.looks_foreign`): most of the map over the pixel threshold *and* an image
-score far past the image threshold. A real defect is local and a drifted good part (brighter, another
-tint) moves the score without lighting up the whole map, so neither is refused; a DEFECT verdict
-alone is no reason either, since a confirmed false alarm is exactly what a bank update is for. The
-refusal is measured both ways by ``benchmarks/bench_gate.py`` (figures in ``docs/benchmarks.md``).
+(:func:`core.learning.drift.looks_foreign`): judged DEFECT *and* most of the map over the pixel
+threshold. A real defect is local and a drifted good part (brighter, another tint) moves the score
+without lighting up the whole map, so neither is refused; a DEFECT verdict alone is no reason either,
+since a confirmed false alarm is exactly what a bank update is for. The refusal is measured both ways
+by ``benchmarks/bench_gate.py`` (figures in ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations

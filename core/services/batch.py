@@ -470,16 +470,6 @@ def _prepare_overlays(folder: Path) -> None:
         raise InspectError(f"cannot create the overlay folder {folder}: {exc.strerror or exc}") from None
 
 
-def _open_history(record: bool, report: BatchReport) -> History | None:
-    """The history to record into (None for ``--no-record``, or when it cannot be opened: a note)."""
-    if not record:
-        return None
-    history, problem = history_view.open_history()
-    if problem is not None:
-        report.notes[f"nothing is recorded in the history: {problem}"] = None
-    return history
-
-
 def run_folder(
     paths: Sequence[str],
     *,
@@ -506,8 +496,7 @@ def run_folder(
     if overlay_dir is not None:
         _prepare_overlays(overlay_dir)
     detector = inspection.load_detector(model, category, runtime)
-    notes = BatchReport()
-    history = _open_history(record, notes)
+    history, problem = history_view.open_history() if record else (None, None)
     out = _open_csv(Path(csv_path)) if csv_path else None
     try:
         report = inspect_paths(
@@ -528,7 +517,8 @@ def run_folder(
     finally:
         if out is not None and not out.closed:
             _close_quietly(out)
-    report.notes = notes.notes | report.notes
+    if problem is not None:  # said once, before what the images noted
+        report.notes = {f"nothing is recorded in the history: {problem}": None} | report.notes
     return report
 
 

@@ -335,8 +335,6 @@ def _record_and_index(
         result.notes.append("not recorded: the inspection history is unavailable")
         return
     try:
-        if result.request_key and _answered_before(result, history.find_request(result.request_key)):
-            return
         result.inspection_id = record_inspection(
             history,
             file_name=result.file_name,
@@ -351,7 +349,7 @@ def _record_and_index(
             wrong_category=result.wrong_category,
             request_key=result.request_key,
         )
-    except DuplicateRequestError as exc:  # the same retry, recorded a moment ago by another request
+    except DuplicateRequestError as exc:  # a client's retry: the key is unique in the history
         _answered_before(result, history.get(exc.inspection_id) if exc.inspection_id else None)
         return
     except InspectError as exc:
@@ -370,13 +368,13 @@ def _record_and_index(
             result.notes.append(note)
 
 
-def _answered_before(result: Inspected, earlier: InspectionRecord | None) -> bool:
-    """Point ``result`` at the inspection recorded for its Idempotency-Key; False when there is none."""
-    if earlier is None:
-        return False
+def _answered_before(result: Inspected, earlier: InspectionRecord | None) -> None:
+    """Point ``result`` at the inspection already recorded for its Idempotency-Key."""
+    if earlier is None:  # removed since: nothing to point at, and still not recorded twice
+        result.notes.append("not recorded: an inspection with the same Idempotency-Key was recorded and is gone")
+        return
     result.inspection_id, result.point_id = earlier.id, earlier.point_id
     result.notes.append(f"already recorded as inspection {earlier.id} (same Idempotency-Key): not recorded again")
-    return True
 
 
 def inspect_bytes(
