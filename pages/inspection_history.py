@@ -168,7 +168,7 @@ def _gallery_offer(history: History, rec: InspectionRecord) -> None:
     st.caption(f"Kept out of the similar-defect gallery: the model judged it not to look like a {rec.category} image.")
     if st.button(f"It is a {rec.category} part: add it to the gallery", key=f"history_gallery:{rec.id}"):
         try:
-            _, note = inspection.add_to_gallery(history, int(rec.id))
+            _, note = inspection.add_to_gallery(history, int(rec.id), ui.get_detector(rec.model, rec.category))
         except InspectError as exc:
             st.error(str(exc))
             return

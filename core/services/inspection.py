@@ -224,12 +224,13 @@ def index_inspection(
     return outcome.point_id, outcome.note
 
 
-def add_to_gallery(history: History, inspection_id: int) -> tuple[str | None, str | None]:
+def add_to_gallery(history: History, inspection_id: int, detector: Detector | None = None) -> tuple[str | None, str | None]:
     """Put an inspection kept out of the gallery as "wrong category" into it, once a person confirmed
     it is a part of its category; returns (point id, note) as :func:`index_inspection` does.
 
     Its descriptors come from its history thumbnail (the upload itself is not kept), judged by the
-    newest version of its model; the wrong-category mark is cleared.
+    newest version of its model (``detector``: the caller's loaded one, else it is loaded); the
+    wrong-category mark is cleared.
     """
     from core.errors import ConfigError, StoreError
 
@@ -242,7 +243,7 @@ def add_to_gallery(history: History, inspection_id: int) -> tuple[str | None, st
         return str(record.point_id), None
     if not (record.thumbnail_path and Path(record.thumbnail_path).is_file()):
         raise StoreError(f"inspection {inspection_id}'s thumbnail is gone: it cannot be added to the gallery")
-    detector = load_detector(record.model, record.category)
+    detector = detector or load_detector(record.model, record.category)
     image = load_image(Path(record.thumbnail_path).read_bytes(), record.thumbnail_path)
     history.set_wrong_category(inspection_id, False)
     return index_inspection(
