@@ -1,7 +1,9 @@
 """Who may use Inspect: local users with hashed passwords, API keys, and two roles.
 
-Inspect has no server of its own to ask, so the users live in one local file,
-``<workspace>/users.json`` (:attr:`core.settings.Settings.users_file`), managed with
+On one PC the users live in one local file, ``<workspace>/users.json``
+(:attr:`core.settings.Settings.users_file`); in a plant, whose stations and dashboard share a
+server database (``INSPECT_DATABASE_URL``), they are rows of its ``users`` and ``api_keys`` tables
+(:mod:`core.db.accounts`), so a key made once works at every station. Either is managed with
 ``python -m core users ...``. The decisions, in one place:
 
 * **Passwords** are never stored: each user has a random 16-byte salt and the ``hashlib.scrypt``
@@ -139,8 +141,30 @@ def login_required(server_address: str | None) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def users_path() -> Path:
-    return settings.get_settings().users_file
+def users_path() -> Path | str:
+    """Where the users are kept: the users file, or the server database (its URL, password hidden)."""
+    from core.db import engine as db
+
+    url = settings.get_settings().database_url
+    return db.shown(url) if db.is_server(url) else settings.get_settings().users_file
+
+
+def _server():  # noqa: ANN202 - a SQLAlchemy Engine, or None on one PC
+    """The server database's engine when the users live there, else None (the users file)."""
+    from core.db import engine as db
+
+    url = settings.get_settings().database_url
+    return db.engine_for(url) if db.is_server(url) else None
+
+
+def _load() -> dict[str, Any]:
+    """The users and API keys, from the server database or the users file."""
+    engine = _server()
+    if engine is not None:
+        from core.db import accounts
+
+        return accounts.read(engine)
+    return _read(settings.get_settings().users_file)
 
 
 def _empty() -> dict[str, Any]:
@@ -173,8 +197,15 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 
 @contextmanager
 def _editing() -> Iterator[dict[str, Any]]:
-    """Read-modify-write of the users file under an exclusive lock; written when the block ends."""
-    path = users_path()
+    """Read-modify-write of the users under an exclusive lock; written when the block ends."""
+    engine = _server()
+    if engine is not None:
+        from core.db import accounts
+
+        with accounts.editing(engine) as data:
+            yield data
+        return
+    path = settings.get_settings().users_file
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -255,7 +286,7 @@ def _remove(section: str, name: str, what: str) -> None:
 
 def _entries(section: str) -> list[Entry]:
     """The entries of ``section`` ("users", "api_keys"), by name."""
-    return [Entry(n, e.get("role", "?"), e.get("created", "")) for n, e in sorted(_read(users_path())[section].items())]
+    return [Entry(n, e.get("role", "?"), e.get("created", "")) for n, e in sorted(_load()[section].items())]
 
 
 def remove_user(name: str) -> None:
@@ -268,18 +299,18 @@ def list_users() -> list[Entry]:
 
 def has_users() -> bool:
     """Whether at least one login user exists (API keys alone do not count)."""
-    return bool(_read(users_path())["users"])
+    return bool(_load()["users"])
 
 
 def role_of(name: str) -> str | None:
     """The current role of user ``name`` (None once removed): re-read on every page run."""
-    user = _read(users_path())["users"].get(name)
+    user = _load()["users"].get(name)
     return user.get("role") if user else None
 
 
 def verify_password(name: str, password: str) -> str | None:
     """The role of ``name`` when ``password`` is right, else None (wrong name or password alike)."""
-    user = _read(users_path())["users"].get(name.strip())
+    user = _load()["users"].get(name.strip())
     if user is None:
         # Spend the same scrypt as for a real user: the answer time must not tell names apart.
         _scrypt(password, _DECOY_SALT, SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN)
@@ -326,7 +357,7 @@ def role_for_api_key(key: str) -> str | None:
         return None
     digest = _key_hash(key).encode()
     found: str | None = None
-    for entry in _read(users_path())["api_keys"].values():
+    for entry in _load()["api_keys"].values():
         if hmac.compare_digest(digest, str(entry.get("sha256", "")).encode()) and found is None:
             found = entry.get("role")
     return found

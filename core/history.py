@@ -1,19 +1,28 @@
-"""Inspection history in SQLite: every inspection, its verdict and the inspector's feedback.
+"""Inspection history: every inspection, its verdict and the inspector's feedback.
 
-One file (``get_settings().history_db``, env ``INSPECT_HISTORY_DB``) holds one table,
-``inspections``. Thumbnails are small JPEG files named by the image's SHA-256 under
-``<workspace>/thumbnails/`` (or, for a history at an explicit path, ``thumbnails/`` beside it).
+One table, ``inspections`` (:mod:`core.db.schema`), in the database that
+``get_settings().database_url`` names: the SQLite file ``history.sqlite`` in the workspace on one
+PC (``INSPECT_HISTORY_DB`` moves it), or a PostgreSQL server shared by a plant's line stations and
+dashboard (``INSPECT_DATABASE_URL``). One data layer (SQLAlchemy Core) serves both; the schema is
+brought to this Inspect's version when the history is opened (:mod:`core.db.migrate`).
 
-Concurrency: Streamlit runs each session in its own thread, and two browser tabs (or a CLI run)
-may write at the same time. So every method opens its own short-lived connection, the database is
-in WAL mode (readers never block the writer) and each connection waits up to ``timeout`` seconds
-for a lock instead of failing. Writes are single statements, so each is its own transaction.
+Thumbnails: beside an SQLite history they are small JPEG files named by the image's SHA-256 under
+``<workspace>/thumbnails/`` (or ``thumbnails/`` beside a history at an explicit path); with a
+server they are rows of the ``thumbnails`` table, so a line PC needs no shared disk.
+:meth:`History.thumbnail` reads either.
 
-Safety: a file at the path that is not an SQLite database (or is a damaged one) raises
+Concurrency: Streamlit runs each session in its own thread, and two browser tabs, a CLI run or
+several stations may write at the same time. Writes are single statements, each its own
+transaction. SQLite is in WAL mode (readers never block the writer) and a connection waits up to
+``timeout`` seconds for a lock; PostgreSQL needs neither.
+
+Safety (SQLite): a file at the path that is not an SQLite database (or is a damaged one) raises
 :class:`StoreError` with a one-line explanation; it is never overwritten, repaired or deleted.
 SQLite happily appends to a file whose middle pages are corrupt, so "damaged" is decided by
 ``PRAGMA quick_check`` when the file is opened (once per version of the file in a process, see
 :func:`_damage`) and by any read that hits a corrupt page; from then on every write is refused.
+A server that cannot be reached is a StoreError too: the inspection goes on and says it was not
+recorded.
 """
 
 from __future__ import annotations
@@ -29,52 +38,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from core.csv_safety import csv_text
+from core.db import engine as db
+from core.db import migrate
+from core.db.schema import FEEDBACK_VALUES, inspections, thumbnails
 from core.errors import StoreError
 from core.files import write_atomically
 from core.inference.verdict import VERDICTS
 from core.settings import get_settings
 
-#: Feedback an inspector can give; ``None`` means "not reviewed yet".
 #: Feedback an inspector can give, with its label (in the order the buttons show); stored as the key.
-FEEDBACK_LABELS: dict[str, str] = {"correct": "Correct", "false_alarm": "False alarm", "missed_defect": "Missed defect"}
-FEEDBACK_VALUES: tuple[str, ...] = tuple(FEEDBACK_LABELS)
+FEEDBACK_LABELS: dict[str, str] = dict(zip(FEEDBACK_VALUES, ("Correct", "False alarm", "Missed defect"), strict=True))
+#: The ``image_path`` of a similar-defect case whose picture is a thumbnail row of a server
+#: history (no file on any disk): this prefix and the image's SHA-256.
+THUMBNAIL_REF = "history-thumbnail:"
 #: Pass as ``feedback=`` to :meth:`History.list` to get only inspections without feedback.
 UNREVIEWED = "unreviewed"
 
-SCHEMA_VERSION = 1
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
-# Column name -> SQL declaration, in table (and CSV) order. point_id has no declared type on
-# purpose: Qdrant ids are unsigned integers or UUID strings and are stored exactly as given.
-_COLUMNS: dict[str, str] = {
-    "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
-    "created_at": "TEXT NOT NULL",
-    "file_name": "TEXT NOT NULL",
-    "sha256": "TEXT NOT NULL",
-    "category": "TEXT NOT NULL",
-    "model": "TEXT NOT NULL",
-    "score": "REAL NOT NULL",
-    "threshold": "REAL NOT NULL",
-    "verdict": "TEXT NOT NULL CHECK (verdict IN ('GOOD', 'DEFECT'))",
-    "raw_score": "REAL",
-    "thumbnail_path": "TEXT",
-    "feedback": f"TEXT CHECK (feedback IS NULL OR feedback IN ({', '.join(repr(v) for v in FEEDBACK_VALUES)}))",
-    "comment": "TEXT",
-    "defect_type": "TEXT",
-    "point_id": "",
-    # The registry version ('v0003') of the model that judged it: feedback recalibrates and grows
-    # models, and a score is only comparable with the calibration of the version that produced it.
-    "model_version": "TEXT",
-    # 1 when the model judged the image not to look like its category at all (the wrong-category
-    # rule of core.learning.drift): kept in the history, kept out of the similar-defect gallery.
-    "wrong_category": "INTEGER",
-    # The line station that judged it (``core serve --station``, INSPECT_STATION); NULL on one PC.
-    "station": "TEXT",
-    # The client's Idempotency-Key (API): unique, so a retry after a timeout is not recorded twice.
-    "request_key": "TEXT",
-}
+#: The table's columns, in table (and CSV) order.
+_COLUMNS: tuple[str, ...] = tuple(c.name for c in inspections.columns)
 #: Columns of the CSV export: all but ``thumbnail_path``, an absolute path on the server, and the
 #: clients' ``request_key`` (plumbing, not a fact about the part).
 EXPORT_COLUMNS: tuple[str, ...] = tuple(c for c in _COLUMNS if c not in ("thumbnail_path", "request_key"))
@@ -122,36 +111,57 @@ class InspectionRecord:
         return {name: data[name] for name in _COLUMNS}
 
 
+def thumbnail_ref(sha256: str) -> str:
+    """The ``image_path`` that names a history thumbnail row (see :meth:`History.thumbnail`)."""
+    return THUMBNAIL_REF + sha256.lower()
+
+
 def utc_now_iso() -> str:
     """Current time as ISO 8601 UTC with a ``+00:00`` offset, to the millisecond."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class History:
-    """The inspection history at ``path`` (default ``get_settings().history_db``)."""
+    """The inspection history: the SQLite file at ``path`` (or the database whose URL it is), the
+    database at ``url``, or (neither given) the one the settings name."""
 
     def __init__(
         self,
         path: Path | str | None = None,
         *,
+        url: str | None = None,
         thumbnails_dir: Path | str | None = None,
         timeout: float = 30.0,
     ) -> None:
-        settings = get_settings() if path is None or thumbnails_dir is None else None
-        self.path = Path(path).expanduser() if path is not None else settings.history_db
+        settings = get_settings()
+        if isinstance(path, str) and "://" in path:
+            path, url = None, path
+        if path is not None:
+            url = db.sqlite_url(path)
+        self.url: URL = db.parse(url if url is not None else settings.database_url)
+        self.server = db.is_server(self.url)
+        self.timeout = float(timeout)
+        #: The SQLite file (None for a server).
+        self.path: Path | None = None if self.server else Path(self.url.database).expanduser()
         if thumbnails_dir is not None:
             self.thumbnails_dir = Path(thumbnails_dir).expanduser()
-        elif path is None:
+        elif path is None and url is None:
             self.thumbnails_dir = settings.workspace / "thumbnails"
         else:  # an explicit history keeps its thumbnails beside it
-            self.thumbnails_dir = self.path.parent / "thumbnails"
-        self.timeout = float(timeout)
-        self._check_file()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the folder for the history database {self.path.parent}: {exc}") from None
+            self.thumbnails_dir = (self.path.parent if self.path else settings.workspace) / "thumbnails"
+        self.engine = db.engine_for(self.url, self.timeout)
+        if self.path is not None:
+            self._check_file()
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the folder for the history database {self.path.parent}: {exc}") from None
         self._init_schema()
+
+    @property
+    def where(self) -> str:
+        """The history as a person may be told it: the file, or the server URL without password."""
+        return str(self.path) if self.path is not None else db.shown(self.url)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -168,61 +178,68 @@ class History:
         for key in ("score", "threshold", "raw_score"):
             if values[key] is not None:
                 values[key] = float(values[key])
-        cols = ", ".join(values)
-        marks = ", ".join(f":{c}" for c in values)
+        if values["wrong_category"] is not None:
+            values["wrong_category"] = int(bool(values["wrong_category"]))
         self._refuse_if_damaged()
-        with self._connect() as con:
-            try:
-                cur = con.execute(f"INSERT INTO inspections ({cols}) VALUES ({marks})", values)
-            except sqlite3.IntegrityError:
-                if record.request_key is None:
-                    raise
-                row = con.execute("SELECT id FROM inspections WHERE request_key = ?", (record.request_key,)).fetchone()
-                raise DuplicateRequestError(int(row[0]) if row else None) from None
-            record.id = int(cur.lastrowid)
+        try:
+            with self._db(write=True) as con:
+                new_id = con.execute(inspections.insert().values(**values).returning(inspections.c.id)).scalar_one()
+        except _Duplicate:
+            if record.request_key is None:
+                raise StoreError(f"the history database {self.where} refused the inspection (a constraint)") from None
+            with self._db() as con:
+                found = con.execute(select(inspections.c.id).where(inspections.c.request_key == record.request_key)).scalar()
+            raise DuplicateRequestError(int(found) if found is not None else None) from None
+        record.id = int(new_id)
         return record.id
 
     def set_feedback(self, inspection_id: int, feedback: str | None, comment: str | None = None) -> None:
         """Record the inspector's feedback (``None`` clears it) and comment on one inspection."""
         _check_feedback(feedback)
-        self._refuse_if_damaged()
-        with self._connect() as con:
-            cur = con.execute(
-                "UPDATE inspections SET feedback = ?, comment = ? WHERE id = ?",
-                (feedback, comment, int(inspection_id)),
-            )
-            if cur.rowcount == 0:
-                raise StoreError(f"there is no inspection with id {inspection_id} in {self.path}")
+        self._update(inspection_id, feedback=feedback, comment=comment)
 
     def set_wrong_category(self, inspection_id: int, flagged: bool) -> None:
         """Clear (or set) the wrong-category mark: a person confirmed the image is of its category."""
-        self._refuse_if_damaged()
-        with self._connect() as con:
-            cur = con.execute("UPDATE inspections SET wrong_category = ? WHERE id = ?", (int(flagged), int(inspection_id)))
-            if cur.rowcount == 0:
-                raise StoreError(f"there is no inspection with id {inspection_id} in {self.path}")
+        self._update(inspection_id, wrong_category=int(flagged))
 
     def set_point_id(self, inspection_id: int, point_id: int | str | None) -> None:
         """Link an inspection to its point in the similarity store (set after the fact)."""
-        self._refuse_if_damaged()
-        with self._connect() as con:
-            cur = con.execute("UPDATE inspections SET point_id = ? WHERE id = ?", (point_id, int(inspection_id)))
-            if cur.rowcount == 0:
-                raise StoreError(f"there is no inspection with id {inspection_id} in {self.path}")
+        self._update(inspection_id, point_id=point_id)
 
-    def save_thumbnail(self, image_rgb: Any, sha256: str, size: int = 256) -> Path:
-        """Write a JPEG thumbnail named by ``sha256`` (idempotent) and return its path."""
+    def _update(self, inspection_id: int, **values: Any) -> None:
+        self._refuse_if_damaged()
+        with self._db(write=True) as con:
+            done = con.execute(update(inspections).where(inspections.c.id == int(inspection_id)).values(**values))
+            if done.rowcount == 0:
+                raise StoreError(f"there is no inspection with id {inspection_id} in {self.where}")
+
+    def save_thumbnail(self, image_rgb: Any, sha256: str, size: int = 256) -> Path | None:
+        """Keep a JPEG thumbnail named by ``sha256`` (idempotent): a file beside an SQLite history,
+        whose path is returned, or a row of a server database (None: it has no path)."""
         from core.inference.overlay import thumbnail  # light: no anomalib import on this path
 
         if not sha256 or not all(c in "0123456789abcdefABCDEF" for c in sha256):
             msg = f"sha256 must be a hex digest, got {sha256!r}"
             raise ValueError(msg)
-        target = self.thumbnails_dir / f"{sha256.lower()}.jpg"
+        sha256 = sha256.lower()
+        src = image_rgb if hasattr(image_rgb, "mode") else np.asarray(image_rgb)
+        if self.server:
+            with self._db() as con:
+                if con.execute(select(thumbnails.c.sha256).where(thumbnails.c.sha256 == sha256)).first():
+                    return None
+            jpeg = _jpeg(thumbnail(src, size))
+            with self._db(write=True) as con:  # two stations saving the same image: the first wins
+                con.execute(
+                    postgresql.insert(thumbnails)
+                    .values(sha256=sha256, jpeg=jpeg, created_at=utc_now_iso())
+                    .on_conflict_do_nothing(index_elements=["sha256"])
+                )
+            return None
+        target = self.thumbnails_dir / f"{sha256}.jpg"
         if target.is_file():
             return target
         try:
             self.thumbnails_dir.mkdir(parents=True, exist_ok=True)
-            src = image_rgb if hasattr(image_rgb, "mode") else np.asarray(image_rgb)
             thumb = thumbnail(src, size)
             # Written aside and renamed: two tabs saving the same image never leave a half-written
             # thumbnail behind.
@@ -231,12 +248,34 @@ class History:
             raise StoreError(f"cannot write the thumbnail {target}: {exc}") from None
         return target
 
+    def put_thumbnail(self, sha256: str, jpeg: bytes) -> None:
+        """Store an already encoded thumbnail as a row (``db copy`` moves file thumbnails so)."""
+        table_insert = postgresql.insert if self.server else sqlite.insert
+        with self._db(write=True) as con:
+            con.execute(
+                table_insert(thumbnails)
+                .values(sha256=sha256.lower(), jpeg=jpeg, created_at=utc_now_iso())
+                .on_conflict_do_nothing(index_elements=["sha256"])
+            )
+
     # --- reading --------------------------------------------------------------------------
+
+    def thumbnail(self, record: InspectionRecord | str) -> bytes | None:
+        """The JPEG thumbnail of an inspection (or of a SHA-256), from its file or its row; None if gone."""
+        path = record.thumbnail_path if isinstance(record, InspectionRecord) else None
+        if isinstance(record, str) and record.startswith(THUMBNAIL_REF):
+            record = record[len(THUMBNAIL_REF) :]
+        if path:
+            with contextlib.suppress(OSError):
+                return Path(path).read_bytes()
+        sha256 = (record.sha256 if isinstance(record, InspectionRecord) else record or "").lower()
+        with self._db() as con:
+            return con.execute(select(thumbnails.c.jpeg).where(thumbnails.c.sha256 == sha256)).scalar()
 
     def get(self, inspection_id: int) -> InspectionRecord | None:
         """One inspection by id, or ``None``."""
-        with self._connect() as con:
-            row = con.execute("SELECT * FROM inspections WHERE id = ?", (int(inspection_id),)).fetchone()
+        with self._db() as con:
+            row = con.execute(select(inspections).where(inspections.c.id == int(inspection_id))).first()
         return _record(row) if row is not None else None
 
     def list(
@@ -253,12 +292,11 @@ class History:
         ``feedback`` is one of :data:`FEEDBACK_VALUES`, or :data:`UNREVIEWED` for inspections that
         have no feedback yet.
         """
-        where, params = _where(category, model, verdict, feedback, station)
-        sql = f"SELECT * FROM inspections{where} ORDER BY created_at DESC, id DESC"
+        query = select(inspections).where(*_where(category, model, verdict, feedback, station))
+        query = query.order_by(inspections.c.created_at.desc(), inspections.c.id.desc())
         if limit is not None:
-            sql += " LIMIT ?"
-            params.append(max(0, int(limit)))
-        return self._records(sql, params)
+            query = query.limit(max(0, int(limit)))
+        return self._records(query)
 
     def list_unindexed_defects(self, model: str | None = None, category: str | None = None) -> list[InspectionRecord]:
         """DEFECT inspections without a similarity-store point, oldest first, but those marked as
@@ -267,21 +305,21 @@ class History:
         ``python -m core index`` catches up on these (uploads the store refused, rows whose link
         was never written); ``None`` means any model / category.
         """
-        where, params = _where(category, model, "DEFECT", None)
-        sql = f"SELECT * FROM inspections{where} AND point_id IS NULL AND COALESCE(wrong_category, 0) = 0 ORDER BY id"
-        return self._records(sql, params)
+        c = inspections.c
+        query = select(inspections).where(
+            *_where(category, model, "DEFECT"), c.point_id.is_(None), func.coalesce(c.wrong_category, 0) == 0
+        )
+        return self._records(query.order_by(c.id))
 
-    def _records(self, sql: str, params: list[Any]) -> list[InspectionRecord]:
-        with self._connect() as con:
-            rows = con.execute(sql, params).fetchall()
+    def _records(self, query: Any) -> list[InspectionRecord]:
+        with self._db() as con:
+            rows = con.execute(query).all()
         return [_record(r) for r in rows]
 
     def count(self, **filters: str | None) -> int:
         """Number of inspections matching the filters of :meth:`list` (all of them by default)."""
-        where, params = _where(**filters)
-        with self._connect() as con:
-            row = con.execute(f"SELECT COUNT(*) FROM inspections{where}", params).fetchone()
-        return int(row[0])
+        with self._db() as con:
+            return int(con.execute(select(func.count()).select_from(inspections).where(*_where(**filters))).scalar_one())
 
     def to_csv(self, path: Path | str | None = None, **filters: Any) -> str:
         """The history as CSV text (header + one row per inspection, newest first).
@@ -329,68 +367,61 @@ class History:
         self._refuse_if_damaged()
 
     def _refuse_if_damaged(self) -> None:
-        """Raise StoreError when the file is known (or now found) to be damaged."""
+        """Raise StoreError when the SQLite file is known (or now found) to be damaged."""
+        if self.path is None:
+            return
         damage = _damage(self.path, self.timeout)
         if damage is not None:
             raise StoreError(_damaged_message(self.path, damage))
 
     def _init_schema(self) -> None:
-        cols = ",\n    ".join(f"{name} {decl}".rstrip() for name, decl in _COLUMNS.items())
-        with self._connect(init=True) as con:
-            existing = {row[1] for row in con.execute("PRAGMA table_info(inspections)")}
-            if not existing:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    con.execute(f"CREATE TABLE IF NOT EXISTS inspections (\n    {cols}\n)")
-                    con.execute("CREATE INDEX IF NOT EXISTS ix_inspections_created ON inspections (created_at)")
-                    con.execute("CREATE INDEX IF NOT EXISTS ix_inspections_cat_model ON inspections (category, model)")
-                    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-            else:
-                # A history written by an older Inspect: add the columns it lacks (all nullable).
-                for name in _COLUMNS:
-                    if name not in existing:
-                        decl = _COLUMNS[name].replace("NOT NULL", "")
-                        sql = f"ALTER TABLE inspections ADD COLUMN {name} {decl}".rstrip()
-                        with contextlib.suppress(sqlite3.OperationalError):  # another process won
-                            con.execute(sql)
-            con.execute(
-                "CREATE UNIQUE INDEX IF NOT EXISTS ux_inspections_request_key ON inspections (request_key) "
-                "WHERE request_key IS NOT NULL"
-            )
+        if self.path is not None:
+            # Persistent, and a no-op when already set. Where WAL is impossible (some network file
+            # systems) SQLite keeps its rollback journal, which is slower but still safe.
+            with self._db() as con:
+                con.exec_driver_sql("PRAGMA journal_mode = WAL").fetchone()
+        try:
+            migrate.ensure(self.engine)
+        except StoreError as exc:
+            raise StoreError(str(exc).replace("the database", "the history database", 1)) from None
 
     @contextlib.contextmanager
-    def _connect(self, init: bool = False) -> Iterator[sqlite3.Connection]:
-        """A fresh autocommit connection, closed on exit; SQLite errors become StoreError."""
-        con: sqlite3.Connection | None = None
+    def _db(self, write: bool = False) -> Iterator[Connection]:
+        """A connection (in a transaction committed on exit when ``write``); errors become StoreError."""
         try:
-            con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            con.row_factory = sqlite3.Row
-            con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            if init:
-                # Persistent, and a no-op when already set. Where WAL is impossible (some network
-                # file systems) SQLite keeps its rollback journal, which is slower but still safe.
-                con.execute("PRAGMA journal_mode = WAL").fetchone()
-            con.execute("PRAGMA synchronous = NORMAL")
-            yield con
-        except sqlite3.DatabaseError as exc:  # includes OperationalError ("locked", "malformed")
-            text = str(exc)
-            if _is_corruption(text):
-                _remember_damage(self.path, text)  # a read found it: no write goes in after it
-                raise StoreError(_damaged_message(self.path, text)) from None
-            if "locked" in text or "busy" in text:
-                raise StoreError(
-                    f"the history database {self.path} stayed locked for {self.timeout:g} s by another process; try again"
-                ) from None
-            if _disk_full(text, self.path.parent):
-                raise StoreError(f"the disk holding the history database {self.path} is full: nothing was recorded") from None
-            raise StoreError(f"the history database {self.path} cannot be used: {text}") from None
-        finally:
-            if con is not None:
-                con.close()
+            with self.engine.begin() if write else self.engine.connect() as con:
+                yield con
+        except IntegrityError as exc:
+            raise _Duplicate(db.reason(exc)) from None
+        except DBAPIError as exc:
+            raise StoreError(self._explain(exc)) from None
+
+    def _explain(self, exc: DBAPIError) -> str:
+        text = db.reason(exc)
+        if self.path is None:
+            if exc.connection_invalidated or isinstance(exc.orig, OSError) or "connect" in text or "closed" in text:
+                return f"the history database {self.where} cannot be reached: {text}"
+            return f"the history database {self.where} cannot be used: {text}"
+        if _is_corruption(text):
+            _remember_damage(self.path, text)  # a read found it: no write goes in after it
+            return _damaged_message(self.path, text)
+        if "locked" in text or "busy" in text:
+            return f"the history database {self.path} stayed locked for {self.timeout:g} s by another process; try again"
+        if _disk_full(text, self.path.parent):
+            return f"the disk holding the history database {self.path} is full: nothing was recorded"
+        return f"the history database {self.path} cannot be used: {text}"
+
+
+class _Duplicate(StoreError):
+    """A write broke a constraint (the unique request key): :meth:`History.add` says which row."""
+
+
+def _jpeg(image: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -506,28 +537,26 @@ def _where(
     verdict: str | None = None,
     feedback: str | None = None,
     station: str | None = None,
-) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (("category", category), ("model", model), ("verdict", verdict), ("station", station)):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
+) -> list[Any]:
+    c = inspections.c
+    clauses: list[Any] = [
+        column == value
+        for column, value in ((c.category, category), (c.model, model), (c.verdict, verdict), (c.station, station))
+        if value is not None
+    ]
     if feedback == UNREVIEWED:
-        clauses.append("feedback IS NULL")
+        clauses.append(c.feedback.is_(None))
     elif feedback is not None:
         _check_feedback(feedback)
-        clauses.append("feedback = ?")
-        params.append(feedback)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+        clauses.append(c.feedback == feedback)
+    return clauses
 
 
 _FIELD_NAMES = {f.name for f in fields(InspectionRecord)}
 
 
-def _record(row: sqlite3.Row) -> InspectionRecord:
-    # sqlite3.Row iterates its values, not its keys: .keys() is needed here
-    record = InspectionRecord(**{k: row[k] for k in row.keys() if k in _FIELD_NAMES})  # noqa: SIM118
+def _record(row: Any) -> InspectionRecord:
+    record = InspectionRecord(**{k: v for k, v in row._mapping.items() if k in _FIELD_NAMES})  # noqa: SLF001 - public in SQLAlchemy
     if record.wrong_category is not None:  # stored as 0/1
         record.wrong_category = bool(record.wrong_category)
     return record

@@ -59,6 +59,13 @@ class Settings:
         return self.workspace / "demo_data"
 
     @property
+    def database_url(self) -> str:
+        """The relational store: ``INSPECT_DATABASE_URL`` (``postgresql://...`` for a plant), else
+        the SQLite history file in the workspace (one PC). core.db reads it; nothing else should."""
+        value = os.environ.get("INSPECT_DATABASE_URL", "").strip()
+        return value or f"sqlite:///{self.history_db}"
+
+    @property
     def users_file(self) -> Path:
         """Login users and API-key hashes (core.auth); INSPECT_USERS_FILE moves it out of the workspace."""
         return _path_from_env("INSPECT_USERS_FILE", self.workspace / "users.json")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
@@ -155,8 +154,8 @@ def edit_feedback(history: History, records: list[InspectionRecord]) -> None:
     rec = by_id[chosen]
     c1, c2 = st.columns([1, 2])
     with c1:
-        if rec.thumbnail_path and os.path.isfile(rec.thumbnail_path):
-            st.image(rec.thumbnail_path, width=200)
+        if (jpeg := history.thumbnail(rec)) is not None:
+            st.image(jpeg, width=200)
     with c2:
         _feedback_fields(history, rec)
         if rec.wrong_category and rec.verdict == "DEFECT" and not rec.point_id:

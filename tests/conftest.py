@@ -16,6 +16,8 @@ import pytest
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite's stores are its own: SQLite in temporary workspaces unless a test asks for PostgreSQL.
+os.environ.pop("INSPECT_DATABASE_URL", None)
 
 SHARED_MVTEC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_ad"
 TINY_CATEGORY = "tile"
@@ -145,3 +147,46 @@ def app_index(app_home: Path) -> dict:
     finally:
         if old is not None:
             os.environ["INSPECT_HOME"] = old
+
+
+# --- PostgreSQL (scripts/test.sh starts a throwaway server and exports its URL) --------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The test server's URL (INSPECT_TEST_DATABASE_URL); the test skips, saying why, without one."""
+    url = os.environ.get("INSPECT_TEST_DATABASE_URL", "").strip()
+    if not url:
+        pytest.skip("no PostgreSQL server for the tests: scripts/test.sh starts one where Debian's postgresql can be installed")
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A new, empty database on the test server, dropped after the test."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from core.db.engine import dispose_all
+
+    name = f"inspect_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(make_url(postgres_server).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as con:
+        con.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        dispose_all()
+        with admin.connect() as con:
+            con.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on both engines: an SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'var' / 'history.sqlite'}"
+    return request.getfixturevalue("postgres_url")

@@ -28,6 +28,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(params=["users file", "postgresql"])
+def accounts(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The same tests on both places users live: the workspace's users file, a server database."""
+    if request.param == "postgresql":
+        monkeypatch.setenv("INSPECT_DATABASE_URL", request.getfixturevalue("postgres_url"))
+    return home
+
+
 def _stored(home: Path) -> dict:
     return json.loads((home / "users.json").read_text())
 
@@ -48,7 +56,7 @@ def test_passwords_are_stored_as_salted_scrypt_hashes(home: Path) -> None:
     assert alice["hash"] == expected.hex()
 
 
-def test_right_password_gives_the_role_and_wrong_ones_nothing(home: Path) -> None:
+def test_right_password_gives_the_role_and_wrong_ones_nothing(accounts: Path) -> None:
     auth.add_user("alice", "correct horse", auth.ENGINEER)
     auth.add_user("bob", "battery staple", auth.INSPECTOR)
     assert auth.verify_password("alice", "correct horse") == auth.ENGINEER
@@ -59,7 +67,7 @@ def test_right_password_gives_the_role_and_wrong_ones_nothing(home: Path) -> Non
     assert auth.verify_password("alice", "") is None
 
 
-def test_users_are_checked_added_replaced_and_removed(home: Path) -> None:
+def test_users_are_checked_added_replaced_and_removed(accounts: Path) -> None:
     with pytest.raises(AuthError, match="at least 8 characters"):
         auth.add_user("alice", "short", auth.ENGINEER)
     with pytest.raises(AuthError, match="role 'admin' is unknown"):
@@ -111,11 +119,11 @@ def test_damaged_users_file_lets_nobody_in(home: Path) -> None:
 # --- API keys ------------------------------------------------------------------------------------
 
 
-def test_api_keys_are_shown_once_and_looked_up_by_hash(home: Path) -> None:
+def test_api_keys_are_shown_once_and_looked_up_by_hash(accounts: Path) -> None:
     key = auth.add_api_key("line3", auth.INSPECTOR)
     other = auth.add_api_key("ci", auth.ENGINEER)
     assert key.startswith(auth.API_KEY_PREFIX) and len(key) > 40 and key != other
-    assert key not in (home / "users.json").read_text()
+    assert key not in json.dumps(auth._load())  # noqa: SLF001 - only the key's hash is stored
     assert auth.role_for_api_key(key) == auth.INSPECTOR
     assert auth.role_for_api_key(other) == auth.ENGINEER
     assert auth.role_for_api_key(key[:-1]) is None
@@ -165,7 +173,7 @@ def test_login_required_beyond_loopback_on_request_or_once_users_exist(home: Pat
 # --- command line ----------------------------------------------------------------------------------
 
 
-def test_cli_add_list_remove(home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_cli_add_list_remove(accounts: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import io
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse\n"))
@@ -216,3 +224,12 @@ def test_cli_add_key_prints_the_key_once_on_stdout(home: Path) -> None:
         [sys.executable, "-m", "core", "users", "list"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert "line3" in listed.stdout and key not in listed.stdout
+
+
+def test_two_engineers_adding_users_at_once_lose_nothing(accounts: Path) -> None:
+    """Two processes (two machines' `users add`) on the same users: both users are kept."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = "import sys\nfrom core import auth\nfor i in range(5):\n    auth.add_api_key(f'{sys.argv[1]}{i}', 'inspector')\n"
+    procs = [subprocess.Popen([sys.executable, "-c", script, tag], cwd=REPO, env=env) for tag in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert sorted(e.name for e in auth.list_api_keys()) == sorted(f"{t}{i}" for t in "ab" for i in range(5))

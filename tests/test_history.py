@@ -76,8 +76,8 @@ def test_default_path_from_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert h.path.is_file()
 
 
-def test_add_list_filter_count(db: Path) -> None:
-    h = History(db)
+def test_add_list_filter_count(database_url: str) -> None:
+    h = History(database_url)
     ids = [
         h.add(_rec(1)),
         h.add(_rec(2, verdict="DEFECT", score=0.9, defect_type="crack", point_id=17)),
@@ -105,8 +105,8 @@ def test_add_list_filter_count(db: Path) -> None:
         h.add(_rec(5, verdict="MAYBE"))
 
 
-def test_feedback(db: Path) -> None:
-    h = History(db)
+def test_feedback(database_url: str) -> None:
+    h = History(database_url)
     a, b = h.add(_rec(1)), h.add(_rec(2, verdict="DEFECT"))
     h.set_feedback(a, "missed_defect", "scratch near the edge")
     h.set_feedback(b, "false_alarm", None)
@@ -123,8 +123,8 @@ def test_feedback(db: Path) -> None:
         h.set_feedback(424242, "correct")
 
 
-def test_csv(db: Path, tmp_path: Path) -> None:
-    h = History(db)
+def test_csv(database_url: str, tmp_path: Path) -> None:
+    h = History(database_url)
     h.add(_rec(1, comment='said "ok", then, no'))
     h.add(_rec(2, verdict="DEFECT"))
     text = h.to_csv()
@@ -138,26 +138,26 @@ def test_csv(db: Path, tmp_path: Path) -> None:
     assert len(list(csv.DictReader(io.StringIO(out.read_text())))) == 1
 
 
-def test_persists_across_restart(db: Path) -> None:
-    h = History(db)
+def test_persists_across_restart(database_url: str) -> None:
+    h = History(database_url)
     rid = h.add(_rec(1))
     h.set_feedback(rid, "correct", "fine")
     del h
-    again = History(db)
+    again = History(database_url)
     assert again.count() == 1
     rec = again.get(rid)
     assert rec.feedback == "correct" and rec.file_name == "part_001.png"
     assert again.add(_rec(2)) > rid
 
 
-def test_concurrent_writers_lose_nothing(db: Path) -> None:
-    History(db)
+def test_concurrent_writers_lose_nothing(database_url: str) -> None:
+    History(database_url)
     errors: list[BaseException] = []
     start = threading.Barrier(2)
 
     def writer(tag: str) -> None:
         try:
-            h = History(db)  # each "tab" has its own History object
+            h = History(database_url)  # each "tab" has its own History object
             start.wait()
             for i in range(50):
                 h.add(_rec(i, file_name=f"{tag}_{i}.png"))
@@ -170,7 +170,7 @@ def test_concurrent_writers_lose_nothing(db: Path) -> None:
     for t in threads:
         t.join(timeout=60)
     assert not errors
-    h = History(db)
+    h = History(database_url)
     assert h.count() == 100
     names = {r.file_name for r in h.list()}
     assert names == {f"{t}_{i}.png" for t in "ab" for i in range(50)}
@@ -228,12 +228,12 @@ def test_save_thumbnail(db: Path) -> None:
         h.save_thumbnail(img, "../../etc/passwd")
 
 
-def test_concurrent_processes_lose_nothing(db: Path) -> None:
+def test_concurrent_processes_lose_nothing(database_url: str) -> None:
     """Two processes (e.g. the app and a CLI run) writing at once."""
     import subprocess
     import sys
 
-    History(db)
+    History(database_url)
     repo = Path(__file__).resolve().parent.parent
     script = (
         "import sys\n"
@@ -243,9 +243,9 @@ def test_concurrent_processes_lose_nothing(db: Path) -> None:
         "    h.add(InspectionRecord(file_name=f'{sys.argv[2]}_{i}.png', sha256='0' * 64,\n"
         "        category='tile', model='patchcore', score=0.1, threshold=0.5, verdict='GOOD'))\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(db), tag], cwd=repo) for tag in ("p", "q")]
+    procs = [subprocess.Popen([sys.executable, "-c", script, database_url, tag], cwd=repo) for tag in ("p", "q")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    assert History(db).count() == 100
+    assert History(database_url).count() == 100
 
 
 def test_a_full_disk_is_called_a_full_disk(tmp_path, monkeypatch) -> None:
@@ -263,11 +263,11 @@ def test_a_full_disk_is_called_a_full_disk(tmp_path, monkeypatch) -> None:
     assert not history._disk_full("database is locked", tmp_path)
 
 
-def test_each_stations_version_and_the_station_filter(db: Path) -> None:
+def test_each_stations_version_and_the_station_filter(database_url: str) -> None:
     """The dashboard reads which version each line station judges with from the rows it records."""
     from core.services.history_view import stations
 
-    h = History(db)
+    h = History(database_url)
     h.add(_rec(1, station="line-1", model_version="v0003"))
     h.add(_rec(2, station="line-1", model_version="v0004"))
     h.add(_rec(3, station="line-2", model_version="v0003"))

@@ -69,12 +69,10 @@ def _history(history: History | None) -> History:
     return history if history is not None else History()
 
 
-def _thumbnail_scores(detector: Detector, records: list[InspectionRecord]) -> dict[int, float]:
-    from core.data.image_io import load_image
-
-    paths = {r.id: r.thumbnail_path for r in records if r.thumbnail_path and Path(r.thumbnail_path).is_file()}
-    ids = list(paths)
-    images = [load_image(Path(paths[i]).read_bytes(), paths[i]) for i in ids]
+def _thumbnail_scores(history: History, detector: Detector, records: list[InspectionRecord]) -> dict[int, float]:
+    thumbs = {r.id: image for r in records if (image := thumbnail_image(history, r)) is not None}
+    ids = list(thumbs)
+    images = [thumbs[i] for i in ids]
     out: dict[int, float] = {}
     for start in range(0, len(ids), 8):
         for i, p in zip(ids[start : start + 8], detector.predict_batch(images[start : start + 8]), strict=True):
@@ -90,7 +88,7 @@ def reviewed(history: History, detector: Detector) -> tuple[list[tuple[int, int,
     records = [r for r in history.list(category=meta.category, model=meta.model) if label_of(r) is not None]
     same = [r for r in records if r.model_version == detector.version and r.raw_score is not None]
     other = [r for r in records if r not in same]
-    rescored = _thumbnail_scores(detector, other) if other else {}
+    rescored = _thumbnail_scores(history, detector, other) if other else {}
     out = [(r.id, label_of(r), float(r.raw_score)) for r in same]
     out += [(r.id, label_of(r), rescored[r.id]) for r in other if r.id in rescored]
     notes = []
@@ -185,7 +183,7 @@ def confirmed_goods(history: History, model: str, category: str) -> list[Inspect
     seen: set[str] = set()
     out = []
     for r in good:
-        if r.id in used or r.sha256 in seen or not (r.thumbnail_path and Path(r.thumbnail_path).is_file()):
+        if r.id in used or r.sha256 in seen or history.thumbnail(r) is None:
             continue
         seen.add(r.sha256)
         out.append(r)
@@ -284,7 +282,7 @@ def _update_bank_once(
                 f"no confirmed-good inspections of {model}/{category} to add (mark false alarms or correct GOOD "
                 "verdicts on the History page; inspections already in a memory bank are not added twice)"
             )
-        named = [(r.thumbnail_path, _read(r.thumbnail_path)) for r in records]
+        named = [(r.thumbnail_path or r.file_name, thumbnail_image(hist, r)) for r in records]
         ids = [int(r.id) for r in records]
         origin = f"{len(named)} confirmed-good inspections (their history thumbnails)"
     screened = gate.screen(det, named)
@@ -300,7 +298,7 @@ def _update_bank_once(
         f"{len(goods)} held-out goods of the calibration split and the new images (each scored without its own patches)"
     )
     defects = known_defects(hist, model, category)
-    emb_defects = bank_update.embed(det, [_read(r.thumbnail_path) for r in defects]) if defects else None
+    emb_defects = bank_update.embed(det, [thumbnail_image(hist, r) for r in defects]) if defects else None
     refresh = bank_update.refreshed_calibration(det, growth, held, old, source, emb_defects)
     cal = refresh.calibration
     change = f"memory bank {growth.n_old} -> {growth.bank.shape[0]} patches from {origin}"
@@ -345,7 +343,7 @@ def known_defects(history: History, model: str, category: str) -> list[Inspectio
     from core.learning.recalibration import label_of
 
     records = history.list(category=category, model=model)
-    return [r for r in records if label_of(r) == 1 and r.thumbnail_path and Path(r.thumbnail_path).is_file()]
+    return [r for r in records if label_of(r) == 1 and history.thumbnail(r) is not None]
 
 
 def _guard_note(refresh: Refresh, defect_ids: list[int], threshold_before: float, n_new: int) -> str:
@@ -374,6 +372,14 @@ def _read(path: str):
     from core.data.image_io import load_image
 
     return load_image(Path(path).read_bytes(), path)
+
+
+def thumbnail_image(history: History, record: InspectionRecord):
+    """The inspection's history thumbnail, decoded (None when it is gone)."""
+    from core.data.image_io import load_image
+
+    jpeg = history.thumbnail(record)
+    return None if jpeg is None else load_image(jpeg, f"{record.sha256}.jpg")
 
 
 def drift(detector: Detector, history: History, *, compute: bool = True) -> DriftReport:

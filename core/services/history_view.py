@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import InspectError
-from core.history import FEEDBACK_LABELS, FEEDBACK_VALUES, UNREVIEWED, History, InspectionRecord
+from core.history import FEEDBACK_LABELS, FEEDBACK_VALUES, THUMBNAIL_REF, UNREVIEWED, History, InspectionRecord, thumbnail_ref
 from core.models import model_label
 
 __all__ = [
@@ -70,7 +70,7 @@ def history_rows(records: list[InspectionRecord]) -> list[dict[str, Any]]:
                 "feedback": FEEDBACK_LABELS.get(rec.feedback or "", "—"),
                 "comment": rec.comment or "",
                 "station": rec.station or "",
-                "thumbnail_path": rec.thumbnail_path,
+                "thumbnail_path": rec.thumbnail_path or thumbnail_ref(rec.sha256),
             }
         )
     return rows
@@ -109,16 +109,24 @@ def file_mtime(path: str | None) -> float:
 
 
 def thumbnail_data_uri(path: str | None, size: int = 96) -> str | None:
-    """A small JPEG data URI of a thumbnail file (for a table's image column), or None."""
-    if not path or not os.path.isfile(path):
-        return None
+    """A small JPEG data URI of a thumbnail file or row (for a table's image column), or None."""
     import base64
     import io
 
     from PIL import Image
 
+    if path and path.startswith(THUMBNAIL_REF):  # a row of the server history
+        try:
+            jpeg = History().thumbnail(path)
+        except InspectError:
+            jpeg = None
+        source: Any = io.BytesIO(jpeg) if jpeg else None
+    else:
+        source = path if path and os.path.isfile(path) else None
+    if source is None:
+        return None
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img = img.convert("RGB")
             img.thumbnail((size, size))
             buf = io.BytesIO()

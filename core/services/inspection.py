@@ -10,7 +10,7 @@ import numpy as np
 
 from core.data.image_io import SUPPORTED_EXTENSIONS, load_image, sha256_of
 from core.errors import InspectError
-from core.history import DuplicateRequestError, History, InspectionRecord
+from core.history import DuplicateRequestError, History, InspectionRecord, thumbnail_ref
 from core.inference.verdict import CALIBRATED_THRESHOLD
 from core.learning.drift import ood_note
 from core.settings import station
@@ -175,7 +175,7 @@ def record_inspection(
         threshold=float(threshold),
         verdict=prediction.verdict(threshold),
         raw_score=float(prediction.raw_score),
-        thumbnail_path=str(thumb),
+        thumbnail_path=str(thumb) if thumb else None,
         defect_type=defect_type,
         model_version=model_version or None,
         wrong_category=wrong_category,
@@ -214,8 +214,8 @@ def index_inspection(
             prediction,
             sha256=sha256,
             inspection_id=inspection_id,
-            file_name=str(thumb),
-            history_db=str(history.path),
+            file_name=str(thumb) if thumb else thumbnail_ref(sha256),
+            history_db=str(history.path) if history.path else None,
         )
         if outcome.point_id is not None:
             history.set_point_id(inspection_id, outcome.point_id)
@@ -241,10 +241,11 @@ def add_to_gallery(history: History, inspection_id: int, detector: Detector | No
         raise ConfigError(f"inspection {inspection_id} was judged {record.verdict}: only DEFECT verdicts join the gallery")
     if record.point_id:
         return str(record.point_id), None
-    if not (record.thumbnail_path and Path(record.thumbnail_path).is_file()):
+    jpeg = history.thumbnail(record)
+    if jpeg is None:
         raise StoreError(f"inspection {inspection_id}'s thumbnail is gone: it cannot be added to the gallery")
     detector = detector or load_detector(record.model, record.category)
-    image = load_image(Path(record.thumbnail_path).read_bytes(), record.thumbnail_path)
+    image = load_image(jpeg, f"{record.sha256}.jpg")
     history.set_wrong_category(inspection_id, False)
     return index_inspection(
         detector, image, predict(detector, image), sha256=record.sha256, inspection_id=inspection_id, history=history

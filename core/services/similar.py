@@ -123,14 +123,17 @@ def case_source(payload: dict[str, Any]) -> str:
 def load_case_image(payload: dict[str, Any]) -> np.ndarray | None:
     """The stored image of a case (None when its file is gone)."""
     from core.data.image_io import load_image
-    from core.errors import ImageError
+    from core.history import THUMBNAIL_REF, History
 
     path = payload.get("image_path")
     if not path:
         return None
     try:
+        if str(path).startswith(THUMBNAIL_REF):  # a thumbnail row of the server history
+            jpeg = History().thumbnail(str(path))
+            return None if jpeg is None else load_image(jpeg, f"{path}.jpg")
         return load_image(Path(path))
-    except ImageError:
+    except InspectError:
         return None
 
 
@@ -280,9 +283,11 @@ def _entry_query(
 
 def _record_query(model: str, category: str, record: InspectionRecord, k: int, filters: dict[str, str]) -> SimilarQuery:
     """Search by a history record of another session (a shared link), by its indexed point."""
+    from core.history import thumbnail_ref
+
     hits = _search(model, category, k, filters, point_id=str(record.point_id))
     payload = {
-        "image_path": record.thumbnail_path,
+        "image_path": record.thumbnail_path or thumbnail_ref(record.sha256),
         "label": "inspected upload",
         "defect_type": record.defect_type or "unknown",
         "score": record.score,

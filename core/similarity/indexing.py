@@ -260,7 +260,8 @@ def drain_pending(store: SimilarityStore, detectors: Mapping[tuple[str, str], De
             pid = _add_or_link(store, *pair, _upload_record(*pair, vectors, score=item.score, **about))
         except ValueError:  # saved vectors of another model version: an index run recomputes them
             continue
-        if item.history_db and Path(item.history_db).is_file():
+        # history_db: the SQLite file it was recorded in; None: the settings' server database
+        if item.history_db is None or Path(item.history_db).is_file():
             with contextlib.suppress(StoreError):  # the row was deleted meanwhile; the point stays
                 History(item.history_db).set_point_id(item.inspection_id, pid)
         pending.remove(item)
@@ -273,9 +274,10 @@ def _catch_up_history(store: SimilarityStore, detector: Detector, notes: list[st
     is a dataset image, a link lost before it was written), else added from the history's 256 px
     thumbnail (the upload itself is not kept): a store that was lost, rebuilt or never built comes
     back whole. Queued uploads and those judged not to be of the category are left alone."""
-    from core.history import History
+    from core.history import History, thumbnail_ref
 
-    if not settings.get_settings().history_db.is_file():
+    current = settings.get_settings()
+    if current.database_url.startswith("sqlite") and not current.history_db.is_file():
         return
     history, model, category = History(), detector.meta.model, detector.meta.category
     queued = {item.inspection_id for item in pending.pending_uploads(model, category)}
@@ -292,9 +294,10 @@ def _catch_up_history(store: SimilarityStore, detector: Detector, notes: list[st
             if str(row.point_id) == pid:
                 continue
             linked += 1
-        elif Path(row.thumbnail_path or "").is_file():
-            vectors, _ = describe(detector, load_image(Path(row.thumbnail_path).read_bytes(), row.thumbnail_path))
-            about = {"sha256": row.sha256, "image_path": row.thumbnail_path, "inspection_id": row.id, "time": row.created_at}
+        elif (jpeg := history.thumbnail(row)) is not None:
+            vectors, _ = describe(detector, load_image(jpeg, f"{row.sha256}.jpg"))
+            image_path = row.thumbnail_path or thumbnail_ref(row.sha256)
+            about = {"sha256": row.sha256, "image_path": image_path, "inspection_id": row.id, "time": row.created_at}
             store.upsert(model, category, [_upload_record(model, category, vectors, score=row.score, **about)])
             present.add(pid)
             added += 1
