@@ -149,17 +149,11 @@ def users_path() -> Path | str:
     return db.shown(url) if db.is_server(url) else settings.get_settings().users_file
 
 
-def _server():  # noqa: ANN202 - a SQLAlchemy Engine, or None on one PC
-    """The server database's engine when the users live there, else None (the users file)."""
-    from core.db import engine as db
-
-    url = settings.get_settings().database_url
-    return db.engine_for(url) if db.is_server(url) else None
-
-
 def _load() -> dict[str, Any]:
     """The users and API keys, from the server database or the users file."""
-    engine = _server()
+    from core.db.engine import configured_server
+
+    engine = configured_server()
     if engine is not None:
         from core.db import accounts
 
@@ -198,7 +192,9 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 @contextmanager
 def _editing() -> Iterator[dict[str, Any]]:
     """Read-modify-write of the users under an exclusive lock; written when the block ends."""
-    engine = _server()
+    from core.db.engine import configured_server
+
+    engine = configured_server()
     if engine is not None:
         from core.db import accounts
 

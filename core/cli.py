@@ -408,13 +408,44 @@ def cmd_users(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from core.api.server import serve
+    from core.db import engine as db
+    from core.settings import get_settings
 
+    url = get_settings().database_url
+    if db.is_server(url):  # an unreachable or wrong URL is one line now, not at the first inspection
+        db.check(url)
     if args.station:
         from core.settings import station
 
         os.environ["INSPECT_STATION"] = args.station
         station()  # a bad name is one line now, not at the first inspection
     serve(args.host, args.port)
+
+
+def cmd_db(args: argparse.Namespace) -> None:
+    from core.db import engine as db
+    from core.settings import get_settings
+
+    settings = get_settings()
+    if args.action == "upgrade":
+        from core.db import migrate
+
+        done = migrate.upgrade(db.engine_for(settings.database_url))
+        if done.changed:
+            print(f"{done.database}: schema {done.before or 'none'} -> {done.after}")
+        else:
+            print(f"{done.database}: schema {done.after}, already the newest")
+        return
+    from core.db.copy import copy_workspace
+
+    report = copy_workspace(settings.database_url, settings.users_file, args.to)
+    print(
+        f"copied into {report.target}: {report.inspections} inspection(s), {report.thumbnails} thumbnail(s), "
+        f"{report.users} user(s), {report.api_keys} API key(s); verified by counts and {report.sampled} row(s) compared"
+    )
+    if report.thumbnails_missing:
+        print(f"  note: {report.thumbnails_missing} inspection(s) had lost their thumbnail file before the copy")
+    print(f"the source was left untouched; point the stations at the copy with INSPECT_DATABASE_URL={report.target}")
 
 
 def _pct(errors: Any) -> str:
@@ -530,6 +561,15 @@ def _serve_parser(sub: Any) -> None:
         "--station", help="the line station this server inspects for, recorded with every inspection (INSPECT_STATION)"
     )
     p.set_defaults(func=cmd_serve)
+
+
+def _db_parser(sub: Any) -> None:
+    p = sub.add_parser("db", help="the history database: upgrade its schema, copy it to a server")
+    p.set_defaults(func=cmd_db)
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("upgrade", help="bring the database (INSPECT_DATABASE_URL, else the workspace's) to this schema")
+    a = actions.add_parser("copy", help="copy this workspace's history and users into another database (verified)")
+    a.add_argument("--to", required=True, metavar="URL", help="the target, e.g. postgresql://inspect:PASSWORD@db-host/inspect")
 
 
 def _users_parser(sub: Any) -> None:
@@ -648,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     _inspect_parser(sub)
     _export_parser(sub)
     _users_parser(sub)
+    _db_parser(sub)
     _serve_parser(sub)
     _learning_parsers(sub)
     return parser

@@ -14,6 +14,10 @@ that started the job has been restarted meanwhile, and any app process (or a ter
 it. The supervisor and the command run in their own session (process group): cancelling a job
 stops both, and stopping the app does not stop the job.
 
+With a server database (``INSPECT_DATABASE_URL``) every record is also shared as a row of its
+``jobs`` table (:mod:`core.db.job_records`), with the machine it runs on, so the dashboard lists the
+jobs of every machine; a job is followed and cancelled on the machine that runs it.
+
 Progress is read from the log: :func:`progress_of` finds the last tqdm line (``Selecting
 coreset:  45%|####  | 115/256``) and returns its fraction and text, which the page shows as a
 progress bar refreshed by ``st.fragment(run_every=...)``.
@@ -27,6 +31,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,6 +75,12 @@ class Job:
     message: str | None = None  # a one-line reason when the job failed or was cancelled
     extra: dict[str, Any] = field(default_factory=dict)
     started_by: str = ""  # who started it (core.auth.Actor's name): jobs change what everyone uses
+    host: str = ""  # the machine whose process runs it ("": a record written before hosts were kept)
+
+    @property
+    def here(self) -> bool:
+        """Whether this machine runs it (its process can be checked and signalled from here)."""
+        return self.host in ("", socket.gethostname())
 
     @property
     def done(self) -> bool:
@@ -116,16 +127,38 @@ def _parse_time(text: str | None) -> float | None:
 
 def _write(job: Job) -> None:
     path = job.record_path
+    text = json.dumps(asdict(job), indent=2)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(job), indent=2))
+    tmp.write_text(text)
     os.replace(tmp, path)
+    _share(job, text)
+
+
+def _share(job: Job, text: str) -> None:
+    """Mirror the record into the server database, when there is one (never fails the job)."""
+    from core.db.engine import configured_server
+
+    try:
+        engine = configured_server()
+    except InspectError:
+        return  # a wrong URL is reported where the stores are opened, not by every job
+    if engine is not None:
+        from core.db import job_records
+
+        job_records.save(engine, job.id, job.host or socket.gethostname(), job.status, job.started_at, text)
+
+
+def _parse(text: str) -> Job | None:
+    try:
+        return Job(**json.loads(text))
+    except (json.JSONDecodeError, TypeError):
+        return None
 
 
 def _read(path: Path) -> Job | None:
     try:
-        data = json.loads(path.read_text())
-        return Job(**data)
-    except (OSError, json.JSONDecodeError, TypeError):
+        return _parse(path.read_text())
+    except OSError:
         return None
 
 
@@ -186,6 +219,7 @@ def start_job(
         started_at=_now(),
         extra={"nice": nice} if nice else {},
         started_by=who,
+        host=socket.gethostname(),
     )
     _write(job)
     child_env = dict(os.environ if env is None else env)
@@ -271,7 +305,16 @@ def load_job(job_id_or_path: str | Path) -> Job | None:
 
 
 def list_jobs(limit: int | None = 20) -> list[Job]:
-    """Jobs of this workspace, newest first."""
+    """Jobs of this workspace (with a server database: of every machine), newest first."""
+    from core.db.engine import configured_server
+
+    engine = configured_server()
+    if engine is not None:
+        from core.db import job_records
+
+        shared = [j for _, text in job_records.recent(engine, limit) if (j := _parse(text)) is not None]
+        # this machine's jobs from their record files: their processes can be checked from here
+        return [(load_job(j.record_path) or j) if j.here and j.record_path.is_file() else j for j in shared]
     folder = jobs_dir()
     if not folder.is_dir():
         return []
@@ -307,8 +350,12 @@ def cancel_job(job_id: str, *, actor: Actor) -> Job | None:
     """Stop a running job (SIGTERM to its process group) and mark it cancelled. Engineers only."""
     who = require_engineer(actor, "cancelling a job")
     job = load_job(job_id)
+    if job is None:
+        job = next((j for j in list_jobs(limit=200) if j.id == job_id), None)
     if job is None or job.status != RUNNING:
         return job
+    if not job.here:
+        raise InspectError(f"job {job.id} runs on {job.host}: cancel it there")
     if job.pid and _alive(job.pid):
         try:
             os.killpg(job.pid, signal.SIGTERM)

@@ -13,6 +13,14 @@ from core.errors import PermissionDeniedError
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
+@pytest.fixture(params=["record files", "postgresql"])
+def job_store(request: pytest.FixtureRequest, app_env, monkeypatch: pytest.MonkeyPatch):
+    """The same job tests with the records in files only, and shared through a server database."""
+    if request.param == "postgresql":
+        monkeypatch.setenv("INSPECT_DATABASE_URL", request.getfixturevalue("postgres_url"))
+    return request.param
+
+
 def wait_done(job_id: str, timeout: float = 240.0) -> jobs.Job:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -23,7 +31,7 @@ def wait_done(job_id: str, timeout: float = 240.0) -> jobs.Job:
     raise AssertionError(f"job {job_id} still running after {timeout} s")
 
 
-def test_failed_job_reports_the_error_line(app_env):
+def test_failed_job_reports_the_error_line(job_store):
     job = jobs.start_job("train", actor=COMMAND_LINE, model="patchcore", category="no_such_category")
     assert job.status == jobs.RUNNING and job.pid
     assert jobs.active_job("train", "patchcore", "no_such_category") is not None
@@ -34,7 +42,7 @@ def test_failed_job_reports_the_error_line(app_env):
     assert jobs.active_job("train", "patchcore", "no_such_category") is None
 
 
-def test_job_runs_in_the_background_and_can_be_cancelled(app_env):
+def test_job_runs_in_the_background_and_can_be_cancelled(job_store):
     started = time.monotonic()
     job = jobs.start_job("evaluate", actor=COMMAND_LINE, model="patchcore", category="tile")
     assert time.monotonic() - started < 5  # start_job returns at once
@@ -50,6 +58,45 @@ def test_job_runs_in_the_background_and_can_be_cancelled(app_env):
     assert done.started_by == "command line"
     time.sleep(0.5)
     assert not jobs._alive(job.pid)
+    assert [j.status for j in jobs.list_jobs() if j.id == job.id] == [jobs.CANCELLED]
+
+
+def test_the_dashboard_lists_every_machines_jobs_and_cancels_only_its_own(app_env, postgres_url, monkeypatch):
+    """With a server database a job started on a line PC is listed on the dashboard, followed from
+    its shared record, and cancelled only where its process runs."""
+    import json
+    from dataclasses import asdict
+
+    from core.db import job_records
+    from core.db.engine import engine_for
+
+    monkeypatch.setenv("INSPECT_DATABASE_URL", postgres_url)
+    elsewhere = jobs.Job(
+        id="20261206T101500-index-abc123",
+        kind="index",
+        title="index patchcore tile",
+        args=["index"],
+        log_path="/srv/inspect/var/jobs/20261206T101500-index-abc123.log",
+        model="patchcore",
+        category="tile",
+        pid=4242,
+        started_at="2026-12-06T10:15:00+00:00",
+        host="line-pc-7",
+    )
+    job_records.save(
+        engine_for(postgres_url),
+        elsewhere.id,
+        elsewhere.host,
+        elsewhere.status,
+        elsewhere.started_at,
+        json.dumps(asdict(elsewhere)),
+    )
+    listed = {j.id: j for j in jobs.list_jobs()}
+    assert listed[elsewhere.id].host == "line-pc-7" and listed[elsewhere.id].status == jobs.RUNNING
+    assert jobs.active_job("index", "patchcore", "tile").id == elsewhere.id  # not started twice on a shared model
+    with pytest.raises(jobs.InspectError, match="runs on line-pc-7: cancel it there"):
+        jobs.cancel_job(elsewhere.id, actor=COMMAND_LINE)
+    assert jobs.read_log_tail(listed[elsewhere.id]) == ""  # its log is on its own machine
 
 
 def test_an_inspector_cannot_start_a_job(app_env):

@@ -52,8 +52,10 @@ def parse(url: str) -> URL:
 
 
 def shown(url: URL | str) -> str:
-    """The URL as it may be printed: the password replaced by ``***``."""
+    """The database as it may be printed: an SQLite file's path, a server's URL without password."""
     parsed = url if isinstance(url, URL) else make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return str(parsed.database)
     return parsed.render_as_string(hide_password=True).replace("+psycopg", "")
 
 
@@ -61,6 +63,14 @@ def is_server(url: URL | str) -> bool:
     """Whether ``url`` is a database server (shared by stations) rather than a local SQLite file."""
     parsed = url if isinstance(url, URL) else make_url(url)
     return parsed.get_backend_name() != "sqlite"
+
+
+def configured_server() -> Engine | None:
+    """The engine of the server database the settings name (INSPECT_DATABASE_URL), or None on one PC."""
+    from core.settings import get_settings
+
+    url = get_settings().database_url
+    return engine_for(url) if is_server(url) else None
 
 
 def engine_for(url: URL | str, timeout: float = 30.0) -> Engine:
