@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from core.db import engine as db
 from core.db import migrate
-from core.db.schema import api_keys, inspections, thumbnails, users
+from core.db.schema import PointId, api_keys, inspections, thumbnails, users
 from core.errors import ConfigError, StoreError
 
 #: Rows written per statement.
@@ -69,7 +69,7 @@ def copy_workspace(source_url: str, users_file: Path, target_url: str) -> CopyRe
             if rows and con.dialect.name == "postgresql":  # the ids were given: move the sequence past them
                 con.execute(text("SELECT setval(pg_get_serial_sequence('inspections', 'id'), (SELECT MAX(id) FROM inspections))"))
             _copy_users(con, accounts, where)
-        sampled = _verify(src, dst, rows, accounts, n_thumbs, where)
+            sampled = _verify(con, rows, accounts, n_thumbs, where)  # a difference rolls all of it back
     except DBAPIError as exc:
         raise StoreError(f"copying into {where} failed, nothing of it was kept: {db.reason(exc)}") from None
     finally:
@@ -100,6 +100,7 @@ def _target_row(row: dict[str, Any]) -> dict[str, Any]:
     """A source row in the target's columns (an older history lacks some: they stay empty)."""
     out = {c.name: row.get(c.name) for c in inspections.columns}
     out["thumbnail_path"] = None  # the picture travels as a row; a path on the old PC means nothing there
+    out["point_id"] = PointId().process_result_value(out["point_id"], None)  # as the target reads it back
     return out
 
 
@@ -143,20 +144,22 @@ def _copy_users(con: Any, accounts: dict[str, Any], where: str) -> None:
             con.execute(insert(table), rows)
 
 
-def _verify(src: Engine, dst: Engine, rows: list[dict[str, Any]], accounts: dict[str, Any], n_thumbs: int, where: str) -> int:
+def _verify(con: Any, rows: list[dict[str, Any]], accounts: dict[str, Any], n_thumbs: int, where: str) -> int:
     """Count every table on the target and compare a sample of rows; StoreError on any difference."""
-    with dst.connect() as con:
-        counts = {t.name: con.execute(select(func.count()).select_from(t)).scalar_one() for t in (inspections, users, api_keys)}
-        thumbs = con.execute(select(func.count()).select_from(thumbnails)).scalar_one()
-        expected = {"inspections": len(rows), "users": len(accounts["users"]), "api_keys": len(accounts["api_keys"])}
-        if counts != expected or thumbs < n_thumbs:
-            raise StoreError(f"the copy in {where} does not match its source: {counts} against {expected}")
-        picks = _sample(rows)
-        by_id = {r["id"]: r for r in rows}
-        for got in con.execute(select(inspections).where(inspections.c.id.in_(picks))):
-            want = _target_row(by_id[got.id])
-            if dict(got._mapping) != want:  # noqa: SLF001
-                raise StoreError(f"inspection {got.id} differs between the source and {where}")
+    counts = {t.name: con.execute(select(func.count()).select_from(t)).scalar_one() for t in (inspections, users, api_keys)}
+    thumbs = con.execute(select(func.count()).select_from(thumbnails)).scalar_one()
+    expected = {"inspections": len(rows), "users": len(accounts["users"]), "api_keys": len(accounts["api_keys"])}
+    if counts != expected or thumbs < n_thumbs:
+        raise StoreError(f"the copy in {where} does not match its source: {counts} against {expected}")
+    picks = _sample(rows)
+    by_id = {r["id"]: r for r in rows}
+    for got in con.execute(select(inspections).where(inspections.c.id.in_(picks))):
+        want, have = _target_row(by_id[got.id]), dict(got._mapping)  # noqa: SLF001
+        differ = sorted(k for k in want if want[k] != have[k])
+        if differ:
+            raise StoreError(
+                f"inspection {got.id} differs between the source and {where} ({', '.join(differ)}): nothing was copied"
+            )
     return len(picks)
 
 

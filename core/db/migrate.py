@@ -81,6 +81,11 @@ def ensure(engine: Engine) -> Upgrade | None:
 def upgrade(engine: Engine) -> Upgrade:
     """Apply every migration ``engine``'s database lacks, under a lock; StoreError on failure."""
     where = shown(engine.url)
+    if engine.dialect.name == "sqlite":
+        try:
+            Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder for the database {where}: {exc}") from None
     try:
         with _serialised(engine), engine.begin() as con:
             if con.dialect.name == "postgresql":
