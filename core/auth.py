@@ -40,9 +40,11 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -149,16 +151,39 @@ def users_path() -> Path | str:
     return db.shown(url) if db.is_server(url) else settings.get_settings().users_file
 
 
+#: How long a station reuses the users it read from a server database (every API request asks).
+SERVER_READ_TTL_S = 5.0
+# engine URL -> (monotonic time read, document): the last users read from each server database
+_LAST_READ: dict[str, tuple[float, dict[str, Any]]] = {}
+
+
 def _load() -> dict[str, Any]:
-    """The users and API keys, from the server database or the users file."""
+    """The users and API keys, from the server database or the users file.
+
+    A server's answer is reused for a few seconds, and while the server cannot be reached a station
+    goes on with the users it read last (logged), so that its line keeps inspecting; a station that
+    never reached it refuses everyone.
+    """
     from core.db.engine import configured_server
 
     engine = configured_server()
-    if engine is not None:
-        from core.db import accounts
+    if engine is None:
+        return _read(settings.get_settings().users_file)
+    from core.db import accounts
 
-        return accounts.read(engine)
-    return _read(settings.get_settings().users_file)
+    key = engine.url.render_as_string(hide_password=False)
+    last = _LAST_READ.get(key)
+    if last is not None and time.monotonic() - last[0] < SERVER_READ_TTL_S:
+        return last[1]
+    try:
+        data = accounts.read(engine)
+    except AuthError as exc:
+        if last is None:
+            raise
+        logging.getLogger(__name__).warning("%s; going on with the users read %.0f s ago", exc, time.monotonic() - last[0])
+        return last[1]
+    _LAST_READ[key] = (time.monotonic(), data)
+    return data
 
 
 def _empty() -> dict[str, Any]:
@@ -200,6 +225,7 @@ def _editing() -> Iterator[dict[str, Any]]:
 
         with accounts.editing(engine) as data:
             yield data
+        _LAST_READ.clear()  # this process sees its own change at once
         return
     path = settings.get_settings().users_file
     path.parent.mkdir(parents=True, exist_ok=True)

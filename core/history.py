@@ -158,6 +158,15 @@ class History:
                 raise StoreError(f"cannot create the folder for the history database {self.path.parent}: {exc}") from None
         self._init_schema()
 
+    def problem(self) -> str | None:
+        """Why the history cannot be used right now (one round trip to its database), or None."""
+        try:
+            with self._db() as con:
+                con.execute(select(1))
+        except StoreError as exc:
+            return str(exc)
+        return None
+
     @property
     def where(self) -> str:
         """The history as a person may be told it: the file, or the server URL without password."""

@@ -102,8 +102,8 @@ def health_router() -> APIRouter:
     @router.get(
         "/readyz",
         response_model=schemas.Ready,
-        responses={503: {"model": schemas.ErrorOut, "description": "no model can be loaded, or the history cannot be opened"}},
-        summary="Ready for /v1/inspect: a model can be loaded, the history opens; the similar-defect store is reported",
+        responses={503: {"model": schemas.ErrorOut, "description": "no model can be loaded, or the history cannot be reached"}},
+        summary="Ready for /v1/inspect: a model can be loaded, the history's database answers; the similar-defect store is reported",
     )
     def readyz(request: Request) -> Any:
         """Ready when a model can be loaded and inspections can be recorded. A similar-defect store
@@ -116,7 +116,9 @@ def health_router() -> APIRouter:
         if not metas and not loaded:
             why = f"; unusable: {', '.join(f'{m}/{c}' for m, c in problems)}" if problems else ""
             return error_response(f"no trained model can be loaded: train one with `python -m core train ...`{why}", 503)
-        _, history_problem = history_view.open_history()
+        history, history_problem = history_view.open_history()
+        if history is not None:
+            history_problem = history.problem()  # a server that went away since it was opened
         if history_problem is not None:
             return error_response(f"inspections cannot be recorded: {history_problem}", 503)
         return schemas.Ready(
@@ -126,6 +128,7 @@ def health_router() -> APIRouter:
             unreadable=[f"{m}/{c}" for m, c in sorted(problems)],
             similar_store=similar.store_problem() or "ok",
             station=station(),
+            database="postgresql" if history.server else "sqlite",
         )
 
     return router

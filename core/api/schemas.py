@@ -196,3 +196,6 @@ class Ready(BaseModel):
         "ok", description='"ok", or why the similar-defect store cannot be opened (uploads wait in a queue meanwhile)'
     )
     station: str | None = Field(None, description="the line station this process inspects for")
+    database: Literal["sqlite", "postgresql"] = Field(
+        "sqlite", description="the history's engine: the workspace's SQLite file, or the plant's PostgreSQL server"
+    )
