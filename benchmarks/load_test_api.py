@@ -8,6 +8,11 @@ after, which must differ by exactly the number of successful requests (every ins
 recorded). Exit status 1 when it does not, or when any request failed.
 
     INSPECT_HOME=/tmp/api_home .venv/bin/python benchmarks/load_test_api.py --clients 8 --requests 200
+
+``--databases sqlite postgresql://...`` runs the same test once per history database, one after
+the other in one run (``--rounds`` alternates them), and ends with a table comparing them: the
+workspace's SQLite file against a PostgreSQL server (which should be empty or hold only earlier
+load tests' rows).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import httpx
 
+from core.db.engine import shown
 from core.history import History
 from core.services.catalog import test_images
 
@@ -55,7 +61,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, one_process: bool) -> tuple[subprocess.Popen, str]:
+def start_server(port: int, one_process: bool, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     """The server subprocess and its API base URL."""
     if one_process:
         cmd = [sys.executable, "-m", "streamlit", "run", "server.py", "--server.port", str(port), "--server.headless", "true"]
@@ -63,7 +69,7 @@ def start_server(port: int, one_process: bool) -> tuple[subprocess.Popen, str]:
     else:
         cmd = [sys.executable, "-m", "core", "serve", "--port", str(port)]
         base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(cmd, cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -106,18 +112,37 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Outcome:
+    """One database's run, for the closing table."""
+
+    database: str
+    requests: int
+    wall_s: float
+    median_ms: float
+    p95_ms: float
+    errors: int
+    rows_added: int
+    answers: int
+
+
+def run(args: argparse.Namespace, database: str) -> Outcome:
+    """One load test against a server whose history is ``database`` ("sqlite": the workspace's file)."""
     images = [(t.path.name, t.path.read_bytes()) for t in test_images(args.category)]
     if not images:
         raise SystemExit(f"no test images for {args.category!r}: generate the demo data or set INSPECT_DATA_ROOT")
     form = {"category": args.category, "model": args.model}
-    proc, base = start_server(free_port(), args.one_process)
+    env = {k: v for k, v in os.environ.items() if k != "INSPECT_DATABASE_URL"}
+    if database != "sqlite":
+        env["INSPECT_DATABASE_URL"] = database
+    history = History(database if database != "sqlite" else None)
+    proc, base = start_server(free_port(), args.one_process, env)
     tally = Tally()
     try:
         warm = httpx.post(f"{base}/v1/inspect", files={"image": images[0]}, data=form, timeout=300)  # loads the model
         if warm.status_code != 200:
             raise SystemExit(f"warm-up request failed: {warm.status_code} {warm.text}")
-        before = History().count()
+        before = history.count()
         threads = [
             threading.Thread(target=client, args=(base, images, form, c * args.requests, args.requests, tally))
             for c in range(args.clients)
@@ -130,16 +155,18 @@ def run(args: argparse.Namespace) -> int:
         wall = time.perf_counter() - began
     finally:
         stop_server(proc)
-    after = History().count()
-    return report(args, tally, wall, before, after)
+    after = history.count()
+    return report(args, tally, wall, before, after, history.server and shown(database) or "sqlite")
 
 
-def report(args: argparse.Namespace, tally: Tally, wall: float, before: int, after: int) -> int:
+def report(args: argparse.Namespace, tally: Tally, wall: float, before: int, after: int, database: str) -> Outcome:
     total = len(tally.latencies_ms)
     ok = tally.statuses.get(200, 0)
     errors = total - ok
     server = "streamlit run server.py (one process)" if args.one_process else "python -m core serve"
-    print(f"server: {server}; {args.model}/{args.category}; {args.clients} clients x {args.requests} requests = {total}")
+    print(
+        f"server: {server}; history: {database}; {args.model}/{args.category}; {args.clients} clients x {args.requests} requests = {total}"
+    )
     print(f"wall time {wall:.1f} s, throughput {total / wall:.1f} requests/s")
     print(
         f"latency median {statistics.median(tally.latencies_ms):.0f} ms, p95 {percentile(tally.latencies_ms, 0.95):.0f} ms, "
@@ -150,7 +177,8 @@ def report(args: argparse.Namespace, tally: Tally, wall: float, before: int, aft
     print(
         f"history rows before {before}, after {after}: +{after - before} for {ok} successful requests ({'OK' if matches else 'MISMATCH'})"
     )
-    return 0 if matches and errors == 0 else 1
+    median, p95 = statistics.median(tally.latencies_ms), percentile(tally.latencies_ms, 0.95)
+    return Outcome(database, total, wall, median, p95, errors, after - before, ok)
 
 
 def main() -> int:
@@ -160,7 +188,24 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=200, help="requests per client")
     parser.add_argument("--one-process", action="store_true", help="test the dashboard+API server (server.py)")
-    return run(parser.parse_args())
+    parser.add_argument(
+        "--databases",
+        nargs="+",
+        default=["sqlite"],
+        metavar="DB",
+        help='"sqlite" (the workspace\'s file) and/or postgresql:// URLs',
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="run the databases in turn this many times")
+    args = parser.parse_args()
+    outcomes = [run(args, database) for _ in range(args.rounds) for database in args.databases]
+    print("\n| history | requests | requests/s | median ms | p95 ms | errors | rows added = answers |")
+    print("|---|---|---|---|---|---|---|")
+    for o in outcomes:
+        same = "yes" if o.rows_added == o.answers else f"no ({o.rows_added} for {o.answers})"
+        print(
+            f"| {o.database} | {o.requests} | {o.requests / o.wall_s:.1f} | {o.median_ms:.0f} | {o.p95_ms:.0f} | {o.errors} | {same} |"
+        )
+    return 0 if all(o.errors == 0 and o.rows_added == o.answers for o in outcomes) else 1
 
 
 if __name__ == "__main__":
