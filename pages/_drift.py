@@ -31,16 +31,19 @@ def _figure(report: DriftReport):
     return fig
 
 
-def drift_panel(detector: Detector, history: History | None, *, compute: bool, key: str) -> None:
-    """Median, share over the threshold, warnings and a histogram with the threshold line."""
+def drift_panel(detector: Detector, history: History | None, *, compute: bool, key: str, station: str | None = None) -> None:
+    """Median, share over the threshold, warnings and a histogram with the threshold line
+    (``station``: of that line station's inspections only)."""
     if history is None:
         return
     try:
         with st.spinner("Scoring the calibration images (once per model version)…") if compute else st.empty():
-            report = feedback_loop.drift(detector, history, compute=compute)
+            report = feedback_loop.drift(detector, history, compute=compute, station=station)
     except InspectError as exc:
         st.caption(f"Drift cannot be measured: {exc}")
         return
+    if station:
+        st.caption(f"Drift at station {station}: its inspections only.")
     for warning in report.warnings:
         st.warning(warning, icon=":material/trending_up:")
     if not report.recent_scores:

@@ -227,7 +227,7 @@ def learn(history: History, chosen: dict[str, str | None]) -> None:
         st.error(str(exc))
         return
     st.caption(f"Version in use: {detector.version}. Every change below writes a new version; any earlier one can be restored.")
-    drift_panel(detector, history, compute=True, key="history_drift")
+    drift_panel(detector, history, compute=True, key="history_drift", station=chosen.get("station"))
     if ui.may_change_models():
         recalibrate_section(history, model, category, detector.version)
         bank_section(history, model, category)

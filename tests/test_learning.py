@@ -425,3 +425,37 @@ def test_recalibrate_without_reviews_refuses_before_scoring_anything(models: Pat
     monkeypatch.setattr(profile, "profile", never)
     proposal, _ = feedback_loop.propose_recalibration("patchcore", TINY_CATEGORY)
     assert not proposal.ok and proposal.refusal.startswith("too few reviews")
+
+
+def test_drift_is_measured_per_line_station(models: Path, tmp_path: Path) -> None:
+    """One camera drifting while the other does not: the station filter shows which one."""
+    from core.history import History, InspectionRecord
+    from core.learning.versions import load_detector
+    from core.services import feedback_loop
+
+    det = load_detector("patchcore", TINY_CATEGORY)
+    cal = det.meta.calibration
+    history = History(tmp_path / "stations.sqlite")
+    for i in range(20):
+        for station, raw in (("line-1", cal.image_threshold * 0.5), ("line-2", cal.image_threshold * 1.5)):
+            verdict = "DEFECT" if raw >= cal.image_threshold else "GOOD"
+            history.add(
+                InspectionRecord(
+                    f"{i}.png",
+                    f"{i:064x}",
+                    TINY_CATEGORY,
+                    "patchcore",
+                    0.5,
+                    0.5,
+                    verdict,
+                    raw_score=raw,
+                    model_version=det.version,
+                    station=station,
+                )
+            )
+    calm = feedback_loop.drift(det, history, compute=False, station="line-1")
+    drifting = feedback_loop.drift(det, history, compute=False, station="line-2")
+    both = feedback_loop.drift(det, history, compute=False)
+    assert (calm.over_threshold, len(calm.recent_scores), calm.warnings) == (0, 20, [])
+    assert drifting.over_threshold == 20 and drifting.warnings
+    assert len(both.recent_scores) == 40 and both.over_threshold == 20  # both stations mixed

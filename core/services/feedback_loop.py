@@ -382,10 +382,11 @@ def thumbnail_image(history: History, record: InspectionRecord):
     return None if jpeg is None else load_image(jpeg, f"{record.sha256}.jpg")
 
 
-def drift(detector: Detector, history: History, *, compute: bool = True) -> DriftReport:
+def drift(detector: Detector, history: History, *, compute: bool = True, station: str | None = None) -> DriftReport:
     """Recent scores of this (model, category) against the version's calibration.
 
-    ``compute=False`` uses the calibration goods' scores only when already cached (a page that
+    ``station``: only the inspections of that line station (one camera drifting while the others
+    do not is a camera's problem, not the parts'). ``compute=False`` uses the calibration goods' scores only when already cached (a page that
     must stay quick); without them the share over the threshold is still checked.
     """
     from core.learning import drift as drift_mod
@@ -398,7 +399,7 @@ def drift(detector: Detector, history: History, *, compute: bool = True) -> Drif
     else:
         cached = profile.cached(detector)
         goods = cached.calibration_goods if cached else []
-    records = history.list(category=meta.category, model=meta.model, limit=500)
+    records = history.list(category=meta.category, model=meta.model, limit=500, station=station)
     return drift_mod.drift_report(records, meta.calibration, detector.version, goods)
 
 
