@@ -81,18 +81,37 @@ def show_counts(records: list[InspectionRecord]) -> None:
 
 
 def show_stations(records: list[InspectionRecord]) -> None:
-    """Which model version each line station judges with (from the newest inspection it recorded)."""
+    """Each line station: alive or silent and the versions it has loaded (its heartbeat), and the
+    version its newest inspection was judged with (the history)."""
     rows = history_view.stations(records)
-    if not rows:
+    beats, why = history_view.heartbeats()
+    if not rows and not beats:
         return
-    with st.expander(f"Line stations ({len({r.station for r in rows})})"):
+    with st.expander(f"Line stations ({len({r.station for r in rows} | {b.station for b in beats})})"):
+        if why:
+            st.caption(f"Heartbeats cannot be read: {why}")
+        if beats:
+            st.table(
+                [
+                    {
+                        "station": b.station,
+                        "host": b.host,
+                        "state": "up" if b.alive else f"silent for {b.silent_s / 60:.0f} min",
+                        "loaded now": ", ".join(b.loaded) or "nothing yet",
+                        "last heard (UTC)": b.last_seen[:19].replace("T", " "),
+                    }
+                    for b in beats
+                ]
+            )
+        if not rows:
+            return
         st.table(
             [
                 {
                     "station": r.station,
                     "model": catalog.model_label(r.model),
                     "category": r.category,
-                    "version": r.version or "",
+                    "judged last with": r.version or "",
                     "last inspection (UTC)": (r.last_inspection or "")[:19].replace("T", " "),
                     "inspections": r.inspections,
                 }

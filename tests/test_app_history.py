@@ -107,10 +107,16 @@ def test_stations_are_filtered_and_listed(app_test, tmp_path, monkeypatch):
     for i, where in enumerate(("line-1", "line-2", "line-2")):
         record = InspectionRecord(f"p{i}.png", f"{i:064x}", TINY_CATEGORY, "patchcore", 0.3, 0.5, "GOOD", station=where)
         history.add(record)
+    from core.stations import report
+
+    report("line-3", ["patchcore/tile@v0002"], "2026-12-06T08:00:00+00:00")  # up, nothing inspected yet
     at = app_test()
     at.run()
     at.switch_page("pages/inspection_history.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    assert [e.label for e in at.expander if e.label.startswith("Line stations")] == ["Line stations (2)"]
+    assert [e.label for e in at.expander if e.label.startswith("Line stations")] == ["Line stations (3)"]
+    beats = at.table[0].value
+    assert list(beats["station"]) == ["line-3"] and list(beats["loaded now"]) == ["patchcore/tile@v0002"]
+    assert list(beats["state"]) == ["up"]
     at.selectbox(key="history_station").set_value("line-2").run()
     assert int(next(m.value for m in at.metric if m.label == "Inspections")) == 2

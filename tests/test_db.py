@@ -166,3 +166,37 @@ def test_db_copy_moves_a_workspace_to_the_server_and_leaves_it_untouched(
     assert "already holds 41 inspection(s)" in capsys.readouterr().err
     assert History(url=postgres_url).count() == 41
     assert json.loads((tmp_path / "ws" / "users.json").read_text())["users"]["alice"]["role"] == "engineer"
+
+
+def test_station_heartbeats_on_both_engines(database_url: str) -> None:
+    from core.stations import list_stations, report
+
+    assert report("line-1", ["patchcore/tile@v0003"], "2026-12-06T08:00:00+00:00", url=database_url)
+    assert report("line-1", ["patchcore/tile@v0004", "efficient_ad/grid@v0001"], "2026-12-06T09:00:00+00:00", url=database_url)
+    (only,) = list_stations(database_url)
+    assert (only.name, only.started_at, only.loaded) == (
+        "line-1",
+        "2026-12-06T09:00:00+00:00",
+        ["efficient_ad/grid@v0001", "patchcore/tile@v0004"],
+    )
+    assert only.alive and only.silent_for_s() < 60
+
+
+def test_a_station_reports_what_it_loads(tmp_path: Path, monkeypatch) -> None:
+    """The heartbeat thread reports at start and again as soon as a model is loaded."""
+    import time
+
+    from core.stations import Heartbeat, list_stations
+
+    monkeypatch.setenv("INSPECT_HISTORY_DB", str(tmp_path / "history.sqlite"))
+    loaded: list[str] = []
+    beat = Heartbeat("line-9", lambda: list(loaded), interval_s=3600).start()
+    deadline = time.monotonic() + 20
+    while not list_stations() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list_stations()[0].loaded == []
+    loaded.append("patchcore/tile@v0001")
+    beat.poke()
+    while list_stations()[0].loaded == [] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list_stations()[0].loaded == ["patchcore/tile@v0001"]

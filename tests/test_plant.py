@@ -224,6 +224,11 @@ def test_two_stations_and_a_dashboard_on_one_postgresql(plant_env, app_home: Pat
                 stop(s.proc)
         stop(dashboard)
 
+    from core.stations import list_stations
+
+    beats = list_stations(postgres_url)  # what the dashboard's History page lists
+    assert [b.name for b in beats] == ["line-1", "line-2"]
+    assert all(len(b.loaded) == 1 and b.loaded[0].startswith(f"patchcore/{TINY_CATEGORY}@v") for b in beats)
     counts = _integrity(postgres_url)
     ids = {body["inspection_id"] for _, body in answers.values()}
     assert counts["inspections"] == len(answers) == len(ids)  # rows = answers, none twice

@@ -42,6 +42,11 @@ def create_api(*, host: str = "127.0.0.1", load: Loader | None = None) -> FastAP
     app = FastAPI(title="Inspect API", version="1", description=DESCRIPTION)
     app.state.detectors = DetectorCache(load=load)
     app.state.metrics = ApiMetrics()
+    if station():  # a line station reports what it has loaded, for the dashboard
+        from core.stations import Heartbeat
+
+        beat = Heartbeat(station(), app.state.detectors.loaded).start()
+        app.state.detectors.on_load = beat.poke
     install_error_handlers(app)
     # The last added runs first: the key is checked before the size, both before the body is read.
     app.add_middleware(

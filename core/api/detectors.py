@@ -48,6 +48,8 @@ class DetectorCache:
         self._seen: dict[tuple[str, str], str] = {}  # (model, category) -> version, for /readyz
         self._guard = threading.Lock()
         self._loading: dict[CacheKey, threading.Lock] = {}
+        #: Called after a model version is loaded for the first time (a station's heartbeat).
+        self.on_load: Callable[[], None] | None = None
 
     def get(self, model: str, category: str) -> Detector:
         """The detector of (model, category), loading it on first use (raises ModelNotTrainedError...)."""
@@ -80,7 +82,11 @@ class DetectorCache:
             self._note(detector)
 
     def _note(self, detector: Detector) -> None:
-        self._seen[(detector.meta.model, detector.meta.category)] = detector.version
+        pair = (detector.meta.model, detector.meta.category)
+        new = self._seen.get(pair) != detector.version
+        self._seen[pair] = detector.version
+        if new and self.on_load is not None:
+            self.on_load()
 
     def loaded(self) -> list[str]:
         """``model/category@version`` of the models this cache holds (or has handed out)."""

@@ -24,8 +24,8 @@ from core.db.engine import reason, shown
 from core.errors import StoreError
 
 #: The newest schema revision this Inspect writes (the last file in migrations/versions).
-HEAD = "0002"
-_KNOWN = ("0001", "0002")
+HEAD = "0003"
+_KNOWN = ("0001", "0002", "0003")
 _SCRIPTS = Path(__file__).resolve().parent / "migrations"
 # Any fixed 64-bit number: the advisory lock that serialises migrations on one PostgreSQL.
 _PG_LOCK = 0x1A5EC7
@@ -66,6 +66,7 @@ def ensure(engine: Engine) -> Upgrade | None:
     with _DONE_LOCK:
         if server and key in _DONE:
             return None
+    _make_folder(engine)
     try:
         with engine.connect() as con:
             found = current(con)
@@ -81,11 +82,7 @@ def ensure(engine: Engine) -> Upgrade | None:
 def upgrade(engine: Engine) -> Upgrade:
     """Apply every migration ``engine``'s database lacks, under a lock; StoreError on failure."""
     where = shown(engine.url)
-    if engine.dialect.name == "sqlite":
-        try:
-            Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the folder for the database {where}: {exc}") from None
+    _make_folder(engine)
     try:
         with _serialised(engine), engine.begin() as con:
             if con.dialect.name == "postgresql":
@@ -101,6 +98,15 @@ def upgrade(engine: Engine) -> Upgrade:
     except DBAPIError as exc:
         raise StoreError(f"cannot prepare the database {where}: {reason(exc)}") from None
     return Upgrade(where, before, HEAD)
+
+
+def _make_folder(engine: Engine) -> None:
+    """An SQLite database's folder, made when missing (SQLite makes the file, not its folder)."""
+    if engine.dialect.name == "sqlite":
+        try:
+            Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder for the database {shown(engine.url)}: {exc}") from None
 
 
 def _alembic_upgrade(con: Connection) -> None:

@@ -136,3 +136,14 @@ jobs = Table(
     Column("record", Text, nullable=False),
 )
 Index("ix_jobs_started", jobs.c.started)
+
+#: Line stations' heartbeats (core.stations): when each was last seen and what it has loaded.
+stations = Table(
+    "stations",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("started_at", Text, nullable=False),
+    Column("last_seen", Text, nullable=False),
+    Column("loaded", Text, nullable=False),  # JSON list of "model/category@version"
+)

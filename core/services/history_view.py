@@ -103,6 +103,29 @@ def stations(records: list[InspectionRecord]) -> list[StationModel]:
     return [StationModel(s, m, c, r.model_version, r.created_at, seen[(s, m, c)]) for (s, m, c), r in sorted(newest.items())]
 
 
+@dataclass(frozen=True)
+class StationLoaded:
+    """A station's heartbeat as the dashboard shows it: alive or silent, and what it has loaded."""
+
+    station: str
+    host: str
+    loaded: list[str]  # model/category@version
+    last_seen: str
+    silent_s: float
+    alive: bool
+
+
+def heartbeats() -> tuple[list[StationLoaded], str | None]:
+    """Every station's last heartbeat, and why they cannot be read (None: they can)."""
+    from core.stations import list_stations
+
+    try:
+        statuses = list_stations()
+    except InspectError as exc:
+        return [], str(exc)
+    return [StationLoaded(s.name, s.host, s.loaded, s.last_seen, s.silent_for_s(), s.alive) for s in statuses], None
+
+
 def file_mtime(path: str | None) -> float:
     """A file's modification time, 0.0 when there is no such file (part of a thumbnail's cache key)."""
     return os.path.getmtime(path) if path and os.path.isfile(path) else 0.0
