@@ -72,6 +72,7 @@ def test_empty_history_says_what_to_do(app_test, tmp_path, monkeypatch):
     at.run()
     at.switch_page("pages/inspection_history.py").run()
     assert not at.exception
+    assert at.info, [e.value for e in at.error]
     assert "No inspections yet" in at.info[0].value
 
 
