@@ -12,7 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
-USER_SCRIPTS = {"run.sh", "test.sh", "_venv.sh"}
+USER_SCRIPTS = {"run.sh", "test.sh", "_venv.sh", "_postgres.sh"}  # _*: sourced by the other two
 
 
 def _bench_python() -> list[Path]:
