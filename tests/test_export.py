@@ -198,3 +198,35 @@ def test_exported_search_finds_anomalibs_neighbours(k: int) -> None:
     got = model.nearest_neighbors(queries, k)
     assert torch.equal(got[1], want[1]) and torch.allclose(got[0], want[0], atol=1e-4)
 
+
+def test_the_export_blurs_the_map_in_two_1d_passes(exported: Path) -> None:
+    """PatchCore's 33 x 33 map blur is exported as a 33 x 1 and a 1 x 33 pass, not anomalib's 2-D kernel."""
+    import openvino as ov
+
+    graph = ov.Core().read_model(str(exported / "export" / "openvino" / "model.xml"))
+    kernels = [
+        tuple(op.input(1).get_partial_shape().to_shape())[-2:]
+        for op in graph.get_ordered_ops()
+        if op.get_type_name() in ("Convolution", "GroupConvolution")
+    ]
+    assert (33, 1) in kernels and (1, 33) in kernels and (33, 33) not in kernels
+    assert {out.get_any_name() for out in graph.outputs} >= {"pred_score", "anomaly_map", "raw_score", "raw_anomaly_map"}
+    assert not {out.get_any_name() for out in graph.outputs} & {"pred_label", "pred_mask"}
+
+
+def test_the_exported_separable_blur_equals_anomalibs_2d_blur() -> None:
+    """The two exported 1-D passes, run by OpenVINO in f32, give anomalib's 2-D blur to float rounding."""
+    import openvino as ov
+    import torch
+    from anomalib.models.image.patchcore.anomaly_map import AnomalyMapGenerator
+
+    from core.models.patchcore.blur import SeparableGaussianBlur2d
+
+    blur = AnomalyMapGenerator().blur
+    maps = torch.rand(2, 1, 96, 96, generator=torch.Generator().manual_seed(3)) * 40
+    reference = blur(maps)
+    blur.__class__ = SeparableGaussianBlur2d
+    assert blur.factors() is not None
+    model = ov.convert_model(blur, example_input=maps)
+    got = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(maps.numpy())[0]
+    assert np.abs(got - reference.numpy()).max() <= 1e-4 * float(reference.abs().max())

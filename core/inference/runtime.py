@@ -119,9 +119,7 @@ class OpenVINOEngine:
         has_features = with_features and "features" in self._outputs
         return ModelOutputs(
             pred_score=get("pred_score").reshape(-1),
-            pred_label=get("pred_label").reshape(-1),
             anomaly_map=get("anomaly_map"),
-            pred_mask=get("pred_mask"),
             raw_score=get("raw_score").reshape(-1),
             raw_anomaly_map=get("raw_anomaly_map"),
             features=get("features") if has_features else None,
