@@ -230,3 +230,17 @@ def test_the_exported_separable_blur_equals_anomalibs_2d_blur() -> None:
     model = ov.convert_model(blur, example_input=maps)
     got = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(maps.numpy())[0]
     assert np.abs(got - reference.numpy()).max() <= 1e-4 * float(reference.abs().max())
+
+
+def test_blocked_argmin_is_argmin_first_on_ties() -> None:
+    """The exported two-level arg-min (padded blocks) answers as ``argmin``, ties and ragged sizes included."""
+    import torch
+
+    from core.export.graph import _blocked_argmin
+
+    generator = torch.Generator().manual_seed(1)
+    for n in (1, 7, 100, 2003):
+        bank = torch.randint(-3, 4, (n, 5), generator=generator).float()  # small integers: many exact ties
+        queries = torch.randint(-3, 4, (300, 5), generator=generator).float()
+        want = torch.cdist(queries, bank).pow(2).argmin(dim=1)
+        assert torch.equal(_blocked_argmin(queries, bank), want)
