@@ -23,7 +23,7 @@ def exported(tiny_patchcore) -> Iterator[Path]:
     from core import registry
     from core.cli import main
 
-    assert main(["export", "--model", "patchcore", "--category", TINY_CATEGORY, "--use"]) == 0
+    assert main(["export", "--model", "patchcore", "--category", TINY_CATEGORY, "--precision", "fp32", "--use"]) == 0
     folder = registry.current_files("patchcore", TINY_CATEGORY).folder
     yield folder
     # The other test files share this model: leave its version folder as it was (no export, torch).
@@ -131,6 +131,37 @@ def test_an_export_that_disagrees_is_refused_and_not_kept(exported: Path, monkey
         exporter.export_model("patchcore", TINY_CATEGORY, fmt="onnx")
     assert not (exported / "export" / "onnx").exists()
     assert not [p for p in (exported / "export").iterdir() if p.name.startswith(".")]
+
+
+def test_auto_precision_keeps_fp32_when_the_rule_refuses_bf16(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` on a bf16 CPU tries bf16 first; refused (here: scores drift by 0.05 in bf16), fp32 is kept, the refusal recorded."""
+    from core.export import exporter
+    from core.inference import device
+    from core.inference.runtime import OpenVINOEngine
+
+    def copy_export(_module, _model, fmt, out: Path, _size) -> Path:
+        for part in (exported / "export" / "openvino").glob("model.*"):
+            shutil.copy(part, out / part.name)
+        return out / "model.xml"
+
+    class DriftingInBf16(OpenVINOEngine):
+        def infer(self, images, *, with_features=False):
+            out = super().infer(images, with_features=with_features)
+            return out._replace(pred_score=out.pred_score + 0.05) if self.precision == "bf16" else out
+
+    monkeypatch.setattr(device, "native_bf16", lambda: True)
+    monkeypatch.setattr(exporter, "_write_file", copy_export)
+    monkeypatch.setattr(exporter, "OpenVINOEngine", DriftingInBf16)
+    result = exporter.export_model("patchcore", TINY_CATEGORY, fmt="onnx", max_images=6)
+    assert result.precision == "fp32" and result.parity.passed
+    assert [r.precision for r in result.declined] == ["bf16"] and "max score difference 5.00e-02 > 0.02" in result.declined[
+        0
+    ].problem()
+    manifest = json.loads((result.path.parent / "export.json").read_text())
+    assert manifest["precision"] == "fp32" and manifest["declined"][0]["precision"] == "bf16"
+    shutil.rmtree(result.path.parent)
+    monkeypatch.setattr(device, "native_bf16", lambda: False)
+    assert exporter._candidates("auto") == ["fp32"] and exporter._candidates("int8") == ["int8"]
 
 
 def test_onnx_export_passes_parity(exported: Path) -> None:
