@@ -133,6 +133,27 @@ def test_an_export_that_disagrees_is_refused_and_not_kept(exported: Path, monkey
     assert not [p for p in (exported / "export").iterdir() if p.name.startswith(".")]
 
 
+def test_the_single_image_path_is_checked_too(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime runs single images on a static batch-1 compilation: a drift there alone is refused."""
+    from core.export import exporter
+    from core.inference.runtime import OpenVINOEngine
+
+    def copy_export(_module, _model, fmt, out: Path, _size) -> Path:
+        for part in (exported / "export" / "openvino").glob("model.*"):
+            shutil.copy(part, out / part.name)
+        return out / "model.xml"
+
+    class DriftingAlone(OpenVINOEngine):
+        def infer(self, images, *, with_features=False):
+            out = super().infer(images, with_features=with_features)
+            return out._replace(pred_score=out.pred_score + 0.01) if images.shape[0] == 1 else out
+
+    monkeypatch.setattr(exporter, "_write_file", copy_export)
+    monkeypatch.setattr(exporter, "OpenVINOEngine", DriftingAlone)
+    with pytest.raises(exporter.ExportParityError, match=r"one image at a time: max score difference 1\.00e-02 > 0\.001"):
+        exporter.export_model("patchcore", TINY_CATEGORY, fmt="onnx", precision="fp32", max_images=8)
+
+
 def test_auto_precision_keeps_fp32_when_the_rule_refuses_bf16(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``auto`` on a bf16 CPU tries bf16 first; refused (here: scores drift by 0.05 in bf16), fp32 is kept, the refusal recorded."""
     from core.export import exporter
