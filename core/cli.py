@@ -240,6 +240,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     result = call_with(export_model, args)
     print(f"exported {result.model}/{result.category} {result.version} to {result.path} ({result.precision})")
+    for refused in result.declined:
+        print(f"{refused.precision} refused by the parity rule: {refused.problem()}")
     print(f"parity with the torch model: {result.parity.summary()}")
     if args.use:
         use_export(result, actor=_actor(args))
@@ -257,24 +259,26 @@ def _runtime_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _export_parser(sub: Any) -> None:
-    from core.export import FORMATS, PRECISIONS
+    from core.export import FORMATS, PRECISION_CHOICES
 
     p = sub.add_parser(
         "export",
         help="export a trained model to OpenVINO or ONNX, checked against the torch model on the test images",
         description="Export a model version with anomalib's exporter (dynamic batch, calibration inside) into "
         "its version folder (vNNNN/export/<format>/), then run it and the torch model on the category's test "
-        "images: kept only when every score is within 1e-3 (fp32) and every verdict is identical.",
+        "images: kept only when the parity rule accepts it (image AUROC within 0.002, every score within the "
+        "precision's bound of fp32: 1e-3 fp32, 0.02 bf16/int8, and a verdict may differ only for an image that "
+        "close to the threshold).",
     )
     p.add_argument("--model", choices=MODEL_NAMES, required=True)
     p.add_argument("--category", required=True)
     p.add_argument("--format", dest="fmt", choices=FORMATS, default="openvino")
     p.add_argument(
         "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="OpenVINO precision; bf16 and int8 (quantised, calibrated on train/good) are kept only if "
-        "verdicts are identical and AUROC within 0.002",
+        choices=PRECISION_CHOICES,
+        default="auto",
+        help="OpenVINO precision; auto (default): bf16 where the CPU has it natively and the parity rule "
+        "accepts it, else fp32; int8 is quantised, calibrated on train/good",
     )
     p.add_argument("--version", help="the version folder to export, e.g. v0003 (default: the newest)")
     p.add_argument("--data-root", help="where the category's test images are (default: where the model was trained)")

@@ -9,5 +9,8 @@ FORMATS = ("openvino", "onnx")
 #: and ``int8`` (NNCF post-training quantisation calibrated on training images) only where they pass
 #: the parity check.
 PRECISIONS = ("fp32", "bf16", "int8")
+#: What ``--precision`` accepts: a precision, or ``auto`` (the default): bf16 where the CPU has it
+#: natively and the parity rule accepts it, else fp32.
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 #: What ``--runtime`` accepts: the torch model, or the version's OpenVINO export.
 RUNTIMES = ("torch", "openvino")

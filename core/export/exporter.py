@@ -22,7 +22,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ from core import registry
 from core.auth import Actor, require_engineer
 from core.data.layout import category_images, resolve_data_root
 from core.errors import DatasetError, InspectError
-from core.export import FORMATS, PRECISIONS
+from core.export import FORMATS, PRECISION_CHOICES
 from core.export.parity import ParityReport, check_parity
 from core.inference.runtime import (
     MANIFEST,
@@ -62,6 +62,8 @@ class ExportResult:
     path: Path
     parity: ParityReport
     export_s: float
+    #: precisions tried first and refused by the parity rule (``auto`` on a bf16 CPU), with why
+    declined: list[ParityReport] = field(default_factory=list)
 
 
 def _require_exporters(fmt: str) -> None:
@@ -149,19 +151,25 @@ def export_model(
     category: str,
     *,
     fmt: str = "openvino",
-    precision: str = "fp32",
+    precision: str = "auto",
     version: str | None = None,
     data_root: str | Path | None = None,
     models_dir: Path | None = None,
     max_images: int | None = None,
 ) -> ExportResult:
-    """Export one version (default: the newest), check parity, keep it in ``vNNNN/export/<fmt>/``."""
+    """Export one version (default: the newest), check parity, keep it in ``vNNNN/export/<fmt>/``.
+
+    ``precision="auto"`` tries bf16 first where the CPU computes it natively
+    (:func:`core.inference.device.native_bf16`) and keeps fp32 when the parity rule refuses bf16
+    (the refusal is returned in ``declined`` and recorded in the manifest). An fp32 or bf16 export
+    is the same file: the precision is how OpenVINO compiles it, recorded in the manifest.
+    """
     from core.inference.detector import Detector, load_detector
 
     if fmt not in FORMATS:
         raise InspectError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    if precision not in PRECISIONS:
-        raise InspectError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision not in PRECISION_CHOICES:
+        raise InspectError(f"unknown precision {precision!r}: use one of {', '.join(PRECISION_CHOICES)}")
     _require_exporters(fmt)
     reference = load_detector(model, category, device="cpu", models_dir=models_dir, version=version, accelerate=False)
     images = parity_images(data_root or reference.meta.data_root, category, max_images)
@@ -176,12 +184,17 @@ def export_model(
         if precision == "int8":
             _quantise(path, data_root or reference.meta.data_root, category, image_size)
         export_s = time.perf_counter() - started
-        engine = OpenVINOEngine(path, image_size=image_size, precision=precision)
-        candidate = Detector(reference.module, reference.meta, torch.device("cpu"), reference.version, engine=engine)
-        report = check_parity(reference, candidate, images, precision=precision)
-        if not report.passed:
+        declined: list[ParityReport] = []
+        for tried in _candidates(precision):
+            engine = OpenVINOEngine(path, image_size=image_size, precision=tried)
+            candidate = Detector(reference.module, reference.meta, torch.device("cpu"), reference.version, engine=engine)
+            report = check_parity(reference, candidate, images, precision=tried)
+            if report.passed:
+                break
+            declined.append(report)
+        else:
             raise ExportParityError(
-                f"the {fmt} export of {model}/{category} {reference.version} ({precision}) does not match the torch model: "
+                f"the {fmt} export of {model}/{category} {reference.version} ({report.precision}) does not match the torch model: "
                 f"{report.problem()}; nothing was kept"
             )
         manifest = {
@@ -189,7 +202,7 @@ def export_model(
             "category": category,
             "version": reference.version,
             "format": fmt,
-            "precision": precision,
+            "precision": report.precision,
             "file": path.name,
             "input": f"Bx3x{image_size}x{image_size} float32 RGB in [0, 1] (resized with antialiased bilinear)",
             "checkpoint_sha256": reference.meta.checkpoint.get("sha256"),
@@ -197,13 +210,24 @@ def export_model(
             "export_s": round(export_s, 1),
             "versions": _versions(),
             "parity": report.to_dict(),
+            "declined": [r.to_dict() for r in declined],
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         target = export_dir(folder, fmt)
         _publish(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ExportResult(model, category, reference.version, fmt, precision, model_file(target, fmt), report, export_s)
+    kept = report.precision
+    return ExportResult(model, category, reference.version, fmt, kept, model_file(target, fmt), report, export_s, declined)
+
+
+def _candidates(precision: str) -> list[str]:
+    """The precisions to try, fastest first: ``auto`` is bf16 then fp32 on a CPU with native bf16, else fp32."""
+    if precision != "auto":
+        return [precision]
+    from core.inference.device import native_bf16
+
+    return ["bf16", "fp32"] if native_bf16() else ["fp32"]
 
 
 def use_export(result: ExportResult, models_dir: Path | None = None, *, actor: Actor) -> None:

@@ -146,9 +146,7 @@ class Detector:
         with self._run_lock:
             out = self.engine.infer(batch, with_features=with_features)
         raw = InferenceBatch(pred_score=out.raw_score, anomaly_map=out.raw_anomaly_map)
-        normalised = InferenceBatch(
-            pred_score=out.pred_score, pred_label=out.pred_label, anomaly_map=out.anomaly_map, pred_mask=out.pred_mask
-        )
+        normalised = InferenceBatch(pred_score=out.pred_score, anomaly_map=out.anomaly_map)
         return raw, normalised, out.features
 
     def _pre_process(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 
 
@@ -19,3 +22,24 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX): the one place Inspect asks.
+
+    OpenVINO's own answer first (its CPU plugin lists ``BF16`` among its optimisation capabilities
+    exactly where it would run bf16 by default), else the kernel's CPU flags. Without native bf16,
+    bf16 arithmetic is emulated and slower than fp32, so no bf16 path is worth taking.
+    """
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001 - no OpenVINO (optional) or no CPU plugin: read the flags
+        pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))

@@ -14,16 +14,17 @@ import torch
 
 
 class ModelOutputs(NamedTuple):
-    """anomalib's ``InferenceBatch`` fields (normalised, thresholded) and Inspect's raw extras.
+    """anomalib's normalised score and map, and Inspect's raw extras.
 
     Scores are B, maps Bx1xHxW; ``features`` (the patch descriptors of the same forward pass) is
-    None when the runtime was not asked for them.
+    None when the runtime was not asked for them. anomalib's ``pred_label`` and ``pred_mask`` are
+    not outputs: nothing in Inspect reads them (every verdict is taken from the score at the
+    inspector's threshold, every contour from the map), and each output is computed and copied out
+    on every call.
     """
 
     pred_score: torch.Tensor
-    pred_label: torch.Tensor
     anomaly_map: torch.Tensor
-    pred_mask: torch.Tensor
     raw_score: torch.Tensor
     raw_anomaly_map: torch.Tensor
     features: torch.Tensor | None

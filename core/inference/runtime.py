@@ -94,10 +94,19 @@ class OpenVINOEngine:
         # The precision is set explicitly: on a CPU with native bf16 (AVX512_BF16, AMX) OpenVINO
         # otherwise runs an f32 model in bf16, and its scores drift from the torch model's.
         config = {"INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
-        self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        model = core.read_model(str(path))
+        self._compiled = core.compile_model(model, "CPU", config)
         self._request = self._compiled.create_infer_request()
         # An output tensor may carry several names (ONNX read by OpenVINO): index it by each.
         self._outputs = {name: out for out in self._compiled.outputs for name in out.get_names()}
+        # A second compilation with a static batch of 1 for single images: OpenVINO runs a graph
+        # whose shapes are all known faster than the dynamic-batch one (shape inference and
+        # memory planning at every call otherwise); anomalib's single-image export is static too.
+        self._single = None
+        if model.inputs[0].get_partial_shape()[0].is_dynamic:
+            model.reshape({model.inputs[0]: ov.PartialShape([1, *model.inputs[0].get_partial_shape()[1:]])})
+            single = core.compile_model(model, "CPU", config)
+            self._single = (single.create_infer_request(), {n: o for o in single.outputs for n in o.get_names()})
 
     def infer(self, images: torch.Tensor, *, with_features: bool = False) -> ModelOutputs:
         """Run a Bx3xSxS float batch (S = the export's input size), in slices of :data:`MAX_BATCH`."""
@@ -111,17 +120,16 @@ class OpenVINOEngine:
         return ModelOutputs(**fields)
 
     def _infer(self, images: torch.Tensor, with_features: bool) -> ModelOutputs:
-        self._request.infer({0: np.ascontiguousarray(images.detach().cpu().float().numpy())})
+        request, outputs = self._single if images.shape[0] == 1 and self._single else (self._request, self._outputs)
+        request.infer({0: np.ascontiguousarray(images.detach().cpu().float().numpy())})
 
         def get(name: str) -> torch.Tensor:
-            return torch.from_numpy(np.array(self._request.get_tensor(self._outputs[name]).data, copy=True))
+            return torch.from_numpy(np.array(request.get_tensor(outputs[name]).data, copy=True))
 
-        has_features = with_features and "features" in self._outputs
+        has_features = with_features and "features" in outputs
         return ModelOutputs(
             pred_score=get("pred_score").reshape(-1),
-            pred_label=get("pred_label").reshape(-1),
             anomaly_map=get("anomaly_map"),
-            pred_mask=get("pred_mask"),
             raw_score=get("raw_score").reshape(-1),
             raw_anomaly_map=get("raw_anomaly_map"),
             features=get("features") if has_features else None,

@@ -103,10 +103,16 @@ class EfficientAdConfig:
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """``auto`` -> ``bf16`` on a CPU with native bfloat16 (AVX512-BF16/AMX), else ``fp32``."""
+    """``auto`` -> ``bf16`` on a CPU with native bfloat16 (AVX512-BF16/AMX), else ``fp32``.
+
+    Asked of :func:`core.inference.device.native_bf16`, the one place Inspect decides it (torch's
+    own check also answers yes on AVX-512 CPUs that only emulate bf16, where it is slower).
+    """
+    from core.inference.device import native_bf16
+
     if precision != "auto":
         return precision
-    if torch.device(device).type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():  # noqa: SLF001
+    if torch.device(device).type == "cpu" and native_bf16():
         return "bf16"
     return "fp32"
 

@@ -7,6 +7,11 @@ vertical then a horizontal 33-tap pass over the same reflect-padded map gives th
 float rounding (``tests/test_patchcore_search.py``) at a fraction of the work. Deliberate
 departure from anomalib: its answer, computed faster; the kernel buffer (and so every checkpoint)
 stays anomalib's.
+
+The export records the two passes too (anomalib's export records the 2-D kernel): the factors are
+computed before tracing (:meth:`SeparableGaussianBlur2d.factors`, called by
+:class:`core.export.graph.ExportGraph`), because checking that a kernel is separable reads its
+values, which a traced graph cannot do; under tracing the forward only uses them.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class SeparableGaussianBlur2d(GaussianBlur2d):
             vertical, horizontal = plane.sum(dim=1) / total, plane.sum(dim=0)
             separable = torch.allclose(torch.outer(vertical, horizontal), plane, rtol=0, atol=1e-7 * float(plane.abs().max()))
             same = all(torch.equal(kernel[c], kernel[0]) for c in range(kernel.shape[0]))
-            self._factors = (
+            factors = (
                 (
                     vertical.to(kernel.dtype).view(1, 1, -1, 1).expand(kernel.shape[0], -1, -1, -1).contiguous(),
                     horizontal.to(kernel.dtype).view(1, 1, 1, -1).expand(kernel.shape[0], -1, -1, -1).contiguous(),
@@ -41,13 +46,22 @@ class SeparableGaussianBlur2d(GaussianBlur2d):
                 if separable and same
                 else None
             )
+            # Non-persistent buffers: an export records them as the graph's weights (a plain tensor
+            # attribute is not traced as one), and the state dict stays anomalib's.
+            self.register_buffer("_factor_rows", None if factors is None else factors[0], persistent=False)
+            self.register_buffer("_factor_cols", None if factors is None else factors[1], persistent=False)
+            self._factors = factors
             self._factors_key = tensor_key(kernel)
         return self._factors
 
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
-        if _tracing():  # export (ONNX/OpenVINO) records anomalib's own 2-D blur: no data-dependent checks in a graph
-            return super().forward(input_tensor)
-        factors = self.factors() if self.padding == "same" else None
+        if self.padding != "same":
+            factors = None
+        elif _tracing():  # no data-dependent check inside a graph: the factors computed before the export, if any
+            rows, cols = getattr(self, "_factor_rows", None), getattr(self, "_factor_cols", None)
+            factors = None if rows is None or cols is None else (rows, cols)
+        else:
+            factors = self.factors()
         if factors is None:
             return super().forward(input_tensor)
         padded = F.pad(input_tensor, self.padding_shape, mode=self.border_type)
