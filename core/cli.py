@@ -587,6 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--image-size", type=int, help="square input size in pixels (default 256)")
     p.add_argument(
+        "--tile",
+        type=int,
+        help="tiled inspection of large images: tile side in image pixels, each tile resized to --image-size "
+        "(default: none, the whole image is resized); PatchCore",
+    )
+    p.add_argument("--stride", type=int, help="step between tiles in pixels, at most --tile (default: --tile, no overlap)")
+    p.add_argument(
         "--seed", type=int, default=0, help="seeds the calibration split's draw and the training (default 0: reproducible)"
     )
     for name in MODEL_NAMES:

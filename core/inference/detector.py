@@ -48,7 +48,7 @@ class Prediction:
 
     score: float
     raw_score: float
-    anomaly_map: np.ndarray  # float32, model resolution, normalised to [0, 1]
+    anomaly_map: np.ndarray  # float32, model resolution (tiled: the image's), normalised to [0, 1]
     latency_ms: float
     #: D x h x w patch descriptors from the same forward pass (similarity search), when asked for
     patch_features: torch.Tensor | None = None
@@ -88,6 +88,8 @@ class Detector:
         self.device = device
         self.version = version  # the registry version folder it was loaded from ('v0003')
         self._spec = get_spec(meta.model)
+        #: a tiled model (:mod:`core.models.tiling`) judges full-resolution images tile by tile
+        self.tiled = bool((meta.config or {}).get("tile"))
         # One call at a time: a call with features hooks the module for its duration, so two
         # threads (two browser sessions, API requests) must not interleave on one module. It costs
         # little: torch already spreads one call over the cores.
@@ -126,6 +128,14 @@ class Detector:
         step = CPU_MICRO_BATCH if self.device.type == "cpu" else processed.shape[0]
         chunks = torch.split(processed, max(1, step))
         with self._run_lock:
+            if self.tiled:
+                outputs, best = [], []
+                for chunk in chunks:
+                    outputs.append(self.module.model(chunk))
+                    best += self.module.model.last_best
+                raw = _concat(outputs)
+                features = self._best_tile_features(processed, best) if with_features else None
+                return raw, self.module.post_processor(raw), features
             if not with_features:
                 raw = _concat([self.module.model(chunk) for chunk in chunks])
                 return raw, self.module.post_processor(raw), None
@@ -137,6 +147,19 @@ class Detector:
                 hook.remove()
             features = torch.cat([self._spec.features_from_capture(self.module, out) for out in captured])
             return raw, self.module.post_processor(raw), features
+
+    def _best_tile_features(self, processed: torch.Tensor, boxes: list) -> torch.Tensor:
+        """B x D x h x w descriptors of each image's highest-scoring tile (the one holding the defect).
+
+        A second backbone pass of one tile per image, rather than hooking every tile: a 20 MP
+        frame's tiles' features are never all held, and the descriptor describes the defect's
+        neighbourhood at the scale the memory bank was built from.
+        """
+        from core.models.tiling import crop_tiles
+
+        tile_size = int(self.meta.config.get("image_size") or 256)
+        tiles = torch.cat([crop_tiles(image, [box], tile_size) for image, box in zip(processed, boxes, strict=True)])
+        return self._spec.patch_features(self.module, tiles)
 
     def _run_engine(self, images: torch.Tensor | list[torch.Tensor], with_features: bool):
         """The exported model's outputs in the torch path's form (raw and normalised batches)."""
@@ -161,7 +184,12 @@ class Detector:
         return self.predict_batch([image_rgb], with_features=with_features)[0]
 
     def predict_batch(self, images_rgb: list[np.ndarray], *, with_features: bool = False) -> list[Prediction]:
-        """Predictions for several images of any sizes in one batch; ``latency_ms`` is per image."""
+        """Predictions for several images of any sizes in one batch; ``latency_ms`` is per image.
+
+        A tiled model takes the images one at a time: their full-resolution maps differ in size.
+        """
+        if self.tiled and len(images_rgb) > 1:
+            return [p for image in images_rgb for p in self.predict_batch([image], with_features=with_features)]
         started = time.perf_counter()
         raw, normalised, features = self.run_batch([to_tensor(image) for image in images_rgb], with_features=with_features)
         if self.device.type == "cuda":
