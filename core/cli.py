@@ -77,6 +77,11 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
 
         drifted = generate_drifted_set(root.parent / DRIFT_FOLDER, args.categories, size=args.size, seed=args.seed)
         print(f"drifted demo data in {drifted.resolve()} (train/good: the confirmation pool; test: drifted parts)")
+    if args.hires:
+        from core.data.demo import HIRES_CATEGORY, generate_hires_dataset
+
+        generate_hires_dataset(root, seed=args.seed)
+        print(f"  {summary(root, HIRES_CATEGORY)} (2048 px, defects of 6-20 px: train with --tile)")
 
 
 def _count(text: str) -> int:
@@ -572,6 +577,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--drift",
         action="store_true",
         help="also write a drifted set (brightness/colour/texture scale) beside it, in demo_data_drift/",
+    )
+    p.add_argument(
+        "--hires",
+        action="store_true",
+        help="also write the high-resolution category hires_metal (2048 px frames, defects of 6-20 px, full-size masks)",
     )
     p.set_defaults(func=cmd_demo_data)
 
