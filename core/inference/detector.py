@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 #: slower per image in a batch of 8 than one by one (their activations outgrow the caches), so a
 #: batch is a loop here; what batching still buys is decoding off the scoring thread.
 CPU_MICRO_BATCH = 1
+
+#: ``progress(image index, tiles done, tiles)`` of a tiled model's prediction
+TileProgress = Callable[[int, int, int], None]
 
 
 @dataclass
@@ -183,13 +188,32 @@ class Detector:
         """One image's prediction (and, on request, its patch features from the same pass)."""
         return self.predict_batch([image_rgb], with_features=with_features)[0]
 
-    def predict_batch(self, images_rgb: list[np.ndarray], *, with_features: bool = False) -> list[Prediction]:
+    def predict_batch(
+        self, images_rgb: list[np.ndarray], *, with_features: bool = False, progress: TileProgress | None = None
+    ) -> list[Prediction]:
         """Predictions for several images of any sizes in one batch; ``latency_ms`` is per image.
 
         A tiled model takes the images one at a time: their full-resolution maps differ in size.
+        ``progress(image index, tiles done, tiles)`` follows a tiled model through each image.
         """
-        if self.tiled and len(images_rgb) > 1:
-            return [p for image in images_rgb for p in self.predict_batch([image], with_features=with_features)]
+        if self.tiled and (len(images_rgb) > 1 or progress is not None):
+            out = []
+            for index, image in enumerate(images_rgb):
+                tell = None if progress is None else (lambda done, total, i=index: progress(i, done, total))
+                with self._told(tell):
+                    out += self._predict([image], with_features)
+            return out
+        return self._predict(images_rgb, with_features)
+
+    @contextmanager
+    def _told(self, tell):
+        self.module.model.progress = tell
+        try:
+            yield
+        finally:
+            self.module.model.progress = None
+
+    def _predict(self, images_rgb: list[np.ndarray], with_features: bool) -> list[Prediction]:
         started = time.perf_counter()
         raw, normalised, features = self.run_batch([to_tensor(image) for image in images_rgb], with_features=with_features)
         if self.device.type == "cuda":

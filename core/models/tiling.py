@@ -149,19 +149,25 @@ def run_tiled(
     stride: int,
     image_size: int,
     micro_batch: int = MICRO_BATCH,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TiledOutput | None:
     """Run ``forward`` over the tiles of one C x H x W ``image``, :data:`MICRO_BATCH` at a time.
 
     ``forward(tiles)`` returns (scores N, maps N x 1 x h x w), or None while training (the model
-    keeps what it needs, e.g. PatchCore's embeddings); then this returns None too.
+    keeps what it needs, e.g. PatchCore's embeddings); then this returns None too. ``progress(done,
+    total)`` is told the tiles done after each micro-batch (a 20 MP frame takes many seconds).
     """
     height, width = image.shape[-2:]
     boxes = grid(height, width, tile, stride)
     stitcher: Stitcher | None = None
     best_score: torch.Tensor | None = None
     best = boxes[0]
+    done = 0
     for batch in micro_batches(boxes, micro_batch):
         out = forward(crop_tiles(image, batch, image_size))
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(boxes))
         if out is None:
             continue
         scores, maps = out

@@ -102,6 +102,8 @@ class TiledPatchcoreModel(FastPatchcoreModel):
     tiling: tuple[int, int, int]
     #: the highest-scoring tile of each image of the last inference call (similarity descriptors)
     last_best: list
+    #: told (tiles done, tiles) of the image being judged; set for one call by the detector
+    progress: Any = None
 
     def forward(self, input_tensor: torch.Tensor):  # type: ignore[override]
         from anomalib.data import InferenceBatch
@@ -115,7 +117,7 @@ class TiledPatchcoreModel(FastPatchcoreModel):
 
         scores, maps, best = [], [], []
         for image in input_tensor:
-            out = run_tiled(image, forward_tiles, tile=tile, stride=stride, image_size=image_size)
+            out = run_tiled(image, forward_tiles, tile=tile, stride=stride, image_size=image_size, progress=self.progress)
             if out is None:
                 continue
             scores.append(out.score.reshape(1))
