@@ -247,7 +247,9 @@ def test_tiled_model_end_to_end_train_inspect_evaluate(tmp_path: Path, monkeypat
     )
     assert result.prediction.anomaly_map.shape == (256, 256)  # the image's pixels, not 64 px
     assert told[-1] == (0, 9, 9) and len(told) == 3  # 3 x 3 tiles, MICRO_BATCH (4) at a time
-    assert result.prediction.patch_features is not None and result.prediction.patch_features.dim() == 3
+    features, box = result.prediction.patch_features, result.prediction.feature_box
+    assert features is not None and features.dim() == 3  # the highest tile's descriptors, and its map part
+    assert result.prediction.feature_map().shape == (box.bottom - box.top, box.right - box.left) == (128, 128)
     mask = np.array(Image.open(root / HIRES_CATEGORY / "ground_truth" / "spot" / "000_mask.png")) > 0
     ys, xs = np.nonzero(mask)
     low = inspection.defect_boxes(image, result.prediction, threshold=float(result.prediction.anomaly_map.max()) * 0.9)

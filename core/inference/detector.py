@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +58,15 @@ class Prediction:
     latency_ms: float
     #: D x h x w patch descriptors from the same forward pass (similarity search), when asked for
     patch_features: torch.Tensor | None = None
+    #: tiled model: the tile (image pixels) the descriptors describe, its highest-scoring one
+    feature_box: Any = None
+
+    def feature_map(self) -> np.ndarray:
+        """The part of the map the descriptors describe: the whole map, or a tiled model's best tile."""
+        box = self.feature_box
+        if box is None:
+            return self.anomaly_map
+        return self.anomaly_map[box.top : box.bottom, box.left : box.right]
 
     def verdict(self, threshold: float = CALIBRATED_THRESHOLD) -> str:
         """Re-judged at any threshold without running the model again."""
@@ -132,15 +142,9 @@ class Detector:
         processed = self._pre_process(images)
         step = CPU_MICRO_BATCH if self.device.type == "cpu" else processed.shape[0]
         chunks = torch.split(processed, max(1, step))
+        if self.tiled:
+            return self._run_tiled(chunks, with_features)[:3]
         with self._run_lock:
-            if self.tiled:
-                outputs, best = [], []
-                for chunk in chunks:
-                    outputs.append(self.module.model(chunk))
-                    best += self.module.model.last_best
-                raw = _concat(outputs)
-                features = self._best_tile_features(processed, best) if with_features else None
-                return raw, self.module.post_processor(raw), features
             if not with_features:
                 raw = _concat([self.module.model(chunk) for chunk in chunks])
                 return raw, self.module.post_processor(raw), None
@@ -152,6 +156,17 @@ class Detector:
                 hook.remove()
             features = torch.cat([self._spec.features_from_capture(self.module, out) for out in captured])
             return raw, self.module.post_processor(raw), features
+
+    def _run_tiled(self, chunks: tuple[torch.Tensor, ...], with_features: bool):
+        """A tiled model's outputs, with each image's highest-scoring tile (where its features come from)."""
+        with self._run_lock:
+            outputs, best = [], []
+            for chunk in chunks:
+                outputs.append(self.module.model(chunk))
+                best += self.module.model.last_best
+            raw = _concat(outputs)
+            features = self._best_tile_features(torch.cat(chunks), best) if with_features else None
+            return raw, self.module.post_processor(raw), features, best
 
     def _best_tile_features(self, processed: torch.Tensor, boxes: list) -> torch.Tensor:
         """B x D x h x w descriptors of each image's highest-scoring tile (the one holding the defect).
@@ -215,7 +230,12 @@ class Detector:
 
     def _predict(self, images_rgb: list[np.ndarray], with_features: bool) -> list[Prediction]:
         started = time.perf_counter()
-        raw, normalised, features = self.run_batch([to_tensor(image) for image in images_rgb], with_features=with_features)
+        tensors = [to_tensor(image) for image in images_rgb]
+        boxes: list = []
+        if self.tiled and self.engine is None:
+            raw, normalised, features, boxes = self._run_tiled(tuple(self._pre_process(tensors).split(1)), with_features)
+        else:
+            raw, normalised, features = self.run_batch(tensors, with_features=with_features)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         latency = (time.perf_counter() - started) * 1000 / max(1, len(images_rgb))
@@ -229,6 +249,7 @@ class Detector:
                 anomaly_map=maps[i].squeeze().numpy(),
                 latency_ms=latency,
                 patch_features=features[i].float().cpu() if features is not None else None,
+                feature_box=boxes[i] if boxes else None,
             )
             for i in range(len(images_rgb))
         ]
