@@ -77,6 +77,11 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
 
         drifted = generate_drifted_set(root.parent / DRIFT_FOLDER, args.categories, size=args.size, seed=args.seed)
         print(f"drifted demo data in {drifted.resolve()} (train/good: the confirmation pool; test: drifted parts)")
+    if args.hires:
+        from core.data.demo import HIRES_CATEGORY, generate_hires_dataset
+
+        generate_hires_dataset(root, seed=args.seed)
+        print(f"  {summary(root, HIRES_CATEGORY)} (2048 px, defects of 6-20 px: train with --tile)")
 
 
 def _count(text: str) -> int:
@@ -617,6 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write a drifted set (brightness/colour/texture scale) beside it, in demo_data_drift/",
     )
+    p.add_argument(
+        "--hires",
+        action="store_true",
+        help="also write the high-resolution category hires_metal (2048 px frames, defects of 6-20 px, full-size masks)",
+    )
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("check", help="check a category's MVTec AD layout")
@@ -630,6 +640,13 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(p)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--image-size", type=int, help="square input size in pixels (default 256)")
+    p.add_argument(
+        "--tile",
+        type=int,
+        help="tiled inspection of large images: tile side in image pixels, each tile resized to --image-size "
+        "(default: none, the whole image is resized); PatchCore",
+    )
+    p.add_argument("--stride", type=int, help="step between tiles in pixels, at most --tile (default: --tile, no overlap)")
     p.add_argument(
         "--seed", type=int, default=0, help="seeds the calibration split's draw and the training (default 0: reproducible)"
     )

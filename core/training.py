@@ -160,6 +160,7 @@ def train(
     from lightning.pytorch import seed_everything
 
     root = resolve_data_root(data_root)
+    get_spec(model_name).make_config(**(config or {}))  # a bad setting is one line before any image is read
     report = check_layout(root, category)
     seed_everything(seed, workers=True, verbose=False)
     dev = pick_device(device)

@@ -235,6 +235,12 @@ def show_pictures(shown: Shown, opacity: float) -> None:
     c1.image(pics.shown, caption=f"{ui.plain_text(shown.name)} ({size})", width="stretch")
     c2.image(pics.heatmap, caption="Anomaly heatmap (fixed scale: blue normal, red above threshold)", width="stretch")
     c3.image(pics.region, caption="Predicted defect region (calibrated pixel threshold)", width="stretch")
+    if pics.zoom is not None:
+        top = pics.zoom.top
+        where = f"{top.width}×{top.height} px at x {top.x}, y {top.y}"
+        z1, z2, _ = st.columns(3)
+        z1.image(pics.zoom.heatmap, caption=f"Highest region at the camera's pixels ({where})", width="stretch")
+        z2.image(pics.zoom.region, caption="Its outline at the camera's pixels", width="stretch")
 
 
 # --- Actions -----------------------------------------------------------------------------------
@@ -330,6 +336,15 @@ def _run_many(pending: dict[str, Source], model: str, category: str) -> dict[str
     bar = st.progress(0.0, text=f"Inspecting {len(readable)} image(s)…")
     for done, group in _groups(readable, pending):
         items = [(pending[k].name, decoded[k].image, decoded[k].sha256) for k in group]
+        before = done - len(group)
+
+        def tiles(index: int, tiles_done: int, tiles_total: int, before: int = before) -> None:
+            # a tiled model on a large frame: seconds per image, so say how far it is
+            share = (before + index + tiles_done / tiles_total) / len(readable)
+            bar.progress(
+                min(1.0, share), text=f"Image {before + index + 1} of {len(readable)}: tile {tiles_done} of {tiles_total}…"
+            )
+
         results = inspection.inspect_images(
             detector,
             items,
@@ -337,6 +352,7 @@ def _run_many(pending: dict[str, Source], model: str, category: str) -> dict[str
             history=history,
             record=history is not None,
             defect_type=pending[group[0]].known_type,
+            progress=tiles if detector.tiled else None,
         )
         for key, result in zip(group, results, strict=True):
             entries[key] = _batch_entry(result, pending[key], model, category, not_recorded)
@@ -379,7 +395,8 @@ def _row(shown: Shown, source: Source, detector: Detector, threshold: float) -> 
     judgement = inspection.judge(result.prediction, detector, threshold)
     by = by._replace(model_version=result.model_version)
     area = inspection.defect_area(result.prediction, threshold)
-    return batch.verdict_row(source.name, result.sha256, by, judgement, area, result.inspection_id)
+    regions = inspection.defect_boxes(result.image, result.prediction, threshold)
+    return batch.verdict_row(source.name, result.sha256, by, judgement, area, result.inspection_id, regions=regions)
 
 
 def batch_summary(items: list[BatchItem]) -> None:

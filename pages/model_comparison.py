@@ -71,8 +71,9 @@ def all_metrics(table: pd.DataFrame) -> None:
         key="compare_table",
     )
     st.caption(
-        "F1 and false alarm rate are at the calibrated threshold; latency is one warm single-image call, "
-        "on the runtime in 'latency runtime' (torch, or the model's OpenVINO export). "
+        "F1 and false alarm rate are at the calibrated threshold; latency is one warm single-image call "
+        "on a test image at its own size, on the runtime in 'latency runtime' (torch, or the model's OpenVINO "
+        "export); 'input' says whether the model saw it whole at 256 px or tile by tile at the camera's pixels. "
         "The threshold source says which images calibrated each model (never the test set)."
     )
     published = comparison.published_rows(table["category"])

@@ -184,6 +184,11 @@ def test_inspect_records_and_answers_everything(client, api_env: Path, defect_pn
     assert body["threshold"] == 0.5 and body["raw_threshold"] > 0
     stats = body["map"]
     assert 0 <= stats["mean"] <= stats["max"] <= 1 and 0 < stats["defect_area"] <= 1
+    regions = body["regions"]  # boxes in the image's pixels, highest first
+    assert regions and [r["peak"] for r in regions] == sorted((r["peak"] for r in regions), reverse=True)
+    for r in regions:
+        assert 0 <= r["x"] < r["x"] + r["width"] <= TINY_SIZE and 0 <= r["y"] < r["y"] + r["height"] <= TINY_SIZE
+        assert 0.5 <= r["peak"] <= stats["max"] + 1e-6
     assert _history_count(api_env) == before + 1
     assert body["point_id"] and body["similar"] == f"/v1/similar/{body['inspection_id']}"
     assert body["notes"] == []

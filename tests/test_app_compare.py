@@ -104,10 +104,13 @@ def test_results_table_has_every_metric_and_training_facts():
         "backbone",
         "train time (s)",
         "threshold source",
+        "input",
     ):
         assert col in table.columns
     assert set(table["model"]) == {"PatchCore", "EfficientAD"}
     assert table.loc[table["model"] == "PatchCore", "steps"].iloc[0] == "one pass"
+    assert comparison.model_input({"image_size": 256}) == "whole image at 256 px"
+    assert comparison.model_input({"image_size": 256, "tile": 512, "stride": 448}) == "tiles 512 px, stride 448, at 256 px"
     per_type = comparison.per_defect_table(RESULTS)
     assert list(per_type.columns) == ["model", "category", "defect type", "images", "image AUROC", "detection rate"]
 

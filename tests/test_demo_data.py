@@ -229,3 +229,19 @@ def test_cli_default_out_follows_settings(
     )
     assert rc == 0
     assert _pngs(tmp_path / "ws" / "demo_data" / "grid" / "train" / "good") == ["000.png"]
+
+
+def test_hires_category_has_defects_of_a_few_pixels_with_exact_masks(tmp_path: Path) -> None:
+    """The high-resolution category: defects 6-20 px long at any size, mask = changed pixels."""
+    from core.data.demo import HIRES_CATEGORY, HIRES_DEFECT_TYPES, generate_hires_dataset, render_hires_sample
+
+    for defect in HIRES_DEFECT_TYPES:
+        for seed in range(3):
+            clean, bad, mask = render_hires_sample(defect, seed, size=512)
+            ys, xs = np.nonzero(mask)
+            assert 6 <= max(ys.max() - ys.min(), xs.max() - xs.min()) + 1 <= 20 + 4, (defect, seed)  # + line width, edge
+            assert np.array_equal(mask > 0, bad != clean)
+    root = generate_hires_dataset(tmp_path, n_train=2, n_test_good=1, n_per_defect=1, size=128, progress=False)
+    masks = sorted((root / HIRES_CATEGORY / "ground_truth").rglob("*_mask.png"))
+    assert len(masks) == len(HIRES_DEFECT_TYPES)
+    assert Image.open(masks[0]).size == Image.open(root / HIRES_CATEGORY / "test" / "good" / "000.png").size == (128, 128)

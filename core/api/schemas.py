@@ -29,6 +29,16 @@ class MapStats(BaseModel):
     defect_area: float = Field(description="share of the map at or above the threshold, 0..1")
 
 
+class RegionOut(BaseModel):
+    """One region of the map at or above the threshold, as a box in the image's own pixels."""
+
+    x: int = Field(description="left column, in image pixels")
+    y: int = Field(description="top row, in image pixels")
+    width: int
+    height: int
+    peak: float = Field(description="highest normalised map value inside it")
+
+
 class InspectResult(BaseModel):
     """One image judged: the verdict, its numbers, where it was recorded, and anything that was not."""
 
@@ -39,6 +49,11 @@ class InspectResult(BaseModel):
     threshold: float = Field(description="normalised threshold used (0.5 = calibrated)")
     raw_threshold: float = Field(description="the same threshold on the raw scale")
     map: MapStats
+    regions: list[RegionOut] = Field(
+        default_factory=list,
+        description="defect regions (map at or above the threshold), highest first, as boxes in image pixels "
+        "(a tiled model's map is at the image's full resolution)",
+    )
     model: str
     model_version: str = Field(description="registry version folder of the model, e.g. v0003")
     category: str

@@ -33,6 +33,10 @@ def similar_link(root_path: str, inspection_id: int | None, point_id: Any) -> st
     return f"{root_path.rstrip('/')}/v1/similar/{inspection_id}"
 
 
+#: Regions listed per image at most (highest first): a noisy map must not make the answer huge.
+MAX_REGIONS = 50
+
+
 def inspect_result(result: Inspected, detector: Detector, *, overlay: bool, root_path: str = "") -> schemas.InspectResult:
     """One judged image as the API answers it (the overlay PNG only when asked: it is large)."""
     judgement, amap = result.judgement, result.prediction.anomaly_map
@@ -49,6 +53,9 @@ def inspect_result(result: Inspected, detector: Detector, *, overlay: bool, root
             mean=float(amap.mean()) if amap.size else 0.0,
             defect_area=result.defect_area,
         ),
+        regions=[
+            schemas.RegionOut(x=r.x, y=r.y, width=r.width, height=r.height, peak=r.peak) for r in result.regions[:MAX_REGIONS]
+        ],
         model=detector.meta.model,
         model_version=result.model_version,
         category=detector.meta.category,

@@ -59,6 +59,10 @@ __all__ = [
     "expected_counts",
     "generate_demo_dataset",
     "generate_drifted_set",
+    "generate_hires_dataset",
+    "HIRES_CATEGORY",
+    "HIRES_DEFECT_TYPES",
+    "render_hires_sample",
     "summary",
     "render_sample",
 ]
@@ -741,10 +745,14 @@ def file_seed(seed: int, category: str, split: str, defect: str, index: int) -> 
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
 
 
+def _defects_of(category: str) -> tuple[str, ...]:
+    return HIRES_DEFECT_TYPES if category == HIRES_CATEGORY else DEFECT_TYPES[category]
+
+
 def expected_counts(category: str, n_train: int, n_test_good: int, n_per_defect: int) -> dict[str, int]:
     """PNG count per folder (relative to the category) for the given parameters."""
     counts = {"train/good": n_train, "test/good": n_test_good}
-    for d in DEFECT_TYPES[category]:
+    for d in _defects_of(category):
         counts[f"test/{d}"] = n_per_defect
         counts[f"ground_truth/{d}"] = n_per_defect
     return counts
@@ -819,7 +827,7 @@ def _write_category(
 
     jobs: list[tuple[str, str | None, int]] = [("train", None, i) for i in range(n_train)]
     jobs += [("test", None, i) for i in range(n_test_good)]
-    jobs += [("test", d, i) for d in DEFECT_TYPES[category] for i in range(n_per_defect)]
+    jobs += [("test", d, i) for d in _defects_of(category) for i in range(n_per_defect)]
     for folder in counts:
         (cat_dir / folder).mkdir(parents=True, exist_ok=True)
     for split, defect, i in tqdm(jobs, desc=f"{desc}: {category}", unit="img", disable=not progress, leave=False):
@@ -979,6 +987,107 @@ def generate_drifted_set(
 
 
 # --------------------------------------------------------------------------------------------------
+# A high-resolution category: a line camera's frame with defects of a few pixels
+# --------------------------------------------------------------------------------------------------
+
+#: The category :func:`generate_hires_dataset` writes (beside the demo categories, not one of them).
+HIRES_CATEGORY = "hires_metal"
+#: Its defect types: small dark or bright spots and short scratches.
+HIRES_DEFECT_TYPES: tuple[str, ...] = ("scratch", "spot")
+#: Side of its images (a 4 MP frame) and the span of its defects' longest extent, in pixels.
+HIRES_SIZE = 2048
+HIRES_DEFECT_PX = (6, 20)
+
+
+def _hires_texture(rng: np.random.Generator, size: int) -> Array:
+    """Brushed metal at the camera's scale: fine streaks along x, mild grain and shading.
+
+    Unlike the demo textures, its features do not grow with ``size``: the grain is a few pixels
+    wide at any image size, as on a real part photographed at a higher resolution.
+    """
+    base = float(rng.uniform(0.55, 0.62))
+    streaks = cv2.GaussianBlur(rng.standard_normal((size, size), dtype=np.float32), (0, 0), sigmaX=25, sigmaY=0.8)
+    streaks /= streaks.std() + 1e-8
+    img = base + 0.03 * streaks + 0.012 * _smooth_noise(rng, (size, size), 1.2) + 0.04 * _smooth_noise(rng, (size, size), 300)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def render_hires_sample(defect: str | None, seed: int, size: int = HIRES_SIZE) -> tuple[Array, Array | None, Array | None]:
+    """``(clean, defective or None, mask or None)`` of the high-resolution category (grey, uint8).
+
+    A defect's longest extent is :data:`HIRES_DEFECT_PX` pixels at any ``size``: under 1.5 px once
+    a 2048 px frame is resized to the models' 256 px. The mask is exact, as for the demo
+    categories (:func:`_finalize`): 255 iff the defect changed the pixel.
+    """
+    if defect is not None and defect not in HIRES_DEFECT_TYPES:
+        raise DatasetError(f"unknown defect {defect!r} for {HIRES_CATEGORY}; choose from {', '.join(HIRES_DEFECT_TYPES)}")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE} px, got {size}")
+    tex_seq, def_seq = np.random.SeedSequence(int(seed) & (2**128 - 1)).spawn(2)
+    clean_f = _hires_texture(np.random.default_rng(tex_seq), size)
+    clean_u8 = _to_u8(clean_f)
+    if defect is None:
+        return clean_u8, None, None
+    rng = np.random.default_rng(def_seq)
+    extent = float(rng.uniform(*HIRES_DEFECT_PX))
+    margin = HIRES_DEFECT_PX[1]
+    cx, cy = (float(rng.uniform(margin, size - margin)) for _ in range(2))
+    tone = float(rng.choice([0.15, 0.95]))  # dark pit or bright burr
+    canvas = np.zeros((size, size), np.uint8)
+    if defect == "spot":
+        cv2.circle(canvas, (round(cx * 16), round(cy * 16)), round(extent / 2 * 16), 255, -1, cv2.LINE_AA, 4)
+    else:
+        angle = float(rng.uniform(0, math.pi))
+        dx, dy = math.cos(angle) * extent / 2, math.sin(angle) * extent / 2
+        ends = np.round(np.array([[cx - dx, cy - dy], [cx + dx, cy + dy]]) * 16).astype(np.int32)
+        cv2.line(canvas, tuple(ends[0]), tuple(ends[1]), 255, 2, cv2.LINE_AA, 4)
+    alpha = canvas.astype(np.float32) / 255.0 * 0.9
+    out, mask = _finalize(clean_u8, _blend(clean_f, np.float32(tone), alpha), alpha > 0.05, clean_f)
+    return clean_u8, out, mask
+
+
+def generate_hires_dataset(
+    root: Path,
+    *,
+    n_train: int = 10,
+    n_test_good: int = 10,
+    n_per_defect: int = 5,
+    size: int = HIRES_SIZE,
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Write the high-resolution category (:data:`HIRES_CATEGORY`) under ``root`` and return ``root``.
+
+    Few training images by default: the surface is uniform, and one 2048 px frame already gives a
+    tiled model about 80 tiles. Idempotent and deterministic like :func:`generate_demo_dataset`.
+    """
+    root = Path(root)
+    if n_train < 1 or n_test_good < 0 or n_per_defect < 0:
+        raise ValueError("need n_train >= 1, n_test_good >= 0 and n_per_defect >= 0")
+    root.mkdir(parents=True, exist_ok=True)
+    marker = _read_marker(root) or {"generator": "inspect.core.data.demo", "categories": {}}
+    params = {
+        "version": GENERATOR_VERSION,
+        "size": size,
+        "seed": seed,
+        "n_train": n_train,
+        "n_test_good": n_test_good,
+        "n_per_defect": n_per_defect,
+        "defects": list(HIRES_DEFECT_TYPES),
+    }
+
+    def render(split: str, defect: str | None, i: int) -> tuple[Array, Array | None]:
+        clean, bad, mask = render_hires_sample(defect, file_seed(seed, HIRES_CATEGORY, split, defect or "good", i), size)
+        return (clean if bad is None else bad), mask
+
+    _write_category(
+        root, marker, HIRES_CATEGORY, params, n_train, n_test_good, n_per_defect, render,
+        desc="high-resolution demo data", progress=progress,
+    )  # fmt: skip
+    return root
+
+
+# --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
 
@@ -990,5 +1099,5 @@ def summary(root: Path, category: str) -> str:
     def n(folder: str) -> int:
         return sum(1 for _ in (cat / folder).glob("*.png"))
 
-    defects = ", ".join(f"{d} {n(f'test/{d}')}" for d in DEFECT_TYPES[category])
+    defects = ", ".join(f"{d} {n(f'test/{d}')}" for d in _defects_of(category))
     return f"{category}: train/good {n('train/good')}, test/good {n('test/good')}, defects: {defects}"

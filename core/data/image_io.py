@@ -28,8 +28,9 @@ one-line message says what is wrong. The decisions, in one place:
   crops; a 1x1 image is a mistake). Larger than ``max_pixels`` (default 150 MP, env
   ``INSPECT_MAX_PIXELS``) is refused from the header alone, before decoding. Anything in between
   is decoded, without PIL's decompression-bomb error, and shrunk to at most ``max_side`` (default
-  2048) px on its long side: JPEGs are decoded at reduced scale directly (``Image.draft``), other
-  formats are reduced by whole factors and then resampled. The models run at 256 px anyway.
+  8192) px on its long side: JPEGs are decoded at reduced scale directly (``Image.draft``), other
+  formats are reduced by whole factors and then resampled. A tiled model (``train --tile``) judges
+  the camera's own pixels, so a line camera's frame (up to 5472 x 3648, 20 MP) is kept whole.
 * **Concurrency.** Decoding a 150 MP PNG holds about 1.4 GB, so at most
   ``INSPECT_MAX_LARGE_DECODES`` (default 2) images larger than ``INSPECT_LARGE_DECODE_PIXELS``
   (default 16 MP, by the header) decode at once in a process. A further one waits up to
@@ -62,8 +63,10 @@ SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF")
 
 #: Smallest accepted side in pixels.
 MIN_SIDE = 16
-#: Default long-side cap after loading (the models run at 256 px; 2048 leaves room for display).
-DEFAULT_MAX_SIDE = 2048
+#: Default long-side cap after loading. Untiled models resize to 256 px anyway; tiled models
+#: (core/models/tiling.py) need the camera's pixels, and line cameras write up to 5472 px (20 MP)
+#: and line-scan ones 8K: those are kept whole, larger ones are shrunk to bound memory.
+DEFAULT_MAX_SIDE = 8192
 
 # File signatures: a file that starts like one of our formats but cannot be opened is damaged,
 # not "not an image", and the message should say so.

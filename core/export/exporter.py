@@ -172,6 +172,11 @@ def export_model(
         raise InspectError(f"unknown precision {precision!r}: use one of {', '.join(PRECISION_CHOICES)}")
     _require_exporters(fmt)
     reference = load_detector(model, category, device="cpu", models_dir=models_dir, version=version, accelerate=False)
+    if reference.tiled:  # the exported graph takes one image at image_size; tiling runs around it in Python
+        raise InspectError(
+            f"{model}/{category} {reference.version} is tiled (--tile {reference.meta.config['tile']}): "
+            "exporting a tiled model is not available yet; it runs with torch"
+        )
     images = parity_images(data_root or reference.meta.data_root, category, max_images)
     folder = registry.version_files(model, category, reference.version, models_dir).folder
     image_size = int(reference.meta.config.get("image_size") or 256)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +44,9 @@ log = logging.getLogger(__name__)
 #: batch is a loop here; what batching still buys is decoding off the scoring thread.
 CPU_MICRO_BATCH = 1
 
+#: ``progress(image index, tiles done, tiles)`` of a tiled model's prediction
+TileProgress = Callable[[int, int, int], None]
+
 
 @dataclass
 class Prediction:
@@ -48,10 +54,19 @@ class Prediction:
 
     score: float
     raw_score: float
-    anomaly_map: np.ndarray  # float32, model resolution, normalised to [0, 1]
+    anomaly_map: np.ndarray  # float32, model resolution (tiled: the image's), normalised to [0, 1]
     latency_ms: float
     #: D x h x w patch descriptors from the same forward pass (similarity search), when asked for
     patch_features: torch.Tensor | None = None
+    #: tiled model: the tile (image pixels) the descriptors describe, its highest-scoring one
+    feature_box: Any = None
+
+    def feature_map(self) -> np.ndarray:
+        """The part of the map the descriptors describe: the whole map, or a tiled model's best tile."""
+        box = self.feature_box
+        if box is None:
+            return self.anomaly_map
+        return self.anomaly_map[box.top : box.bottom, box.left : box.right]
 
     def verdict(self, threshold: float = CALIBRATED_THRESHOLD) -> str:
         """Re-judged at any threshold without running the model again."""
@@ -88,6 +103,8 @@ class Detector:
         self.device = device
         self.version = version  # the registry version folder it was loaded from ('v0003')
         self._spec = get_spec(meta.model)
+        #: a tiled model (:mod:`core.models.tiling`) judges full-resolution images tile by tile
+        self.tiled = bool((meta.config or {}).get("tile"))
         # One call at a time: a call with features hooks the module for its duration, so two
         # threads (two browser sessions, API requests) must not interleave on one module. It costs
         # little: torch already spreads one call over the cores.
@@ -125,6 +142,8 @@ class Detector:
         processed = self._pre_process(images)
         step = CPU_MICRO_BATCH if self.device.type == "cpu" else processed.shape[0]
         chunks = torch.split(processed, max(1, step))
+        if self.tiled:
+            return self._run_tiled(chunks, with_features)[:3]
         with self._run_lock:
             if not with_features:
                 raw = _concat([self.module.model(chunk) for chunk in chunks])
@@ -137,6 +156,30 @@ class Detector:
                 hook.remove()
             features = torch.cat([self._spec.features_from_capture(self.module, out) for out in captured])
             return raw, self.module.post_processor(raw), features
+
+    def _run_tiled(self, chunks: tuple[torch.Tensor, ...], with_features: bool):
+        """A tiled model's outputs, with each image's highest-scoring tile (where its features come from)."""
+        with self._run_lock:
+            outputs, best = [], []
+            for chunk in chunks:
+                outputs.append(self.module.model(chunk))
+                best += self.module.model.last_best
+            raw = _concat(outputs)
+            features = self._best_tile_features(torch.cat(chunks), best) if with_features else None
+            return raw, self.module.post_processor(raw), features, best
+
+    def _best_tile_features(self, processed: torch.Tensor, boxes: list) -> torch.Tensor:
+        """B x D x h x w descriptors of each image's highest-scoring tile (the one holding the defect).
+
+        A second backbone pass of one tile per image, rather than hooking every tile: a 20 MP
+        frame's tiles' features are never all held, and the descriptor describes the defect's
+        neighbourhood at the scale the memory bank was built from.
+        """
+        from core.models.tiling import crop_tiles
+
+        tile_size = int(self.meta.config.get("image_size") or 256)
+        tiles = torch.cat([crop_tiles(image, [box], tile_size) for image, box in zip(processed, boxes, strict=True)])
+        return self._spec.patch_features(self.module, tiles)
 
     def _run_engine(self, images: torch.Tensor | list[torch.Tensor], with_features: bool):
         """The exported model's outputs in the torch path's form (raw and normalised batches)."""
@@ -158,10 +201,39 @@ class Detector:
         """One image's prediction (and, on request, its patch features from the same pass)."""
         return self.predict_batch([image_rgb], with_features=with_features)[0]
 
-    def predict_batch(self, images_rgb: list[np.ndarray], *, with_features: bool = False) -> list[Prediction]:
-        """Predictions for several images of any sizes in one batch; ``latency_ms`` is per image."""
+    def predict_batch(
+        self, images_rgb: list[np.ndarray], *, with_features: bool = False, progress: TileProgress | None = None
+    ) -> list[Prediction]:
+        """Predictions for several images of any sizes in one batch; ``latency_ms`` is per image.
+
+        A tiled model takes the images one at a time: their full-resolution maps differ in size.
+        ``progress(image index, tiles done, tiles)`` follows a tiled model through each image.
+        """
+        if self.tiled and (len(images_rgb) > 1 or progress is not None):
+            out = []
+            for index, image in enumerate(images_rgb):
+                tell = None if progress is None else (lambda done, total, i=index: progress(i, done, total))
+                with self._told(tell):
+                    out += self._predict([image], with_features)
+            return out
+        return self._predict(images_rgb, with_features)
+
+    @contextmanager
+    def _told(self, tell):
+        self.module.model.progress = tell
+        try:
+            yield
+        finally:
+            self.module.model.progress = None
+
+    def _predict(self, images_rgb: list[np.ndarray], with_features: bool) -> list[Prediction]:
         started = time.perf_counter()
-        raw, normalised, features = self.run_batch([to_tensor(image) for image in images_rgb], with_features=with_features)
+        tensors = [to_tensor(image) for image in images_rgb]
+        boxes: list = []
+        if self.tiled and self.engine is None:
+            raw, normalised, features, boxes = self._run_tiled(tuple(self._pre_process(tensors).split(1)), with_features)
+        else:
+            raw, normalised, features = self.run_batch(tensors, with_features=with_features)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         latency = (time.perf_counter() - started) * 1000 / max(1, len(images_rgb))
@@ -175,6 +247,7 @@ class Detector:
                 anomaly_map=maps[i].squeeze().numpy(),
                 latency_ms=latency,
                 patch_features=features[i].float().cpu() if features is not None else None,
+                feature_box=boxes[i] if boxes else None,
             )
             for i in range(len(images_rgb))
         ]

@@ -15,6 +15,7 @@ turns red; a per-image stretch would paint the strongest noise of a perfect part
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,39 @@ def defect_mask(anomaly_map: Any, size: tuple[int, int] | None = None, threshold
     if size is not None:
         amap = _resize_map(amap, size)
     return amap >= float(threshold)
+
+
+@dataclass(frozen=True)
+class Region:
+    """One connected region of the map at or above the threshold, as a box in *image* pixels."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    peak: float  # the highest (calibrated) map value inside it
+
+
+def defect_regions(anomaly_map: Any, image_size: tuple[int, int], threshold: float = 0.5) -> list[Region]:
+    """The regions of the map at or above ``threshold``, boxed in the image's pixels, highest first.
+
+    ``image_size`` is (width, height) of the image the map belongs to: a model-resolution map
+    (256 px) is resized to it first, a tiled model's map is already at full size. 8-connected, so
+    a defect that straddles two tiles of a stitched map is one region.
+    """
+    import cv2
+
+    amap = _as_map(anomaly_map)
+    if amap.shape[::-1] != tuple(image_size):
+        amap = _resize_map(amap, image_size)
+    mask = (amap >= float(threshold)).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    regions = []
+    for label in range(1, count):
+        x, y, w, h = (int(v) for v in stats[label, :4])
+        peak = float(amap[y : y + h, x : x + w][labels[y : y + h, x : x + w] == label].max())
+        regions.append(Region(x, y, w, h, peak))
+    return sorted(regions, key=lambda r: -r.peak)
 
 
 def defect_contours(

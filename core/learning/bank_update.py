@@ -43,6 +43,10 @@ EFFICIENTAD_REASON = (
     "`python -m core recalibrate --model efficientad ...` to move its threshold instead"
 )
 CORESET_SEED = 0
+TILED_REASON = (
+    "a tiled model's memory bank cannot be grown here yet (its bank holds tiles' patches, scored tile by "
+    "tile); put the confirmed-good images in train/good and train again with the same --tile/--stride"
+)
 
 
 @dataclass
@@ -64,6 +68,9 @@ def require_patchcore(model: str) -> None:
 def embed(detector: Detector, images_rgb: list[np.ndarray], *, batch: int = 8) -> Embedded:
     """The memory-bank features of every patch of the images (one backbone pass each)."""
     import torch
+
+    if detector.tiled:  # the whole-image geometry below (one h x w map per image) does not hold
+        raise ConfigError(TILED_REASON)
 
     from core.inference.detector import to_tensor
     from core.models.patchcore.model import patchcore_patch_features

@@ -26,14 +26,17 @@ def check_image_size(value: object, minimum: int, why_minimum: str) -> None:
         raise ConfigError(f"--image-size must be <= {MAX_IMAGE_SIZE} px (got {value}): the models run at 256 px")
 
 
-def make_pre_processor(spec: BackboneSpec, image_size: int) -> PreProcessor:
+def make_pre_processor(spec: BackboneSpec, image_size: int, *, resize: bool = True) -> PreProcessor:
     """Resize the whole image to a square ``image_size`` and normalise with the backbone's statistics.
 
     Departure from anomalib's default: no centre crop, so defects at the border are still seen.
+    ``resize=False`` (tiled models, :mod:`core.models.tiling`): the image keeps its full
+    resolution and is only normalised; each tile is resized to ``image_size`` on its own.
     """
     from anomalib.pre_processing import PreProcessor
     from torchvision.transforms.v2 import Compose, Normalize, Resize
 
-    return PreProcessor(
-        transform=Compose([Resize((image_size, image_size), antialias=True), Normalize(mean=spec.mean, std=spec.std)])
-    )
+    normalise = Normalize(mean=spec.mean, std=spec.std)
+    if not resize:
+        return PreProcessor(transform=Compose([normalise]))
+    return PreProcessor(transform=Compose([Resize((image_size, image_size), antialias=True), normalise]))

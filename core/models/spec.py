@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-#: The one ``train`` flag every model reads (``--image-size``).
-SHARED_CLI_KEY = "image_size"
+#: The ``train`` flags every model reads: ``--image-size`` and tiling's ``--tile`` / ``--stride``
+#: (:mod:`core.models.tiling`; a model that cannot tile says so in one line from its config).
+SHARED_CLI_KEYS: tuple[str, ...] = ("image_size", "tile", "stride")
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ class ModelSpec:
             group.add_argument(flag, **options)
 
     def config_from_args(self, args: argparse.Namespace) -> dict[str, Any]:
-        """The flags of ``train`` that this model reads and the user gave (``--image-size`` is shared)."""
-        keys = [SHARED_CLI_KEY, *(flag.lstrip("-").replace("-", "_") for flag, _ in self.cli_flags)]
+        """The flags of ``train`` that this model reads and the user gave (:data:`SHARED_CLI_KEYS` are shared)."""
+        keys = [*SHARED_CLI_KEYS, *(flag.lstrip("-").replace("-", "_") for flag, _ in self.cli_flags)]
         return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
 
     def make_config(self, **config: Any) -> Any:

@@ -32,6 +32,7 @@ from core.services import catalog, history_view, inspection
 if TYPE_CHECKING:
     from core.history import History
     from core.inference.detector import Detector
+    from core.inference.overlay import Region
 
 __all__ = [
     "CSV_COLUMNS",
@@ -68,6 +69,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "threshold",
     "verdict",
     "defect area share",
+    "defect regions",
+    "top region (x y w h)",
     "inference ms",
     "inspection id",
     "error",
@@ -286,9 +289,15 @@ def verdict_row(
     defect_area: float | None = None,
     inspection_id: int | None = None,
     error: str | None = None,
+    regions: Sequence[Region] | None = None,
 ) -> dict[str, Any]:
-    """One CSV row (keys = :data:`CSV_COLUMNS`); the verdict columns are empty without a judgement."""
+    """One CSV row (keys = :data:`CSV_COLUMNS`); the verdict columns are empty without a judgement.
+
+    ``regions``: the defect regions in image pixels, highest first; the row gives their count and
+    the highest one's box, where an inspector looks first on a large frame.
+    """
     j = judgement
+    top = regions[0] if regions else None
     return {
         "file": file,
         "sha256": sha256,
@@ -300,6 +309,8 @@ def verdict_row(
         "threshold": j.threshold if j else None,
         "verdict": j.verdict if j else None,
         "defect area share": defect_area,
+        "defect regions": len(regions) if regions is not None else None,
+        "top region (x y w h)": f"{top.x} {top.y} {top.width} {top.height}" if top is not None else None,
         "inference ms": round(j.latency_ms, 2) if j else None,
         "inspection id": inspection_id,
         "error": error,
@@ -309,7 +320,16 @@ def verdict_row(
 def result_row(result: inspection.Inspected, by: JudgedBy, error: str | None = None) -> dict[str, Any]:
     """The row of one judged image (its own model version: the one that judged it)."""
     by = by._replace(model_version=result.model_version)
-    return verdict_row(result.file_name, result.sha256, by, result.judgement, result.defect_area, result.inspection_id, error)
+    return verdict_row(
+        result.file_name,
+        result.sha256,
+        by,
+        result.judgement,
+        result.defect_area,
+        result.inspection_id,
+        error,
+        regions=result.regions,
+    )
 
 
 def failed_row(item: Decoded, by: JudgedBy) -> dict[str, Any]:

@@ -17,6 +17,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "evaluated_categories",
     "finite_number",
+    "model_input",
     "load_results",
     "model_entries",
     "per_defect_table",
@@ -87,9 +88,19 @@ def published_rows(categories: Iterable[str]) -> list[dict[str, Any]]:
     ]
 
 
+def model_input(config: dict[str, Any]) -> str:
+    """What the network saw of an image: the whole image resized, or tiles (``train --tile``)."""
+    size = config.get("image_size") or 256
+    if config.get("tile"):
+        return f"tiles {config['tile']} px, stride {config.get('stride') or config['tile']}, at {size} px"
+    return f"whole image at {size} px"
+
+
 def _training_columns(entry: dict[str, Any]) -> dict[str, Any]:
     training = entry.get("training") or {}
     return {
+        # beside the latency: a tiled model's latency is a full-resolution test image, tile by tile
+        "input": model_input(training.get("config") or {}),
         "test images": entry.get("n_test"),
         "eval device": entry.get("eval_device"),
         "backbone": training.get("backbone") or (training.get("config") or {}).get("backbone"),

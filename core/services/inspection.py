@@ -11,12 +11,13 @@ import numpy as np
 from core.data.image_io import SUPPORTED_EXTENSIONS, load_image, sha256_of
 from core.errors import InspectError
 from core.history import DuplicateRequestError, History, InspectionRecord, thumbnail_ref
+from core.inference.overlay import Region, defect_regions
 from core.inference.verdict import CALIBRATED_THRESHOLD
 from core.learning.drift import ood_note
 from core.settings import station
 
 if TYPE_CHECKING:
-    from core.inference.detector import Detector, Prediction
+    from core.inference.detector import Detector, Prediction, TileProgress
 
 __all__ = [
     "CALIBRATED",
@@ -24,6 +25,7 @@ __all__ = [
     "Inspected",
     "add_to_gallery",
     "defect_area",
+    "defect_boxes",
     "inspect_bytes",
     "inspect_images",
     "Judgement",
@@ -118,6 +120,20 @@ def display_copy(image_rgb: np.ndarray, max_side: int = 1024) -> np.ndarray:
     return cv2.resize(image_rgb, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
 
 
+#: Side of the zoom on the highest region, in image pixels (larger when the region is).
+ZOOM_SIDE = 384
+
+
+@dataclass(frozen=True)
+class Zoom:
+    """The highest defect region of a large image at the camera's own pixels."""
+
+    heatmap: np.ndarray  # the crop with the heatmap overlay
+    region: np.ndarray  # the crop with the defect region's outline
+    box: Region  # the crop, in image pixels
+    top: Region  # the highest region itself, in image pixels
+
+
 @dataclass(frozen=True)
 class Pictures:
     """What the Inspect page shows of one result: the image, its heatmap, the defect region."""
@@ -125,16 +141,51 @@ class Pictures:
     shown: np.ndarray  # the display copy of the image
     heatmap: np.ndarray
     region: np.ndarray
+    #: for an image larger than its display copy: the highest region at full resolution (a 10 px
+    #: scratch on a 5 MP frame is a few display pixels)
+    zoom: Zoom | None = None
 
 
 def pictures(image_rgb: np.ndarray, prediction: Prediction, opacity: float) -> Pictures:
-    """The display copy, its heatmap overlay at ``opacity`` and the calibrated defect region."""
+    """The display copy, its heatmap overlay at ``opacity``, the calibrated defect region, and the
+    zoom on the highest region when the display copy is smaller than the image."""
     from core.inference.overlay import defect_contours, heatmap_overlay
 
     shown = display_copy(image_rgb)
     overlay = heatmap_overlay(shown, prediction.anomaly_map, opacity=opacity)
     region = defect_contours(shown, prediction.anomaly_map, threshold=CALIBRATED)
-    return Pictures(shown, overlay, region)
+    zoom = zoom_on_top_region(image_rgb, prediction, opacity) if shown.shape != image_rgb.shape else None
+    return Pictures(shown, overlay, region, zoom)
+
+
+def zoom_on_top_region(
+    image_rgb: np.ndarray, prediction: Prediction, opacity: float, threshold: float = CALIBRATED
+) -> Zoom | None:
+    """A crop of ``ZOOM_SIDE`` px (or the region's size) around the highest region, with its heatmap
+    and outline drawn at the image's own pixels; None when no region reaches ``threshold``."""
+    import cv2
+
+    from core.inference.overlay import defect_contours, heatmap_overlay
+
+    regions = defect_boxes(image_rgb, prediction, threshold)
+    if not regions:
+        return None
+    top = regions[0]
+    height, width = image_rgb.shape[:2]
+    side_w = min(width, max(ZOOM_SIDE, top.width + 32))
+    side_h = min(height, max(ZOOM_SIDE, top.height + 32))
+    x0 = min(max(0, top.x + top.width // 2 - side_w // 2), width - side_w)
+    y0 = min(max(0, top.y + top.height // 2 - side_h // 2), height - side_h)
+    amap = np.asarray(prediction.anomaly_map, dtype=np.float32)
+    if amap.shape != (height, width):  # an untiled model's map: to the image's pixels first
+        amap = cv2.resize(amap, (width, height), interpolation=cv2.INTER_LINEAR)
+    crop, crop_map = image_rgb[y0 : y0 + side_h, x0 : x0 + side_w], amap[y0 : y0 + side_h, x0 : x0 + side_w]
+    return Zoom(
+        heatmap=np.asarray(heatmap_overlay(crop, crop_map, opacity=opacity)),
+        region=np.asarray(defect_contours(crop, crop_map, threshold=threshold, thickness=1)),
+        box=Region(x0, y0, side_w, side_h, top.peak),
+        top=top,
+    )
 
 
 def overlay_png(image_rgb: np.ndarray, prediction: Prediction, opacity: float) -> bytes:
@@ -274,6 +325,8 @@ class Inspected:
     judgement: Judgement
     model_version: str
     defect_area: float  # share of the map at or above the threshold
+    #: the map's regions at or above the threshold, boxed in the image's pixels (highest first)
+    regions: list[Region] = field(default_factory=list)
     inspection_id: int | None = None
     point_id: str | None = None
     notes: list[str] = field(default_factory=list)  # why something was not recorded / indexed
@@ -286,6 +339,15 @@ class Inspected:
     def wrong_category(self) -> bool:
         """Judged not to look like the category at all: recorded and marked, never put in the gallery."""
         return self.wrong_category_note is not None
+
+
+def defect_boxes(image_rgb: np.ndarray, prediction: Prediction, threshold: float = CALIBRATED) -> list[Region]:
+    """The defect regions at ``threshold``, as boxes in the image's own pixels, highest first.
+
+    A tiled model's map is already at the image's resolution (the camera's pixels); an untiled
+    model's 256 px map is resized to the image first.
+    """
+    return defect_regions(prediction.anomaly_map, (image_rgb.shape[1], image_rgb.shape[0]), threshold)
 
 
 def defect_area(prediction: Prediction, threshold: float = CALIBRATED) -> float:
@@ -301,15 +363,17 @@ def inspect_images(
     history: History | None = None,
     record: bool = True,
     defect_type: str | None = None,
+    progress: TileProgress | None = None,
 ) -> list[Inspected]:
     """Judge ``(file name, decoded RGB image, sha256)`` items in ONE batch; record and index them.
 
     The model runs once for all of them (``predict_batch`` with patch features); each result is
     judged at ``threshold``, written to ``history`` when ``record`` (a damaged or missing history
     is a note, never a lost verdict), and a DEFECT is added to the similar-defect index from the
-    same forward pass's features (queued when the store cannot take it now).
+    same forward pass's features (queued when the store cannot take it now). ``progress(image
+    index, tiles done, tiles)`` follows a tiled model through its tiles (the page's progress bar).
     """
-    predictions = detector.predict_batch([image for _, image, _ in images], with_features=True)
+    predictions = detector.predict_batch([image for _, image, _ in images], with_features=True, progress=progress)
     results = []
     meta = detector.meta
     for (name, image, sha), prediction in zip(images, predictions, strict=True):
@@ -322,6 +386,7 @@ def inspect_images(
             judgement=judge(prediction, detector, threshold),
             model_version=detector.version,
             defect_area=defect_area(prediction, threshold),
+            regions=defect_boxes(image, prediction, threshold),
             wrong_category_note=note,
         )
         if record:

@@ -76,7 +76,7 @@ def describe(
     one made ``with_features=True`` is used as it is, so the model does not run again."""
     if prediction is None or prediction.patch_features is None:
         prediction = detector.predict(image, with_features=True)
-    return descriptors(prediction.patch_features, prediction.anomaly_map), prediction
+    return descriptors(prediction.patch_features, prediction.feature_map()), prediction
 
 
 def _upload_record(model: str, category: str, vectors: Mapping[str, np.ndarray], **payload: Any) -> Record:

@@ -45,6 +45,7 @@ from core.models.efficientad.early_stop import ValidationStopper
 from core.models.efficientad.fast_step import Prefetcher, TeacherCache, efficientad_losses, to_channels_last
 from core.models.efficientad.teacher import read_teacher_state, teacher_weights_path
 from core.models.patchcore.model import check_image_size
+from core.models.tiling import check_tiling
 from core.settings import get_settings
 
 #: The paper's training length (one image per step), the default on a GPU and the cap on a CPU.
@@ -75,8 +76,17 @@ class EfficientAdConfig:
     patience: int = DEFAULT_PATIENCE  # validations without improvement before stopping; 0: never
     precision: str = "auto"  # "auto": bf16 autocast on a CPU that supports it, else fp32
     fast_step: bool = True  # teacher cache, one student pass, channels-last, read-ahead (fast_step.py)
+    #: ``--tile`` / ``--stride`` (shared flags): accepted so the message is one line, but EfficientAD
+    #: does not tile yet; never stored (``to_dict`` leaves them out while they are None).
+    tile: int | None = None
+    stride: int | None = None
 
     def __post_init__(self) -> None:
+        check_tiling(self.tile, self.stride)
+        if self.tile is not None:
+            raise ConfigError(
+                "--tile: tiled inspection is available for PatchCore (--model patchcore); EfficientAD sees the whole image"
+            )
         if self.model_size not in ("small", "medium"):
             raise ConfigError(f"unknown EfficientAD model size '{self.model_size}': small or medium")
         check_image_size(
@@ -99,7 +109,10 @@ class EfficientAdConfig:
         return Path(self.teacher_weights).expanduser() if self.teacher_weights else teacher_weights_path(self.model_size)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for key in ("tile", "stride"):  # untiled; stored configs of earlier versions stay the same
+            data.pop(key)
+        return data
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:

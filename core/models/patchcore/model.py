@@ -20,6 +20,7 @@ from core.models.backbones import DEFAULT_BACKBONE, load_pretrained_weights, res
 from core.models.common import check_image_size, make_pre_processor
 from core.models.patchcore.blur import SeparableGaussianBlur2d
 from core.models.patchcore.search import FastPatchcoreModel
+from core.models.tiling import check_tiling, run_tiled
 
 MIN_PATCHCORE_SIZE = 64  # 4x4 positions at stride 16
 
@@ -37,6 +38,10 @@ class PatchcoreConfig:
     num_neighbors: int = 9
     image_size: int = 256
     backbone_weights: str | None = None  # a local weights file for non-offline backbones
+    #: Tiled inspection (:mod:`core.models.tiling`): tile side and step in image pixels; None: the
+    #: whole image resized to ``image_size``. Stored resolved (stride defaults to the tile).
+    tile: int | None = None
+    stride: int | None = None
 
     def __post_init__(self) -> None:
         # checked here, before any image is read, rather than after minutes of feature extraction
@@ -47,6 +52,9 @@ class PatchcoreConfig:
         check_image_size(self.image_size, MIN_PATCHCORE_SIZE, "PatchCore's stride-16 layer needs at least 4x4 positions")
         if self.num_neighbors < 1:
             raise ConfigError(f"num_neighbors must be at least 1 (got {self.num_neighbors})")
+        check_tiling(self.tile, self.stride)
+        if self.tile is not None and self.stride is None:
+            self.stride = self.tile
 
     def resolved_layers(self) -> list[str]:
         if self.layers:
@@ -81,6 +89,46 @@ class OfflinePatchcore(Patchcore):
         subsample_memory_bank(self.model, self.coreset_sampling_ratio)
 
 
+class TiledPatchcoreModel(FastPatchcoreModel):
+    """anomalib's PatchCore torch model run tile by tile over full-resolution images.
+
+    Training: every tile's embedding joins the embedding store, so the coreset and the memory bank
+    are anomalib's, over every tile's patches. Inference: each tile is scored by anomalib's own
+    forward, the image score is the highest tile score and the map is stitched at full resolution
+    (:func:`core.models.tiling.run_tiled`). No state of its own: the state dict is anomalib's.
+    """
+
+    #: (tile, stride, image_size), set by :func:`build_patchcore`
+    tiling: tuple[int, int, int]
+    #: the highest-scoring tile of each image of the last inference call (similarity descriptors)
+    last_best: list
+    #: told (tiles done, tiles) of the image being judged; set for one call by the detector
+    progress: Any = None
+
+    def forward(self, input_tensor: torch.Tensor):  # type: ignore[override]
+        from anomalib.data import InferenceBatch
+
+        tile, stride, image_size = self.tiling
+        untiled = super().forward
+
+        def forward_tiles(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+            out = untiled(tiles)  # training: the tiles' embeddings join the embedding store
+            return None if self.training else (out.pred_score, out.anomaly_map)
+
+        scores, maps, best = [], [], []
+        for image in input_tensor:
+            out = run_tiled(image, forward_tiles, tile=tile, stride=stride, image_size=image_size, progress=self.progress)
+            if out is None:
+                continue
+            scores.append(out.score.reshape(1))
+            maps.append(out.anomaly_map)
+            best.append(out.best)
+        if self.training:
+            return self.embedding_store[-1] if self.embedding_store else None
+        self.last_best = best
+        return InferenceBatch(pred_score=torch.cat(scores), anomaly_map=torch.stack(maps))
+
+
 def build_patchcore(config: PatchcoreConfig, *, load_weights: bool = True) -> OfflinePatchcore:
     """A PatchCore ready to train (``load_weights``) or to receive a saved state dict."""
     spec = resolve_backbone(config.backbone)
@@ -91,11 +139,16 @@ def build_patchcore(config: PatchcoreConfig, *, load_weights: bool = True) -> Of
         pre_trained=False,
         coreset_sampling_ratio=config.coreset_ratio,
         num_neighbors=config.num_neighbors,
-        pre_processor=make_pre_processor(spec, config.image_size),
+        # tiled: the full-resolution image is only normalised; each tile is resized on its own
+        pre_processor=make_pre_processor(spec, config.image_size, resize=config.tile is None),
         evaluator=False,  # core.evaluation.evaluate computes the metrics itself, on the test set only
         visualizer=False,
     )
     _check_layers(model, layers, spec.timm_name)
+    if config.tile is not None:
+        model.model.__class__ = TiledPatchcoreModel
+        model.model.tiling = (config.tile, int(config.stride or config.tile), config.image_size)
+        model.model.last_best = []
     if load_weights:
         load_pretrained_weights(model.model.feature_extractor.feature_extractor, config.backbone, config.backbone_weights)
     return model
