@@ -223,7 +223,9 @@ def test_huge_image_decoded_and_downscaled(tmp_path: Path) -> None:
     path = tmp_path / "huge.png"
     path.write_bytes(_flat_png(12000, 12000, value=77))  # 144 MP: over PIL's bomb warning level
     out = load_image(path)
-    _check_rgb(out, (2048, 2048))
+    from core.data.image_io import DEFAULT_MAX_SIDE
+
+    _check_rgb(out, (DEFAULT_MAX_SIDE, DEFAULT_MAX_SIDE))  # the long side capped, camera frames kept whole
     assert out[1000, 1000].tolist() == [77, 77, 77]
 
 
