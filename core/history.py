@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -256,16 +256,6 @@ class History:
         except OSError as exc:
             raise StoreError(f"cannot write the thumbnail {target}: {exc}") from None
         return target
-
-    def put_thumbnail(self, sha256: str, jpeg: bytes) -> None:
-        """Store an already encoded thumbnail as a row (``db copy`` moves file thumbnails so)."""
-        table_insert = postgresql.insert if self.server else sqlite.insert
-        with self._db(write=True) as con:
-            con.execute(
-                table_insert(thumbnails)
-                .values(sha256=sha256.lower(), jpeg=jpeg, created_at=utc_now_iso())
-                .on_conflict_do_nothing(index_elements=["sha256"])
-            )
 
     # --- reading --------------------------------------------------------------------------
 
