@@ -271,6 +271,16 @@ class History:
         with self._db() as con:
             return con.execute(select(thumbnails.c.jpeg).where(thumbnails.c.sha256 == sha256)).scalar()
 
+    def with_thumbnail(self, records: list[InspectionRecord]) -> set[int]:
+        """Ids of ``records`` whose thumbnail is still there: a file check each, one query for the rows."""
+        found = {r.id for r in records if r.thumbnail_path and Path(r.thumbnail_path).is_file()}
+        wanted = {r.sha256.lower() for r in records if r.id not in found}
+        if wanted:
+            with self._db() as con:
+                rows = set(con.execute(select(thumbnails.c.sha256).where(thumbnails.c.sha256.in_(wanted))).scalars())
+            found |= {r.id for r in records if r.sha256.lower() in rows}
+        return found
+
     def get(self, inspection_id: int) -> InspectionRecord | None:
         """One inspection by id, or ``None``."""
         with self._db() as con:

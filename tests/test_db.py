@@ -89,6 +89,8 @@ def test_thumbnails_are_files_beside_sqlite_and_rows_on_a_server(database_url: s
     jpeg = h.thumbnail(h.get(rid))
     assert jpeg is not None and jpeg[:2] == b"\xff\xd8"  # a JPEG
     assert (path is None) == h.server and h.thumbnail("ef" * 32) is None
+    gone = h.add(_rec(2, sha256="ef" * 32))
+    assert h.with_thumbnail([h.get(rid), h.get(gone)]) == {rid}
     assert h.save_thumbnail(image, sha) == path  # idempotent
 
 

@@ -763,6 +763,19 @@ def _save_png(arr: Array, path: Path) -> None:
     Image.fromarray(arr).save(path, format="PNG", compress_level=6)
 
 
+def _marker_params(size: int, seed: int, n_train: int, n_test_good: int, n_per_defect: int, defects) -> dict:
+    """What a generated category was made with (the marker compares it to skip regenerating)."""
+    return {
+        "version": GENERATOR_VERSION,
+        "size": size,
+        "seed": seed,
+        "n_train": n_train,
+        "n_test_good": n_test_good,
+        "n_per_defect": n_per_defect,
+        "defects": list(defects),
+    }
+
+
 def _read_marker(root: Path) -> dict:
     try:
         data = json.loads((root / MARKER_NAME).read_text())
@@ -872,15 +885,7 @@ def generate_demo_dataset(
     marker = _read_marker(root) or {"generator": "inspect.core.data.demo", "categories": {}}
 
     for category in dict.fromkeys(categories):  # de-duplicate, keep order
-        params = {
-            "version": GENERATOR_VERSION,
-            "size": size,
-            "seed": seed,
-            "n_train": n_train,
-            "n_test_good": n_test_good,
-            "n_per_defect": n_per_defect,
-            "defects": list(DEFECT_TYPES[category]),
-        }
+        params = _marker_params(size, seed, n_train, n_test_good, n_per_defect, DEFECT_TYPES[category])
 
         def render(split: str, defect: str | None, i: int, category: str = category) -> tuple[Array, Array | None]:
             clean, bad, mask = render_sample(category, defect, file_seed(seed, category, split, defect or "good", i), size)
@@ -1066,15 +1071,7 @@ def generate_hires_dataset(
         raise ValueError("need n_train >= 1, n_test_good >= 0 and n_per_defect >= 0")
     root.mkdir(parents=True, exist_ok=True)
     marker = _read_marker(root) or {"generator": "inspect.core.data.demo", "categories": {}}
-    params = {
-        "version": GENERATOR_VERSION,
-        "size": size,
-        "seed": seed,
-        "n_train": n_train,
-        "n_test_good": n_test_good,
-        "n_per_defect": n_per_defect,
-        "defects": list(HIRES_DEFECT_TYPES),
-    }
+    params = _marker_params(size, seed, n_train, n_test_good, n_per_defect, HIRES_DEFECT_TYPES)
 
     def render(split: str, defect: str | None, i: int) -> tuple[Array, Array | None]:
         clean, bad, mask = render_hires_sample(defect, file_seed(seed, HIRES_CATEGORY, split, defect or "good", i), size)

@@ -182,8 +182,9 @@ def confirmed_goods(history: History, model: str, category: str) -> list[Inspect
     good = [r for r in records if r.feedback == "false_alarm" or (r.feedback == "correct" and r.verdict == "GOOD")]
     seen: set[str] = set()
     out = []
+    present = history.with_thumbnail(good)
     for r in good:
-        if r.id in used or r.sha256 in seen or history.thumbnail(r) is None:
+        if r.id in used or r.sha256 in seen or r.id not in present:
             continue
         seen.add(r.sha256)
         out.append(r)
@@ -343,7 +344,9 @@ def known_defects(history: History, model: str, category: str) -> list[Inspectio
     from core.learning.recalibration import label_of
 
     records = history.list(category=category, model=model)
-    return [r for r in records if label_of(r) == 1 and history.thumbnail(r) is not None]
+    defects = [r for r in records if label_of(r) == 1]
+    present = history.with_thumbnail(defects)
+    return [r for r in defects if r.id in present]
 
 
 def _guard_note(refresh: Refresh, defect_ids: list[int], threshold_before: float, n_new: int) -> str:
