@@ -296,3 +296,32 @@ def test_blocked_argmin_is_argmin_first_on_ties() -> None:
         queries = torch.randint(-3, 4, (300, 5), generator=generator).float()
         want = torch.cdist(queries, bank).pow(2).argmin(dim=1)
         assert torch.equal(_blocked_argmin(queries, bank), want)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "threshold"),
+    [(1.0, 9.0, 4.0), (1.0, 9.0, float("nan")), (3.0, 3.0, 3.0), (float("nan"), 9.0, 4.0), (2.0, 2.5, 7.0)],
+)
+def test_the_traced_normalisation_equals_anomalibs(low: float, high: float, threshold: float) -> None:
+    """Normalisation with its case picked at trace time: anomalib's numbers in every case it handles."""
+    import torch
+    from anomalib.post_processing import PostProcessor
+
+    from core.export.graph import Normalisation
+
+    stats = [torch.tensor(v) for v in (low, high, threshold)]
+    preds = torch.cat([torch.linspace(-5, 15, 401), torch.tensor([3.0, 4.0])]).reshape(1, 1, 1, -1)
+    want = PostProcessor._normalize(preds, *stats)  # noqa: SLF001 - the reference
+    got = Normalisation.of(*stats)(preds)
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    assert torch.allclose(got, want, atol=1e-6, equal_nan=True)
+
+
+def test_the_exported_normalisation_has_no_full_map_selects(exported: Path) -> None:
+    """The normalised map is a clamp of an affine map in the file, not anomalib's case analysis per pixel."""
+    import openvino as ov
+
+    graph = ov.Core().read_model(str(exported / "export" / "openvino" / "model.xml"))
+    kinds = {op.get_type_name() for op in graph.get_ordered_ops()}
+    assert "Clamp" in kinds
+    assert not kinds & {"Select", "Less", "Greater"}

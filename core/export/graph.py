@@ -7,6 +7,11 @@ than rewriting the export (anomalib's ``ExportMixin`` still does all of it):
 
 * the map's Gaussian blur as two 1-D passes (:mod:`core.models.patchcore.blur`; anomalib's
   export records the 33 x 33 2-D kernel: 10.7 ms in torch, 1.1 ms as two passes);
+* the post-processor's normalisation with its branches chosen when the graph is traced
+  (:class:`Normalisation`): the calibration is a constant of the file, so the graph keeps only
+  ``clamp((x - threshold) / range + 0.5, 0, 1)``; anomalib's ``_normalize`` records both
+  branches of its degenerate-range and missing-statistics cases as full-map ``Select``/``Less``/
+  ``Greater`` ops, 16% of a demo category's per-op time in fp32 (``benchmarks/profile_export.py``);
 * extra outputs: the raw score and raw anomaly map (the history, the evaluation's threshold-free
   metrics and the score slider need them; the post-processor clamps the normalised ones to
   [0, 1], so they cannot be recovered afterwards) and the patch descriptors of the same forward
@@ -26,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,6 +58,9 @@ class ExportGraph(ExportMixin, LightningModule):
         blur = getattr(getattr(getattr(module, "model", None), "anomaly_map_generator", None), "blur", None)
         if isinstance(blur, SeparableGaussianBlur2d):
             blur.factors()  # PatchCore's map blur: exported as two 1-D passes (computed here, outside the trace)
+        post = module.post_processor
+        self._image_norm = Normalisation.of(post.image_min, post.image_max, post.image_threshold)
+        self._pixel_norm = Normalisation.of(post.pixel_min, post.pixel_max, post.pixel_threshold)
 
     def forward(self, images: torch.Tensor) -> ModelOutputs:  # type: ignore[override]
         inner = self.inner
@@ -63,16 +72,44 @@ class ExportGraph(ExportMixin, LightningModule):
             raw = inner.model(processed)
         finally:
             hook.remove()
-        normalised = inner.post_processor(raw)
         features = self._spec.features_from_capture(inner, captured[0])
         raw_map = raw.anomaly_map if raw.anomaly_map.dim() == 4 else raw.anomaly_map.unsqueeze(1)
         return ModelOutputs(
-            pred_score=normalised.pred_score,
-            anomaly_map=normalised.anomaly_map,
+            pred_score=self._image_norm(raw.pred_score),
+            anomaly_map=self._pixel_norm(raw.anomaly_map),
             raw_score=raw.pred_score.reshape(-1),
             raw_anomaly_map=raw_map,
             features=features,
         )
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """anomalib's ``PostProcessor._normalize`` for one set of calibration statistics, decided once.
+
+    The statistics are constants of the exported file, so the cases anomalib's code tests per
+    element (no statistics, a zero range, no threshold) are decided here in Python, before the
+    trace, and the graph records only the branch that applies. The same numbers as anomalib's
+    (``tests/test_export.py`` checks every case).
+    """
+
+    threshold: float | None  # None: no statistics, the values pass through
+    value_range: float = 1.0
+
+    @classmethod
+    def of(cls, low: torch.Tensor, high: torch.Tensor, threshold: torch.Tensor) -> Normalisation:
+        if bool(torch.isnan(low)) or bool(torch.isnan(high)):
+            return cls(None)
+        # float32 arithmetic on the statistics, as anomalib's
+        middle = (high + low) / 2 if bool(torch.isnan(threshold)) else threshold
+        return cls(float(middle), float(high - low))
+
+    def __call__(self, preds: torch.Tensor) -> torch.Tensor:
+        if self.threshold is None:
+            return preds
+        if self.value_range == 0:
+            return torch.where(preds > self.threshold, 1.0, torch.where(preds < self.threshold, 0.0, 0.5))
+        return ((preds - self.threshold) / self.value_range + 0.5).clamp(min=0, max=1)
 
 
 class WholeSearchPatchcore(PatchcoreModel):
