@@ -105,12 +105,32 @@ def cmd_train(args: argparse.Namespace) -> None:
     from core.training import train
 
     config = get_spec(args.model).config_from_args(args)
-    meta = train(args.model, args.category, data_root=args.data_root, config=config, device=args.device, seed=args.seed)
+    from core import registry
+
+    meta = train(
+        args.model,
+        args.category,
+        data_root=args.data_root,
+        config=config,
+        device=args.device,
+        seed=args.seed,
+        export=args.export,
+    )
     print(
         f"trained {meta.model} on {meta.category} in {meta.train_time_s:.1f} s on {meta.device} "
         f"({meta.n_train_images} train images); calibrated image threshold {meta.calibration.image_threshold:.4g} "
         f"(raw score) from: {meta.calibration.source}"
     )
+    print(_runtime_line(meta.model, meta.category, registry.current_files(meta.model, meta.category).version))
+
+
+def _runtime_line(model: str, category: str, version: str) -> str:
+    """Which runtime a new version runs with, and why (its export's precision and parity, or why not)."""
+    from core import registry
+    from core.inference.runtime import runtime_choice
+
+    choice = runtime_choice(registry.version_files(model, category, version).folder)
+    return f"{version} runs with {choice.runtime}" + (f": {choice.reason}" if choice.reason else "")
 
 
 def cmd_autotrain(args: argparse.Namespace) -> None:
@@ -480,6 +500,7 @@ def cmd_recalibrate(args: argparse.Namespace) -> None:
     if args.apply:
         version, _ = feedback_loop.apply_recalibration(args.model, args.category, actor=_actor(args))
         print(f"applied: new version {version}")
+        print(_runtime_line(args.model, args.category, version))
     else:
         print("not applied: add --apply to write it as a new version")
 
@@ -519,6 +540,7 @@ def cmd_versions(args: argparse.Namespace) -> None:
     if args.restore:
         version = feedback_loop.restore_version(args.model, args.category, args.restore, actor=_actor(args))
         print(f"restored {args.restore} of {args.model}/{args.category} as {version}")
+        print(_runtime_line(args.model, args.category, version))
         return
     infos = feedback_loop.versions(args.model, args.category)
     if not infos:
@@ -649,6 +671,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="step between tiles in pixels, at most --tile (default: --tile, no overlap)")
     p.add_argument(
         "--seed", type=int, default=0, help="seeds the calibration split's draw and the training (default 0: reproducible)"
+    )
+    p.add_argument(
+        "--no-export",
+        dest="export",
+        action="store_false",
+        default=None,
+        help="keep the new version on torch (default: export it to OpenVINO and run it with the export when the "
+        "parity rule accepts it; INSPECT_EXPORT_AFTER_TRAINING=0 does the same)",
     )
     for name in MODEL_NAMES:
         get_spec(name).add_cli_args(p.add_argument_group(model_label(name)))

@@ -108,6 +108,15 @@ def require_login() -> bool:
     return os.environ.get("INSPECT_REQUIRE_LOGIN", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def export_after_training() -> bool:
+    """INSPECT_EXPORT_AFTER_TRAINING=0: keep a newly trained version on torch instead of exporting it.
+
+    On by default: a trained version is exported to OpenVINO and runs with the export when the
+    parity rule accepts it (:func:`core.export.exporter.export_new_version`).
+    """
+    return os.environ.get("INSPECT_EXPORT_AFTER_TRAINING", "").strip().lower() not in ("0", "false", "no", "off")
+
+
 def large_decode_pixels() -> int:
     """INSPECT_LARGE_DECODE_PIXELS: above this many pixels an image counts as large (default 16 MP)."""
     return int(_number_from_env("INSPECT_LARGE_DECODE_PIXELS", 16_000_000, 1))

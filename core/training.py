@@ -22,7 +22,7 @@ from core import registry
 from core.data.layout import CALIBRATION_FRACTION, check_layout, file_list_hash, make_datamodule, resolve_data_root
 from core.inference.device import device_label, pick_device
 from core.models import get_spec
-from core.settings import get_settings
+from core.settings import export_after_training, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,14 @@ def train(
     batch_size: int = 8,
     num_workers: int = 0,
     seed: int = 0,
+    export: bool | None = None,
 ) -> registry.ModelMeta:
     """Train ``model_name`` on ``category`` and save it; returns the stored metadata.
+
+    ``export`` (default: ``INSPECT_EXPORT_AFTER_TRAINING``, on): then export the new version and run
+    it with the export where the parity rule accepts it
+    (:func:`core.export.exporter.export_new_version`; the choice and its reason are in the
+    version's ``export/runtime.json``, read with :func:`core.inference.runtime.runtime_choice`).
 
     ``seed`` seeds every generator (Python, NumPy, torch): anomalib draws the calibration split's
     synthetic anomalies from the global generators, so without it two runs on the same images
@@ -213,7 +219,13 @@ def train(
             **records,  # EfficientAD: validation_curve, stop_reason, time_budget_s, ...
         },
     )
-    registry.save(module, meta)
+    version = registry.save(module, meta).name
     for run in runs:
         run.remove()
+    if export if export is not None else export_after_training():
+        from core.auth import COMMAND_LINE
+        from core.export.exporter import export_new_version
+
+        # training is an engineer's action (the command line, or a job an engineer started)
+        export_new_version(model_name, category, version, actor=COMMAND_LINE, data_root=root)
     return meta

@@ -64,8 +64,9 @@ def ensure_app_frame() -> None:
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading the model (first use in this process)…")
-def _load_detector(model: str, category: str, checkpoint: str, mtime: float) -> Detector:
-    # The key names the checkpoint's version folder and mtime: retraining (a new version) loads the new model.
+def _load_detector(model: str, category: str, checkpoint: str, mtime: float, runtime_mtime: float) -> Detector:
+    # The key names the checkpoint's version folder, its mtime and its runtime choice's: retraining
+    # (a new version) or choosing a runtime loads the model anew.
     detector = inspection.load_detector(model, category)
     inspection.warm_up(detector)  # the first call pays one-off set-up; the inspector's first verdict should not
     return detector

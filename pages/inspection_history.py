@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 ALL = "All"
 MAX_ROWS = 500  # rows drawn in the table (the CSV export has them all)
+#: A version that ran with its OpenVINO export gets its new version exported and checked again
+SAVING = "Writing the new version (a model that runs with OpenVINO is exported and checked again)…"
 TABLE_COLUMNS = [
     "id",
     "image",
@@ -289,14 +291,16 @@ def recalibrate_section(history: History, model: str, category: str, version: st
     )
     if st.button("Apply this threshold", type="primary", key="learn_apply"):
         try:
-            version, _ = feedback_loop.apply_recalibration(
-                model, category, actor=ui.actor(), history=history, expected_version=proposed_for
-            )
+            with st.spinner(SAVING):
+                version, _ = feedback_loop.apply_recalibration(
+                    model, category, actor=ui.actor(), history=history, expected_version=proposed_for
+                )
         except InspectError as exc:
             st.error(str(exc))
         else:
             st.session_state.pop("learn_proposal", None)
-            st.toast(f"New version {version} with the recalibrated threshold")
+            runtime = feedback_loop.runtime_of(model, category, version)
+            st.toast(f"New version {version} with the recalibrated threshold (runs with {runtime})")
             st.rerun()
 
 
@@ -371,11 +375,12 @@ def versions_section(model: str, category: str) -> None:
         target = st.selectbox("Restore", older[::-1], key="learn_restore_version")
         if st.button("Restore this version", key="learn_restore"):
             try:
-                version = feedback_loop.restore_version(model, category, target, actor=ui.actor())
+                with st.spinner(SAVING):
+                    version = feedback_loop.restore_version(model, category, target, actor=ui.actor())
             except InspectError as exc:
                 st.error(str(exc))
             else:
-                st.toast(f"{target} restored as {version}")
+                st.toast(f"{target} restored as {version} (runs with {feedback_loop.runtime_of(model, category, version)})")
                 st.rerun()
 
 

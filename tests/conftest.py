@@ -18,6 +18,9 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The suite's stores are its own: SQLite in temporary workspaces unless a test asks for PostgreSQL.
 os.environ.pop("INSPECT_DATABASE_URL", None)
+# Models trained by the suite stay on torch (each export runs a parity check over the test images);
+# the export after training is tested on its own (tests/test_export.py) with it switched back on.
+os.environ["INSPECT_EXPORT_AFTER_TRAINING"] = "0"
 
 SHARED_MVTEC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mvtec_ad"
 TINY_CATEGORY = "tile"

@@ -325,3 +325,102 @@ def test_the_exported_normalisation_has_no_full_map_selects(exported: Path) -> N
     kinds = {op.get_type_name() for op in graph.get_ordered_ops()}
     assert "Clamp" in kinds
     assert not kinds & {"Select", "Less", "Greater"}
+
+
+def _train_cli(tiny_data_root: Path, *extra: str) -> int:
+    from core.cli import main
+
+    return main(
+        ["train", "--model", "patchcore", "--category", TINY_CATEGORY, "--data-root", str(tiny_data_root)]
+        + ["--image-size", "128", "--coreset-ratio", "0.1", *extra]
+    )
+
+
+def test_a_trained_version_runs_with_its_export(
+    tiny_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """By default training exports the new version and, the parity rule accepting it, runs it with OpenVINO."""
+    from core import registry
+    from core.inference.detector import load_detector
+    from core.inference.runtime import runtime_choice
+
+    monkeypatch.setenv("INSPECT_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.delenv("INSPECT_EXPORT_AFTER_TRAINING")
+    assert _train_cli(tiny_data_root) == 0
+    printed = capsys.readouterr().out
+    choice = runtime_choice(registry.current_files("patchcore", TINY_CATEGORY).folder)
+    assert choice.runtime == "openvino" and "export, parity:" in choice.reason
+    assert f"v0001 runs with openvino: {choice.reason}" in printed
+    assert load_detector("patchcore", TINY_CATEGORY, runtime=None).runtime == "openvino"
+
+
+def test_a_failed_export_leaves_the_trained_version_on_torch(
+    tiny_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An export the rule refuses (or that cannot run) costs the new version its speed, never the version."""
+    from core import registry
+    from core.export import exporter
+    from core.inference.detector import load_detector
+
+    def refuse(*_args, **_kwargs):
+        raise exporter.ExportParityError("the export does not match the torch model: 3 of 10 verdicts differ")
+
+    monkeypatch.setenv("INSPECT_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("INSPECT_EXPORT_AFTER_TRAINING", "1")
+    monkeypatch.setattr(exporter, "export_model", refuse)
+    assert _train_cli(tiny_data_root) == 0
+    assert "v0001 runs with torch: not exported: the export does not match" in capsys.readouterr().out
+    assert load_detector("patchcore", TINY_CATEGORY, runtime=None).runtime == "torch"
+    # --no-export: nothing tried, no choice recorded
+    monkeypatch.setattr(exporter, "export_model", lambda *a, **k: pytest.fail("--no-export must not export"))
+    assert _train_cli(tiny_data_root, "--no-export") == 0
+    assert "v0002 runs with torch\n" in capsys.readouterr().out
+    assert not (registry.current_files("patchcore", TINY_CATEGORY).folder / "export").exists()
+
+
+def test_choosing_a_runtime_gives_the_cached_detector_a_new_key(models: Path) -> None:
+    """The app and API reload a version whose runtime was chosen after they loaded it (the export after
+    training ends after the version is published)."""
+    import os
+
+    from core import registry
+    from core.inference.runtime import CHOICE, choose_runtime
+    from core.services import catalog
+
+    before = catalog.detector_cache_key("patchcore", TINY_CATEGORY)
+    folder = registry.current_files("patchcore", TINY_CATEGORY).folder
+    choose_runtime(folder, "torch", "not exported: no OpenVINO here")
+    os.utime(folder / "export" / CHOICE, (1e9, 1e9))  # a distinct mtime whatever the clock's resolution
+    assert catalog.detector_cache_key("patchcore", TINY_CATEGORY) != before
+
+
+def test_a_derived_version_runs_as_its_parent_ran(exported: Path, models: Path) -> None:
+    """A threshold change of a version that runs with OpenVINO is exported again (the calibration is
+    inside the file) and runs with OpenVINO; a derived version of a torch parent stays on torch."""
+    from core import registry
+    from core.auth import COMMAND_LINE
+    from core.export.exporter import carry_runtime
+    from core.inference.detector import load_detector
+    from core.inference.runtime import read_manifest
+    from core.learning.versions import derived_meta, save_derived
+    from core.learning.versions import load_detector as load_version
+
+    parent = load_version("patchcore", TINY_CATEGORY)
+    meta = derived_meta(parent, kind="recalibrate", change="threshold up", inspections=[], who="test")
+    meta.calibration.image_threshold *= 1.5
+    version = save_derived(parent, meta)
+    choice = carry_runtime("patchcore", TINY_CATEGORY, parent.version, version, actor=COMMAND_LINE)
+    assert choice.runtime == "openvino" and "parity:" in choice.reason
+    folder = registry.version_files("patchcore", TINY_CATEGORY, version).folder
+    new_meta = registry.read_meta(registry.version_files("patchcore", TINY_CATEGORY, version), "patchcore", TINY_CATEGORY)
+    assert read_manifest(folder / "export" / "openvino")["checkpoint_sha256"] == new_meta.checkpoint["sha256"]
+    image = _images(1)[0]
+    fast, torch_path = load_detector("patchcore", TINY_CATEGORY, runtime=None), load_detector("patchcore", TINY_CATEGORY)
+    assert fast.runtime == "openvino" and fast.version == version
+    assert abs(fast.predict(image).score - torch_path.predict(image).score) < 1e-3  # the new threshold is in the file
+    # a torch parent: nothing exported
+    (folder / "export").rename(folder.parent / "set-aside")
+    again = derived_meta(load_version("patchcore", TINY_CATEGORY), kind="recalibrate", change="x", inspections=[], who="t")
+    newest = save_derived(load_version("patchcore", TINY_CATEGORY), again)
+    assert carry_runtime("patchcore", TINY_CATEGORY, version, newest, actor=COMMAND_LINE).runtime == "torch"
+    assert not (registry.version_files("patchcore", TINY_CATEGORY, newest).folder / "export").exists()

@@ -1,8 +1,8 @@
 """Trained models for the API: loaded on first use and kept in a small per-process LRU.
 
 The cache key is the dashboard's (:func:`core.services.catalog.detector_cache_key`: model,
-category, current checkpoint, its mtime), so a retrained model (a new version folder) is picked up
-by the next request. In the one-process server (``server.py``) the dashboard's own cache is passed
+category, current checkpoint, its mtime, its runtime choice), so a retrained model (a new version
+folder) or a newly chosen runtime is picked up by the next request. In the one-process server (``server.py``) the dashboard's own cache is passed
 in as ``load``: pages and API calls then share every loaded model.
 
 Each detector runs one call at a time by itself (``Detector.run_batch`` holds its own lock), so
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from core.inference.detector import Detector
 
 Loader = Callable[[str, str], "Detector"]
-CacheKey = tuple[str, str, str, float]
+CacheKey = tuple[str, str, str, float, float]
 
 #: Models kept loaded by the API's own cache (each is tens to hundreds of MB).
 MAX_LOADED = 4

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -36,14 +37,18 @@ from core.export.parity import ParityReport, check_parity
 from core.inference.runtime import (
     MANIFEST,
     OpenVINOEngine,
+    RuntimeChoice,
     RuntimeUnavailableError,
     choose_runtime,
     export_dir,
     import_openvino,
     model_file,
+    runtime_choice,
 )
 
 OPSET = 18
+
+log = logging.getLogger(__name__)
 
 
 class ExportParityError(InspectError):
@@ -243,7 +248,53 @@ def use_export(result: ExportResult, models_dir: Path | None = None, *, actor: A
     require_engineer(actor, "choosing the runtime a model version runs with")
     if result.format != "openvino":
         raise InspectError("only an OpenVINO export can be used by Inspect: export with --format openvino")
-    choose_runtime(registry.version_files(result.model, result.category, result.version, models_dir).folder, "openvino")
+    reason = f"{result.precision} export, parity: {result.parity.summary()}"
+    choose_runtime(registry.version_files(result.model, result.category, result.version, models_dir).folder, "openvino", reason)
+
+
+def export_new_version(
+    model: str,
+    category: str,
+    version: str,
+    *,
+    actor: Actor,
+    data_root: str | Path | None = None,
+    models_dir: Path | None = None,
+) -> RuntimeChoice:
+    """Export a version just written and run it with the export when the parity rule accepts it.
+
+    What training does last (``INSPECT_EXPORT_AFTER_TRAINING``), so a new version runs on the
+    fastest path Inspect can justify without a second command: ``--precision auto`` (bf16 where
+    the CPU has it natively and the rule accepts it, else fp32). Anything that keeps the export
+    from being used (OpenVINO or the exporter not installed, no test images to check it on, the
+    rule refusing it) leaves the version on torch with the reason recorded; the version itself is
+    already stored and usable either way.
+    """
+    folder = registry.version_files(model, category, version, models_dir).folder
+    try:
+        result = export_model(model, category, version=version, data_root=data_root, models_dir=models_dir)
+        use_export(result, models_dir, actor=actor)
+    except Exception as exc:  # noqa: BLE001 - the trained version stands; only its runtime is decided here
+        if not isinstance(exc, InspectError):
+            log.warning("exporting %s/%s %s failed", model, category, version, exc_info=True)
+        reason = f"not exported: {exc}" if isinstance(exc, InspectError) else f"the export failed ({type(exc).__name__}: {exc})"
+        choose_runtime(folder, "torch", reason)
+        return RuntimeChoice("torch", reason)
+    return runtime_choice(folder)
+
+
+def carry_runtime(
+    model: str, category: str, parent: str, version: str, *, actor: Actor, models_dir: Path | None = None
+) -> RuntimeChoice:
+    """A derived version (recalibrated, grown, restored) runs as its parent ran.
+
+    The calibration and the memory bank are inside the exported file, so a parent that ran with
+    OpenVINO gets its new version exported and parity-checked again (:func:`export_new_version`);
+    a parent on torch leaves the new version on torch.
+    """
+    if runtime_choice(registry.version_files(model, category, parent, models_dir).folder).runtime != "openvino":
+        return RuntimeChoice("torch")
+    return export_new_version(model, category, version, actor=actor, models_dir=models_dir)
 
 
 def _versions() -> dict[str, str]:

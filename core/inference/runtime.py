@@ -12,6 +12,7 @@ the torch runtime works as before.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -173,27 +174,42 @@ def load_engine(version_folder: Path, *, image_size: int, checkpoint_sha256: str
     return OpenVINOEngine(path, image_size=image_size, precision=str(manifest.get("precision") or "fp32"))
 
 
-#: The version's chosen runtime (``python -m core export --use``), beside its exports.
+#: The version's chosen runtime (``python -m core export --use``, or the export after training),
+#: beside its exports, with why a version stays on torch when its export was not kept.
 CHOICE = "runtime.json"
 
 
-def chosen_runtime(version_folder: Path) -> str:
-    """The runtime chosen for this model version: 'openvino' once an export was made with ``--use``.
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """Which runtime a model version runs with, and why (the export's precision and parity, or
+    why there is no usable export)."""
+
+    runtime: str
+    reason: str = ""
+
+
+def runtime_choice(version_folder: Path) -> RuntimeChoice:
+    """The runtime chosen for this model version: 'openvino' once an export was chosen for it.
 
     Anything unreadable counts as no choice ('torch'): the torch model is always there.
     """
     try:
-        name = json.loads((version_folder / "export" / CHOICE).read_text()).get("runtime")
+        record = json.loads((version_folder / "export" / CHOICE).read_text())
+        name, reason = record.get("runtime"), str(record.get("reason") or "")
     except (OSError, ValueError, AttributeError):
-        return "torch"
-    return name if name in RUNTIMES else "torch"
+        return RuntimeChoice("torch")
+    return RuntimeChoice(name, reason) if name in RUNTIMES else RuntimeChoice("torch")
 
 
-def choose_runtime(version_folder: Path, runtime: str) -> None:
+def chosen_runtime(version_folder: Path) -> str:
+    return runtime_choice(version_folder).runtime
+
+
+def choose_runtime(version_folder: Path, runtime: str, reason: str = "") -> None:
     """Record ``runtime`` as this version's choice (the app and commands without ``--runtime`` use it)."""
     check_runtime(runtime)
     folder = version_folder / "export"
     folder.mkdir(exist_ok=True)
     from core.files import write_atomically
 
-    write_atomically(folder / CHOICE, json.dumps({"runtime": runtime}).encode())
+    write_atomically(folder / CHOICE, json.dumps({"runtime": runtime, "reason": reason}).encode())

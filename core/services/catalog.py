@@ -80,16 +80,24 @@ def checkpoint_mtime(model: str, category: str) -> float:
         return 0.0
 
 
-def detector_cache_key(model: str, category: str) -> tuple[str, str, str, float]:
-    """(model, category, current checkpoint, its mtime): what a cached detector is valid for.
+def detector_cache_key(model: str, category: str) -> tuple[str, str, str, float, float]:
+    """(model, category, current checkpoint, its mtime, its runtime choice's mtime): what a cached
+    detector is valid for.
 
     The checkpoint path names the models folder and the version (``.../v0003/model.pt``), so a new
-    save, which is a new version folder, always gives a new key.
+    save, which is a new version folder, always gives a new key; choosing the version's runtime
+    (``export --use``, or the export after training, which ends after the version is published)
+    gives one too.
     """
     from core import registry
+    from core.inference.runtime import CHOICE
 
     path = registry.checkpoint_path(model, category)
-    return model, category, str(path or get_settings().models_dir), checkpoint_mtime(model, category)
+    try:
+        chosen = (path.parent / "export" / CHOICE).stat().st_mtime if path else 0.0
+    except OSError:
+        chosen = 0.0
+    return model, category, str(path or get_settings().models_dir), checkpoint_mtime(model, category), chosen
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ __all__ = [
     "ood_note",
     "propose_recalibration",
     "restore_version",
+    "runtime_of",
     "update_bank",
     "versions",
 ]
@@ -57,10 +58,31 @@ def versions(model: str, category: str) -> list[VersionInfo]:
 
 def restore_version(model: str, category: str, version: str, *, actor: Actor) -> str:
     """Make an earlier version the newest again (as a new version); returns its name. Engineers only."""
+    from core import registry
     from core.learning.versions import restore
 
     who = require_engineer(actor, "restoring a model version")
-    return restore(model, category, version, who=who)
+    parent = registry.current_files(model, category).version
+    restored = restore(model, category, version, who=who)
+    _keep_runtime(model, category, parent, restored, actor)
+    return restored
+
+
+def runtime_of(model: str, category: str, version: str) -> str:
+    """'torch' or 'openvino': what a version runs with (a page's confirmation says it)."""
+    from core import registry
+    from core.inference.runtime import chosen_runtime
+
+    return chosen_runtime(registry.version_files(model, category, version).folder)
+
+
+def _keep_runtime(model: str, category: str, parent: str, version: str, actor: Actor) -> str:
+    """The derived version runs as its parent did (an OpenVINO parent: exported and checked again);
+    returns what it runs with when the parent ran an export, so the person sees it (and why not)."""
+    from core.export.exporter import carry_runtime
+
+    choice = carry_runtime(model, category, parent, version, actor=actor)
+    return f"{version} runs with {choice.runtime}: {choice.reason}" if choice.reason else ""
 
 
 def _history(history: History | None) -> History:
@@ -157,7 +179,9 @@ def apply_recalibration(
         f"recalibrated from {proposal.reviews} inspector reviews and {proposal.calibration_goods} held-out goods "
         f"of the calibration split (was: {old.source})"
     )
-    return save_derived(det, meta), proposal
+    version = save_derived(det, meta)
+    _keep_runtime(model, category, det.version, version, actor)
+    return version, proposal
 
 
 def _used_inspections(model: str, category: str) -> set[int]:
@@ -209,6 +233,7 @@ class BankUpdate:
     goods_flagged_before: int = 0  # of those, at or over the threshold of the version changed
     goods_flagged_after: int = 0  # and of the new version
     forced: list[Screened] = field(default_factory=list)  # foreign-looking images added on --force
+    parent: str = ""  # the version that was grown
 
 
 def _images_in(folder: str) -> list[tuple[str, object]]:
@@ -261,6 +286,8 @@ def update_bank(
             retried.append(f"{exc.newest} was published while this update was computed from {exc.parent}: computed again on it")
             continue
         done.notes[:0] = retried
+        if note := _keep_runtime(model, category, done.parent, done.version, actor):
+            done.notes.append(note)
         return done
     raise AssertionError("unreachable")  # the loop returns or raises
 
@@ -319,6 +346,7 @@ def _update_bank_once(
     )
     meta.calibration = cal
     meta.n_train_images += len(named)
+    parent = det.version
     bank_update.install(det, growth)
     version = save_derived(det, meta)
     return BankUpdate(
@@ -336,6 +364,7 @@ def _update_bank_once(
         goods_flagged_before=sum(s >= old.image_threshold for s in refresh.held_out_before),
         goods_flagged_after=sum(s >= cal.image_threshold for s in refresh.held_out_goods),
         forced=forced,
+        parent=parent,
     )
 
 
