@@ -261,13 +261,12 @@ def test_tiled_model_end_to_end_train_inspect_evaluate(tmp_path: Path, monkeypat
     entry = evaluate_one("patchcore", HIRES_CATEGORY, progress=False)
     assert entry["n_test"] == 4 and entry["pixel_auroc"] is not None
 
-    # not available for a tiled model yet: said in one line, nothing written
-    from core.errors import InspectError
-    from core.export.exporter import export_model
-    from core.learning.bank_update import embed
+    # a history-based bank update is refused in one line: the history keeps thumbnails, not frames
+    from core.auth import COMMAND_LINE
+    from core.errors import ConfigError
+    from core.services import feedback_loop
 
-    for attempt in (lambda: export_model("patchcore", HIRES_CATEGORY), lambda: embed(detector, [image])):
-        with pytest.raises(InspectError) as caught:
-            attempt()
-        assert "tiled" in str(caught.value) and "\n" not in str(caught.value)
-    assert not list(files.folder.glob("export/*"))
+    with pytest.raises(ConfigError) as caught:
+        feedback_loop.update_bank(HIRES_CATEGORY, from_history=True, actor=COMMAND_LINE)
+    assert "tiled" in str(caught.value) and "\n" not in str(caught.value)
+    assert registry.current_files("patchcore", HIRES_CATEGORY).folder == files.folder  # no new version

@@ -12,6 +12,11 @@ Through anomalib's export (``ExportMixin.to_openvino`` / ``to_onnx``, the code b
 The export is written into a hidden folder inside the version folder, checked
 (:mod:`core.export.parity`) on the category's test images, and only then renamed to
 ``vNNNN/export/<format>/``: a failed check keeps nothing and names the difference.
+
+A tiled model (``--tile``) exports the same per-tile graph: anomalib's untiled PatchCore over one
+tile at ``image_size`` (:func:`core.export.graph.export_class` traces anomalib's forward, not the
+tiled one). Tiling stays in Python around the runtime (the Detector cuts, scores and stitches as
+the torch tiled path does), so the parity check compares full-resolution scores and maps.
 """
 
 from __future__ import annotations
@@ -104,8 +109,13 @@ def _write_file(module: torch.nn.Module, model: str, fmt: str, out: Path, image_
 QUANTISE_IMAGES = 100
 
 
-def _quantise(path: Path, data_root: str | Path, category: str, image_size: int) -> None:
+def _quantise(
+    path: Path, data_root: str | Path, category: str, image_size: int, tiling: tuple[int, int, int] | None = None
+) -> None:
     """NNCF post-training int8 quantisation of the OpenVINO file, calibrated on ``train/good`` only.
+
+    A tiled model's file judges tiles, so it is calibrated on the training images' tiles
+    (``tiling``: the model's tile, stride and input size).
 
     A departure from anomalib's ``INT8_PTQ``, which calibrates on its validation split (for MVTec,
     test images with defects): the test images must stay unseen, they judge the result.
@@ -118,18 +128,30 @@ def _quantise(path: Path, data_root: str | Path, category: str, image_size: int)
 
     from core.data.image_io import load_image
     from core.inference.detector import to_tensor
-    from core.inference.runtime import resize_for_export
 
     train = category_images(data_root, category, splits=("train",))[:QUANTISE_IMAGES]
     if not train:
         raise DatasetError(f"int8 calibration needs the category's train/good images under {resolve_data_root(data_root)}")
-    samples = [resize_for_export(to_tensor(load_image(item.path)), image_size).numpy() for item in train]
+    samples = [sample.numpy() for item in train for sample in _graph_inputs(to_tensor(load_image(item.path)), image_size, tiling)]
+    samples = samples[:QUANTISE_IMAGES]
     model = ov.Core().read_model(str(path))
     quantised = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
     staged = path.with_name("int8.xml")  # not over the file OpenVINO still maps: beside it, then renamed
     ov.save_model(quantised, str(staged), compress_to_fp16=False)
     staged.with_suffix(".bin").replace(path.with_suffix(".bin"))
     staged.replace(path)
+
+
+def _graph_inputs(image: torch.Tensor, image_size: int, tiling: tuple[int, int, int] | None) -> list[torch.Tensor]:
+    """What the exported graph sees of one 1x3xHxW image: the resized image, or each of its tiles."""
+    from core.inference.runtime import resize_for_export
+
+    if tiling is None:
+        return [resize_for_export(image, image_size)]
+    from core.models.tiling import crop_tiles, grid
+
+    tile, stride, size = tiling
+    return list(crop_tiles(image[0], grid(*image.shape[-2:], tile, stride), size).split(1))
 
 
 def parity_images(data_root: str | Path | None, category: str, limit: int | None = None) -> list:
@@ -177,11 +199,6 @@ def export_model(
         raise InspectError(f"unknown precision {precision!r}: use one of {', '.join(PRECISION_CHOICES)}")
     _require_exporters(fmt)
     reference = load_detector(model, category, device="cpu", models_dir=models_dir, version=version, accelerate=False)
-    if reference.tiled:  # the exported graph takes one image at image_size; tiling runs around it in Python
-        raise InspectError(
-            f"{model}/{category} {reference.version} is tiled (--tile {reference.meta.config['tile']}): "
-            "exporting a tiled model is not available yet; it runs with torch"
-        )
     images = parity_images(data_root or reference.meta.data_root, category, max_images)
     folder = registry.version_files(model, category, reference.version, models_dir).folder
     image_size = int(reference.meta.config.get("image_size") or 256)
@@ -192,7 +209,8 @@ def export_model(
         started = time.perf_counter()
         path = _write_file(reference.module, model, fmt, tmp, image_size)
         if precision == "int8":
-            _quantise(path, data_root or reference.meta.data_root, category, image_size)
+            tiling = reference.module.model.tiling if reference.tiled else None
+            _quantise(path, data_root or reference.meta.data_root, category, image_size, tiling)
         export_s = time.perf_counter() - started
         declined: list[ParityReport] = []
         for tried in _candidates(precision):
@@ -215,6 +233,8 @@ def export_model(
             "precision": report.precision,
             "file": path.name,
             "input": f"Bx3x{image_size}x{image_size} float32 RGB in [0, 1] (resized with antialiased bilinear)",
+            # tiled: the file judges one tile; the runtime cuts the full-resolution image around it
+            "tiling": _tiling(reference),
             "checkpoint_sha256": reference.meta.checkpoint.get("sha256"),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "export_s": round(export_s, 1),
@@ -229,6 +249,14 @@ def export_model(
         shutil.rmtree(tmp, ignore_errors=True)
     kept = report.precision
     return ExportResult(model, category, reference.version, fmt, kept, model_file(target, fmt), report, export_s, declined)
+
+
+def _tiling(detector) -> dict[str, int] | None:
+    """A tiled model's tile and stride (image pixels), each tile resized to the file's input size."""
+    if not detector.tiled:
+        return None
+    tile, stride, _ = detector.module.model.tiling
+    return {"tile": int(tile), "stride": int(stride)}
 
 
 def _candidates(precision: str) -> list[str]:

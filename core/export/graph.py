@@ -169,7 +169,12 @@ def _blocked_argmin(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
 
 
 def export_class(model_class: type) -> type:
-    """The class to trace for a torch model of ``model_class``: anomalib's (PatchCore: un-chunked)."""
+    """The class to trace for a torch model of ``model_class``: anomalib's (PatchCore: un-chunked).
+
+    A tiled PatchCore (:class:`core.models.patchcore.model.TiledPatchcoreModel`) is traced as this
+    untiled class too: the file judges one tile at the model's input size, and the runtime's
+    caller tiles around it.
+    """
     if issubclass(model_class, PatchcoreModel):
         return WholeSearchPatchcore
     return next((c for c in model_class.__mro__ if c.__module__.startswith("anomalib.")), model_class)

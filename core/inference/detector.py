@@ -138,6 +138,8 @@ class Detector:
         similarity search never runs the backbone a second time.
         """
         if self.engine is not None:
+            if self.tiled:
+                return self._run_engine_tiled(images, with_features)[:3]
             return self._run_engine(images, with_features)
         processed = self._pre_process(images)
         step = CPU_MICRO_BATCH if self.device.type == "cpu" else processed.shape[0]
@@ -192,6 +194,44 @@ class Detector:
         normalised = InferenceBatch(pred_score=out.pred_score, anomaly_map=out.anomaly_map)
         return raw, normalised, out.features
 
+    def _run_engine_tiled(self, images: torch.Tensor | list[torch.Tensor], with_features: bool):
+        """A tiled model on its export: the exported graph judges one tile at ``image_size``, tiling runs here.
+
+        The same rules as the torch tiled path (:func:`core.models.tiling.run_tiled` over the same
+        tiles, :data:`~core.models.tiling.MICRO_BATCH` at a time): the image score is the highest
+        tile's *raw* score and the map is stitched from the tiles' raw maps, then both are
+        normalised by the module's post-processor as the torch path normalises its stitched output.
+        The graph's own normalised outputs are per tile, so they are not used. The descriptors are
+        the highest tile's, from one more pass of that tile (as :meth:`_best_tile_features`).
+        """
+        from anomalib.data import InferenceBatch
+
+        from core.models.tiling import crop_tiles, run_tiled
+
+        engine = self.engine
+        assert engine is not None
+        tile, stride, size = self.module.model.tiling
+
+        def forward(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = engine.infer(tiles)
+            return out.raw_score, out.raw_anomaly_map
+
+        batch = list(images.split(1)) if isinstance(images, torch.Tensor) else images
+        scores, maps, best, features = [], [], [], []
+        with self._run_lock:
+            for image in batch:
+                frame = image[0].float().cpu()
+                out = run_tiled(frame, forward, tile=tile, stride=stride, image_size=size, progress=self.module.model.progress)
+                assert out is not None  # the forward above always answers
+                scores.append(out.score.reshape(1))
+                maps.append(out.anomaly_map)
+                best.append(out.best)
+                if with_features:
+                    features.append(engine.infer(crop_tiles(frame, [out.best], size), with_features=True).features)
+        raw = InferenceBatch(pred_score=torch.cat(scores), anomaly_map=torch.stack(maps))
+        found = torch.cat(features) if with_features and all(f is not None for f in features) else None
+        return raw, self.module.post_processor(raw), found, best
+
     def _pre_process(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
             return self.module.pre_processor(images.to(self.device))
@@ -232,6 +272,8 @@ class Detector:
         boxes: list = []
         if self.tiled and self.engine is None:
             raw, normalised, features, boxes = self._run_tiled(tuple(self._pre_process(tensors).split(1)), with_features)
+        elif self.tiled:
+            raw, normalised, features, boxes = self._run_engine_tiled(tensors, with_features)
         else:
             raw, normalised, features = self.run_batch(tensors, with_features=with_features)
         if self.device.type == "cuda":

@@ -18,6 +18,11 @@ version catches stay caught: when a confirmed good scores above one of them, the
 under that defect and the good stays flagged, and the update says so. Trading a known defect for a
 good part is a decision for a person, through recalibration, which weighs both.
 
+A tiled PatchCore (:mod:`core.models.tiling`) learns the same way at the camera's pixels: its
+bank holds tiles' patches, so a confirmed-good frame adds the patches of every one of its tiles,
+and scoring against a candidate bank follows the tiled rule (highest tile score, map stitched at
+full resolution), the numbers the tiled model itself gives.
+
 EfficientAD has no memory bank: what it knows of normal parts is in a student network trained for
 thousands of steps, so new images mean retraining it; it gets recalibration only.
 """
@@ -43,19 +48,63 @@ EFFICIENTAD_REASON = (
     "`python -m core recalibrate --model efficientad ...` to move its threshold instead"
 )
 CORESET_SEED = 0
-TILED_REASON = (
-    "a tiled model's memory bank cannot be grown here yet (its bank holds tiles' patches, scored tile by "
-    "tile); put the confirmed-good images in train/good and train again with the same --tile/--stride"
-)
 
 
 @dataclass
 class Embedded:
-    """Patch embeddings of a few images: B x (h*w) x D, with the map geometry to score them."""
+    """Patch embeddings of a few images, with the map geometry to score them.
+
+    Untiled: ``rows`` is B x (h*w) x D, one h x w patch grid per image. Tiled (``frames`` set):
+    ``rows`` is 1 x R x D, every image's tiles' patches one after the other, each image's tiles
+    in :func:`core.models.tiling.grid` order, h x w patches per tile; ``frames`` holds each image's
+    full-resolution (height, width), from which its tiles follow. ``output_size`` is the map size
+    of one forward input (the image, or one tile, at ``image_size``).
+    """
 
     rows: torch.Tensor
     hw: tuple[int, int]
     output_size: tuple[int, int]
+    frames: list[tuple[int, int]] | None = None
+    #: tiled: (tile, stride) in image pixels
+    tiling: tuple[int, int] | None = None
+
+    @property
+    def n_images(self) -> int:
+        return self.rows.shape[0] if self.frames is None else len(self.frames)
+
+    def boxes(self, j: int) -> list:
+        """Image ``j``'s tiles (tiled only)."""
+        from core.models.tiling import grid
+
+        assert self.frames is not None and self.tiling is not None
+        tile, stride = self.tiling
+        return grid(*self.frames[j], tile, stride)
+
+    def counts(self) -> list[int]:
+        """How many rows each image has."""
+        patches = self.hw[0] * self.hw[1]
+        if self.frames is None:
+            return [patches] * self.rows.shape[0]
+        return [len(self.boxes(j)) * patches for j in range(len(self.frames))]
+
+    def flat(self) -> torch.Tensor:
+        """Every row, N x D."""
+        return self.rows.reshape(-1, self.rows.shape[-1])
+
+    def source(self) -> torch.Tensor:
+        """For each row of :meth:`flat`, the index of the image it came from."""
+        import torch
+
+        return torch.repeat_interleave(torch.arange(self.n_images), torch.tensor(self.counts()))
+
+    def image(self, j: int) -> Embedded:
+        """Image ``j`` alone."""
+        if self.frames is None:
+            return Embedded(self.rows[j : j + 1], self.hw, self.output_size)
+        counts = self.counts()
+        start = sum(counts[:j])
+        rows = self.rows[:, start : start + counts[j]]
+        return Embedded(rows, self.hw, self.output_size, [self.frames[j]], self.tiling)
 
 
 def require_patchcore(model: str) -> None:
@@ -66,15 +115,19 @@ def require_patchcore(model: str) -> None:
 
 
 def embed(detector: Detector, images_rgb: list[np.ndarray], *, batch: int = 8) -> Embedded:
-    """The memory-bank features of every patch of the images (one backbone pass each)."""
-    import torch
+    """The memory-bank features of every patch of the images (one backbone pass each).
 
-    if detector.tiled:  # the whole-image geometry below (one h x w map per image) does not hold
-        raise ConfigError(TILED_REASON)
+    A tiled model embeds every tile of each full-resolution image, as its training does (the
+    image normalised, then cut into tiles resized to ``image_size``,
+    :data:`~core.models.tiling.MICRO_BATCH` tiles per backbone pass).
+    """
+    import torch
 
     from core.inference.detector import to_tensor
     from core.models.patchcore.model import patchcore_patch_features
 
+    if detector.tiled:
+        return _embed_tiled(detector, images_rgb)
     module = detector.module
     parts, hw, size = [], (0, 0), (0, 0)
     with torch.inference_mode():
@@ -88,29 +141,84 @@ def embed(detector: Detector, images_rgb: list[np.ndarray], *, batch: int = 8) -
     return Embedded(torch.cat(parts), hw, size)
 
 
-def score(detector: Detector, emb: Embedded, bank: torch.Tensor | None = None) -> tuple[list[float], torch.Tensor]:
+def _embed_tiled(detector: Detector, images_rgb: list[np.ndarray]) -> Embedded:
+    import torch
+
+    from core.inference.detector import to_tensor
+    from core.models.patchcore.model import patchcore_patch_features
+    from core.models.tiling import crop_tiles, grid, micro_batches
+
+    module = detector.module
+    tile, stride, size = module.model.tiling
+    parts, frames, hw = [], [], (0, 0)
+    with torch.inference_mode():
+        for im in images_rgb:
+            processed = module.pre_processor(to_tensor(im).to(detector.device))[0]  # normalised, full resolution
+            height, width = (int(v) for v in processed.shape[-2:])
+            frames.append((height, width))
+            for boxes in micro_batches(grid(height, width, tile, stride)):
+                emb = patchcore_patch_features(module, crop_tiles(processed, boxes, size))  # T x D x h x w
+                t, d, h, w = emb.shape
+                hw = (h, w)
+                parts.append(emb.permute(0, 2, 3, 1).reshape(t * h * w, d).float())
+    return Embedded(torch.cat(parts).unsqueeze(0), hw, (size, size), frames, (tile, stride))
+
+
+def score(
+    detector: Detector, emb: Embedded, bank: torch.Tensor | None = None
+) -> tuple[list[float], torch.Tensor | list[torch.Tensor]]:
     """Raw image scores and raw anomaly maps of embedded images against ``bank`` (default: the model's).
 
     The tail of anomalib's ``PatchcoreModel.forward`` (search, re-weighted score, blurred map), so
-    the numbers equal the model's own for the same bank; the backbone is not run again.
+    the numbers equal the model's own for the same bank; the backbone is not run again. A tiled
+    model's tiles are scored so, and combined by the tiled rule (:func:`core.models.tiling.run_tiled`):
+    the image score is the highest tile score, the map is stitched at full resolution (a list of
+    1 x H x W maps then, one per image, as their sizes may differ).
     """
     import torch
 
     inner = detector.module.model
     old = inner.memory_bank
-    b, n, d = emb.rows.shape
     with detector._run_lock, torch.inference_mode():  # noqa: SLF001 - the bank is swapped for the call
         try:
             if bank is not None:
                 inner.memory_bank = bank
-            flat = emb.rows.reshape(b * n, d)
-            patch_scores, locations = inner.nearest_neighbors(embedding=flat, n_neighbors=1)
-            patch_scores, locations = patch_scores.reshape(b, -1), locations.reshape(b, -1)
-            pred = inner.compute_anomaly_score(patch_scores, locations, flat)
-            amap = inner.anomaly_map_generator(patch_scores.reshape(b, 1, *emb.hw), emb.output_size)
+            if emb.frames is not None:
+                return _score_tiled(inner, emb)
+            b, n, d = emb.rows.shape
+            pred, amap = _score_rows(inner, emb.rows.reshape(b * n, d), b, emb.hw, emb.output_size)
         finally:
             inner.memory_bank = old
     return pred.reshape(-1).float().cpu().tolist(), amap.float().cpu()
+
+
+def _score_rows(inner, flat: torch.Tensor, b: int, hw: tuple[int, int], output_size: tuple[int, int]):
+    """Scores (B) and maps (B x 1 x output_size) of ``b`` inputs' patch rows, as anomalib's forward."""
+    patch_scores, locations = inner.nearest_neighbors(embedding=flat, n_neighbors=1)
+    patch_scores, locations = patch_scores.reshape(b, -1), locations.reshape(b, -1)
+    pred = inner.compute_anomaly_score(patch_scores, locations, flat)
+    return pred, inner.anomaly_map_generator(patch_scores.reshape(b, 1, *hw), output_size)
+
+
+def _score_tiled(inner, emb: Embedded) -> tuple[list[float], list]:
+    from core.models.tiling import Stitcher, micro_batches
+
+    patches = emb.hw[0] * emb.hw[1]
+    flat = emb.flat()
+    scores, maps, start = [], [], 0
+    for j, (height, width) in enumerate(emb.frames or []):
+        stitcher = Stitcher(height, width, device=flat.device)
+        best = None
+        for boxes in micro_batches(emb.boxes(j)):
+            rows = flat[start : start + len(boxes) * patches]
+            start += len(boxes) * patches
+            pred, amap = _score_rows(inner, rows, len(boxes), emb.hw, emb.output_size)
+            for box, tile_score, tile_map in zip(boxes, pred.reshape(-1), amap, strict=True):
+                stitcher.add(box, tile_map)
+                best = tile_score if best is None or tile_score > best else best
+        scores.append(float(best))
+        maps.append(stitcher.result().unsqueeze(0).float().cpu())
+    return scores, maps
 
 
 @dataclass
@@ -134,8 +242,7 @@ def grow(detector: Detector, images_rgb: list[np.ndarray], *, coreset_ratio: flo
         raise ConfigError("no confirmed-good images to add to the memory bank")
     ratio = float(coreset_ratio or detector.meta.config.get("coreset_ratio") or 0.1)
     emb = embed(detector, images_rgb)
-    b, n, d = emb.rows.shape
-    flat = emb.rows.reshape(b * n, d).cpu()
+    flat = emb.flat().cpu()
     state = np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(CORESET_SEED)
@@ -146,7 +253,7 @@ def grow(detector: Detector, images_rgb: list[np.ndarray], *, coreset_ratio: flo
             np.random.set_state(state)
     old = detector.module.model.memory_bank.detach().cpu()
     bank = torch.cat([old, flat[idx]])
-    return Growth(bank=bank, n_old=old.shape[0], source=idx // n, embedded=emb)
+    return Growth(bank=bank, n_old=old.shape[0], source=emb.source()[idx], embedded=emb)
 
 
 def guarded_threshold(goods: list[float], protected: list[float]) -> float:
@@ -205,23 +312,22 @@ def refreshed_calibration(
     pixels = []
     held: list[float] = []
     held_before: list[float] = []
-    if held_out is not None and held_out.rows.shape[0]:
+    if held_out is not None and held_out.n_images:
         held, maps = score(detector, held_out, growth.bank)
         held_before, _ = score(detector, held_out)
-        pixels.append(maps.reshape(-1))
+        pixels += _flat_pixels(maps)
     new: list[float] = []
     emb = growth.embedded
-    for j in range(emb.rows.shape[0]):
+    for j in range(emb.n_images):
         keep = torch.ones(growth.bank.shape[0], dtype=torch.bool)
         keep[growth.n_old :] = growth.source != j
-        one = Embedded(emb.rows[j : j + 1], emb.hw, emb.output_size)
-        s, m = score(detector, one, growth.bank[keep])
+        s, m = score(detector, emb.image(j), growth.bank[keep])
         new += s
-        pixels.append(m.reshape(-1))
+        pixels += _flat_pixels(m)
     goods = held + new
     before: list[float] = []
     after: list[float] = []
-    if known_defects is not None and known_defects.rows.shape[0]:
+    if known_defects is not None and known_defects.n_images:
         before, _ = score(detector, known_defects)
         after, _ = score(detector, known_defects, growth.bank)
     protected = [a for b, a in zip(before, after, strict=True) if b >= old.image_threshold]
@@ -237,6 +343,11 @@ def refreshed_calibration(
         source=source,
     )
     return Refresh(cal, held, new, max(goods), before, after, held_before)
+
+
+def _flat_pixels(maps) -> list:
+    """Every pixel of a score call's maps (a batch tensor, or a tiled model's list of maps)."""
+    return [m.reshape(-1) for m in maps] if isinstance(maps, list) else [maps.reshape(-1)]
 
 
 def install(detector: Detector, growth: Growth) -> None:

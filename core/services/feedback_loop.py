@@ -301,6 +301,11 @@ def _update_bank_once(
 
     det = load_detector(model, category)
     ids: list[int] = []
+    if named is None and det.tiled:
+        raise ConfigError(
+            f"{model}/{category} is tiled: its memory bank grows from full-resolution images, and the history keeps "
+            "256 px thumbnails; add the confirmed-good frames with --images DIR"
+        )
     if named is not None:
         origin = f"{len(named)} images from {folder}"
     else:
@@ -325,12 +330,15 @@ def _update_bank_once(
         f"refreshed after adding {origin} to the memory bank: image threshold = highest good score over "
         f"{len(goods)} held-out goods of the calibration split and the new images (each scored without its own patches)"
     )
-    defects = known_defects(hist, model, category)
+    # the history's known defects are 256 px thumbnails: a tiled model judges camera pixels, not those
+    defects = [] if det.tiled else known_defects(hist, model, category)
     emb_defects = bank_update.embed(det, [thumbnail_image(hist, r) for r in defects]) if defects else None
     refresh = bank_update.refreshed_calibration(det, growth, held, old, source, emb_defects)
     cal = refresh.calibration
     change = f"memory bank {growth.n_old} -> {growth.bank.shape[0]} patches from {origin}"
     notes = [] if goods else ["the calibration split is not here: the threshold comes from the new images only"]
+    if det.tiled:
+        notes.append("tiled model: known defects in the history (256 px thumbnails) do not guard the threshold")
     forced = [s for s in screened if s.foreign]
     if forced:
         names = ", ".join(Path(s.name).name for s in forced)
