@@ -5,11 +5,15 @@ is then under one pixel and cannot be found at any threshold. A tiled model inst
 full-resolution image into ``tile`` x ``tile`` squares ``stride`` apart, gives each square to the
 network (resized to ``image_size``, so ``tile == image_size`` keeps the camera's pixels), and
 
-* **trains** on every tile (PatchCore: one memory bank over every tile's patches, coreset as
-  usual),
-* **scores** an image by its highest tile score (PatchCore's image score is already the highest
-  patch score, so this is the same rule over more patches),
+* **trains** on tiles (PatchCore: one memory bank over every tile's patches, coreset as usual;
+  EfficientAD: each training step is one tile drawn at random from the step's image),
+* **scores** an image by its highest tile score (PatchCore's and EfficientAD's image score is
+  already the highest value of their map, so this is the same rule over more of it),
 * **stitches** the map from the tiles' maps at full resolution, averaging where tiles overlap.
+
+Both models' tiled torch models are their own class with :class:`TiledForward` mixed in front
+(:func:`make_tiled`): the inference rule above is written once, and the state dict stays the
+untiled model's.
 
 Why anomalib's ``Tiler`` (``anomalib.data.utils.tiler``) is not what runs here, although its
 rules are kept (overlaps averaged, as ``Tiler.untile`` does; ``tests/test_tiling.py`` checks the
