@@ -118,6 +118,10 @@ def test_training_sample_is_one_tile_and_teacher_statistics_cover_every_tile() -
         seen.add(sample.image_path[0])
     # named by image and position (the teacher cache keeps tiles apart); draws reach every tile
     assert seen == {f"a.png@{b.top},{b.left}" for b in boxes}
+    # anomalib's own step (fast_step off) gets that tile through the torch model's training mode
+    losses = module.model.train()(batch=sample.image, batch_imagenet=torch.rand(1, 3, 256, 256))
+    assert len(losses) == 3 and all(torch.isfinite(loss) for loss in losses)
+    module.model.eval()
     batches = list(module._tile_batches([SimpleNamespace(image=frames)]))
     assert sum(b.image.shape[0] for b in batches) == 2 * len(boxes)
     assert all(b.image.shape[1:] == (3, 256, 256) for b in batches)
