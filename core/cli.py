@@ -666,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile",
         type=int,
         help="tiled inspection of large images: tile side in image pixels, each tile resized to --image-size "
-        "(default: none, the whole image is resized); PatchCore",
+        "(default: none, the whole image is resized); PatchCore and EfficientAD",
     )
     p.add_argument("--stride", type=int, help="step between tiles in pixels, at most --tile (default: --tile, no overlap)")
     p.add_argument(

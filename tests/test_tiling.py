@@ -123,7 +123,7 @@ def test_a_real_patchcore_finds_a_straddling_defect_once() -> None:
         (("--tile", "256", "--stride", "300"), "--stride must be between 1 and the tile size 256"),
         (("--tile", "256", "--stride", "0"), "--stride must be between 1"),
         (("--stride", "128"), "--stride 128 needs --tile"),
-        (("--model", "efficientad", "--tile", "512"), "tiled inspection is available for PatchCore"),
+        (("--model", "efficientad", "--tile", "256", "--stride", "300"), "--stride must be between 1 and the tile size 256"),
     ],
 )
 def test_bad_tile_and_stride_are_one_line(tmp_path: Path, flags: tuple[str, ...], needle: str) -> None:

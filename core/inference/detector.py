@@ -159,8 +159,15 @@ class Detector:
             features = torch.cat([self._spec.features_from_capture(self.module, out) for out in captured])
             return raw, self.module.post_processor(raw), features
 
+    @torch.inference_mode()
     def _run_tiled(self, chunks: tuple[torch.Tensor, ...], with_features: bool):
-        """A tiled model's outputs, with each image's highest-scoring tile (where its features come from)."""
+        """A tiled model's outputs, with each image's highest-scoring tile (where its features come from).
+
+        Any model whose torch model is a :class:`~core.models.tiling.TiledForward` (PatchCore's,
+        EfficientAD's): it keeps each image's best tile in ``last_best``. Under inference mode
+        itself, since :meth:`predict_batch` calls it directly (EfficientAD's student would
+        otherwise record gradients).
+        """
         with self._run_lock:
             outputs, best = [], []
             for chunk in chunks:
@@ -173,9 +180,10 @@ class Detector:
     def _best_tile_features(self, processed: torch.Tensor, boxes: list) -> torch.Tensor:
         """B x D x h x w descriptors of each image's highest-scoring tile (the one holding the defect).
 
-        A second backbone pass of one tile per image, rather than hooking every tile: a 20 MP
+        A second pass of one tile per image through the part of the network the descriptors come
+        from (PatchCore's backbone, EfficientAD's teacher), rather than hooking every tile: a 20 MP
         frame's tiles' features are never all held, and the descriptor describes the defect's
-        neighbourhood at the scale the memory bank was built from.
+        neighbourhood at the scale the model was trained on.
         """
         from core.models.tiling import crop_tiles
 

@@ -5,11 +5,15 @@ is then under one pixel and cannot be found at any threshold. A tiled model inst
 full-resolution image into ``tile`` x ``tile`` squares ``stride`` apart, gives each square to the
 network (resized to ``image_size``, so ``tile == image_size`` keeps the camera's pixels), and
 
-* **trains** on every tile (PatchCore: one memory bank over every tile's patches, coreset as
-  usual),
-* **scores** an image by its highest tile score (PatchCore's image score is already the highest
-  patch score, so this is the same rule over more patches),
+* **trains** on tiles (PatchCore: one memory bank over every tile's patches, coreset as usual;
+  EfficientAD: each training step is one tile drawn at random from the step's image),
+* **scores** an image by its highest tile score (PatchCore's and EfficientAD's image score is
+  already the highest value of their map, so this is the same rule over more of it),
 * **stitches** the map from the tiles' maps at full resolution, averaging where tiles overlap.
+
+Both models' tiled torch models are their own class with :class:`TiledForward` mixed in front
+(:func:`make_tiled`): the inference rule above is written once, and the state dict stays the
+untiled model's.
 
 Why anomalib's ``Tiler`` (``anomalib.data.utils.tiler``) is not what runs here, although its
 rules are kept (overlaps averaged, as ``Tiler.untile`` does; ``tests/test_tiling.py`` checks the
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -112,23 +117,31 @@ def crop_tiles(image: torch.Tensor, boxes: list[Box], image_size: int) -> torch.
 class Stitcher:
     """The full-resolution map of one image, from its tiles' maps: overlaps averaged.
 
-    Holds one running sum and one count (two H x W float maps), never the tiles themselves.
+    Holds one running sum (C x H x W, C taken from the first tile's map) and one count (H x W),
+    never the tiles themselves. Several channels stitch several maps of the same tiles at once
+    (EfficientAD's student-teacher and autoencoder maps).
     """
 
     def __init__(self, height: int, width: int, device: torch.device | None = None) -> None:
-        self.total = torch.zeros((height, width), dtype=torch.float32, device=device)
+        self.height, self.width, self.device = height, width, device
+        self.total: torch.Tensor | None = None
         self.count = torch.zeros((height, width), dtype=torch.float32, device=device)
 
     def add(self, box: Box, tile_map: torch.Tensor) -> None:
-        """Add one tile's map (any size: resized to the box's pixels)."""
+        """Add one tile's map, (C x) h x w of any size: resized to the box's pixels."""
         h, w = box.bottom - box.top, box.right - box.left
-        tile_map = tile_map.reshape(1, 1, *tile_map.shape[-2:]).float()
+        tile_map = tile_map.reshape(1, -1, *tile_map.shape[-2:]).float()
         if tile_map.shape[-2:] != (h, w):
             tile_map = F.interpolate(tile_map, size=(h, w), mode="bilinear", align_corners=False)
-        self.total[box.top : box.bottom, box.left : box.right] += tile_map[0, 0]
+        if self.total is None:
+            self.total = torch.zeros((tile_map.shape[1], self.height, self.width), dtype=torch.float32, device=self.device)
+        self.total[:, box.top : box.bottom, box.left : box.right] += tile_map[0]
         self.count[box.top : box.bottom, box.left : box.right] += 1
 
     def result(self) -> torch.Tensor:
+        """C x H x W: the average of the tiles' maps at every pixel."""
+        if self.total is None:
+            return self.count.unsqueeze(0)  # no tile added: zeros
         return self.total / self.count.clamp_min(1)
 
 
@@ -137,7 +150,7 @@ class TiledOutput:
     """One image's tiled result: the highest tile score, the stitched map and where that tile is."""
 
     score: torch.Tensor  # 0-d
-    anomaly_map: torch.Tensor  # 1 x H x W
+    anomaly_map: torch.Tensor  # C x H x W (C: the channels of the tiles' maps, usually 1)
     best: Box
 
 
@@ -179,4 +192,65 @@ def run_tiled(
                 best_score, best = score, box
     if stitcher is None or best_score is None:
         return None
-    return TiledOutput(best_score, stitcher.result().unsqueeze(0), best)
+    return TiledOutput(best_score, stitcher.result(), best)
+
+
+class TiledForward:
+    """What a model's torch model gains when it is tiled: the tiling and the tiled inference rule.
+
+    Mixed in front of the model's own torch class (:func:`make_tiled` swaps the instance's class),
+    so it adds no parameter or buffer: the state dict, and every method it does not override, are
+    the untiled model's. :meth:`tiled_inference` is the rule of this module (highest tile score,
+    stitched map); how a tiled model *trains* differs per model and stays with the model.
+    """
+
+    #: (tile, stride, image_size), set by :func:`make_tiled`
+    tiling: tuple[int, int, int]
+    #: the highest-scoring tile of each image of the last inference call (similarity descriptors)
+    last_best: list
+    #: told (tiles done, tiles) of the image being judged; set for one call by the detector
+    progress: Any = None
+
+    def run_tiles(
+        self, image: torch.Tensor, forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
+    ) -> TiledOutput | None:
+        """:func:`run_tiled` over one C x H x W image with this model's tiling and progress."""
+        tile, stride, image_size = self.tiling
+        return run_tiled(image, forward, tile=tile, stride=stride, image_size=image_size, progress=self.progress)
+
+    def tiled_inference(self, images: torch.Tensor, untiled: Callable[[torch.Tensor], Any]) -> Any:
+        """anomalib's ``InferenceBatch`` for B full-resolution images, ``untiled`` run on their tiles.
+
+        ``untiled(tiles)`` is the model's own forward (an ``InferenceBatch`` per batch of tiles). The
+        score of each image has the shape of one tile's score (PatchCore: 0-d, EfficientAD: 1), so
+        anomalib's post-processor and metrics see the untiled model's shapes.
+        """
+        from anomalib.data import InferenceBatch
+
+        score_shape: list[torch.Size] = []
+
+        def forward_tiles(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = untiled(tiles)
+            score_shape[:] = [out.pred_score.shape[1:]]
+            return out.pred_score, out.anomaly_map
+
+        scores, maps, best = [], [], []
+        for image in images:
+            out = self.run_tiles(image, forward_tiles)
+            if out is None:  # an image with no tile cannot happen: grid() always gives one
+                continue
+            scores.append(out.score)
+            maps.append(out.anomaly_map)
+            best.append(out.best)
+        self.last_best = best
+        pred_score = torch.stack(scores).reshape(len(scores), *score_shape[0])
+        return InferenceBatch(pred_score=pred_score, anomaly_map=torch.stack(maps))
+
+
+def make_tiled(model: torch.nn.Module, tiled_class: type[TiledForward], tile: int, stride: int | None, image_size: int) -> None:
+    """Turn ``model`` (an untiled torch model) into ``tiled_class``: :class:`TiledForward` in front of its class."""
+    if not (issubclass(tiled_class, TiledForward) and issubclass(tiled_class, type(model))):
+        raise TypeError(f"{tiled_class.__name__} does not tile a {type(model).__name__}")
+    model.__class__ = tiled_class
+    model.tiling = (tile, int(stride or tile), image_size)
+    model.last_best = []

@@ -76,7 +76,7 @@ class ValidationSet:
     def from_datamodule(cls, module: Any, datamodule: Any) -> ValidationSet:
         images, labels = [], []
         for batch in datamodule.val_dataloader():
-            images.append(module.pre_processor(batch.image))  # anomalib's pre-processor: resize
+            images.append(module.pre_processor(batch.image))  # anomalib's pre-processor: resize (tiled: none)
             labels.append(batch.gt_label.reshape(-1).long())
         return cls(images, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long))
 

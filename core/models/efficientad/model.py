@@ -25,17 +25,29 @@ plateau, at the time budget, or at ``steps``. It resumes from its last validatio
 again (:mod:`core.models.efficientad.runs`). Lightning's progress bar counts steps over the whole
 run, and anomalib's validation (map-normalisation quantiles, thresholds on the calibration split)
 runs once, when training stops.
+
+Tiled (``--tile`` / ``--stride``, :mod:`core.models.tiling`): the pre-processor leaves the image at
+full resolution, and the tiles become the training samples. Each step still trains on one image
+at ``image_size`` (anomalib's batch size 1), here one tile drawn at random from the step's
+full-resolution image (:meth:`OfflineEfficientAd.training_tile`): a step holds one decoded image
+and one tile whatever the frame size, and over the epochs every tile of every image is drawn. The
+teacher's channel statistics are taken over every tile of every training image; validation,
+anomalib's map-normalisation quantiles, the thresholds and inference all use the tiled rule (the
+image score is the highest tile score, the maps are stitched at full resolution).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from anomalib.models import EfficientAd
+from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
+from anomalib.pre_processing import PreProcessor
 from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
 
 from core.data.image_io import sha256_of
@@ -45,7 +57,7 @@ from core.models.efficientad.early_stop import ValidationStopper
 from core.models.efficientad.fast_step import Prefetcher, TeacherCache, efficientad_losses, to_channels_last
 from core.models.efficientad.teacher import read_teacher_state, teacher_weights_path
 from core.models.patchcore.model import check_image_size
-from core.models.tiling import check_tiling
+from core.models.tiling import TiledForward, check_tiling, crop_tiles, grid, make_tiled, micro_batches
 from core.settings import get_settings
 
 #: The paper's training length (one image per step), the default on a GPU and the cap on a CPU.
@@ -76,17 +88,16 @@ class EfficientAdConfig:
     patience: int = DEFAULT_PATIENCE  # validations without improvement before stopping; 0: never
     precision: str = "auto"  # "auto": bf16 autocast on a CPU that supports it, else fp32
     fast_step: bool = True  # teacher cache, one student pass, channels-last, read-ahead (fast_step.py)
-    #: ``--tile`` / ``--stride`` (shared flags): accepted so the message is one line, but EfficientAD
-    #: does not tile yet; never stored (``to_dict`` leaves them out while they are None).
+    #: Tiled inspection (:mod:`core.models.tiling`): tile side and step in image pixels; None: the
+    #: whole image resized to ``image_size``. Stored resolved (stride defaults to the tile), and
+    #: left out of the stored config while None, so untiled configs stay as they were.
     tile: int | None = None
     stride: int | None = None
 
     def __post_init__(self) -> None:
         check_tiling(self.tile, self.stride)
-        if self.tile is not None:
-            raise ConfigError(
-                "--tile: tiled inspection is available for PatchCore (--model patchcore); EfficientAD sees the whole image"
-            )
+        if self.tile is not None and self.stride is None:
+            self.stride = self.tile
         if self.model_size not in ("small", "medium"):
             raise ConfigError(f"unknown EfficientAD model size '{self.model_size}': small or medium")
         check_image_size(
@@ -110,8 +121,9 @@ class EfficientAdConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("tile", "stride"):  # untiled; stored configs of earlier versions stay the same
-            data.pop(key)
+        if self.tile is None:  # untiled: stored configs of earlier versions stay the same
+            for key in ("tile", "stride"):
+                data.pop(key)
         return data
 
 
@@ -130,21 +142,90 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     return "fp32"
 
 
+class TiledEfficientAdModel(TiledForward, EfficientAdModel):
+    """anomalib's EfficientAD torch model judging full-resolution images tile by tile.
+
+    Inference: each tile through anomalib's own forward (maps normalised by its quantiles), the
+    image score the highest tile score, the map stitched at full resolution. :meth:`get_maps`
+    (validation: the quantiles, the validation loss) stitches the two raw maps the same way, so the
+    quantiles are fitted on the maps inference normalises. Training mode takes the batch as is:
+    a training step's batch is already one tile (:meth:`OfflineEfficientAd.training_tile`). No
+    state of its own: the state dict is anomalib's.
+    """
+
+    def forward(  # type: ignore[override]
+        self, batch: torch.Tensor, batch_imagenet: torch.Tensor | None = None, normalize: bool = True
+    ) -> Any:
+        untiled = super().forward
+        if self.training:
+            return untiled(batch, batch_imagenet, normalize)
+        return self.tiled_inference(batch, lambda tiles: untiled(tiles, normalize=normalize))
+
+    def get_maps(self, batch: torch.Tensor, normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student-teacher, autoencoder) maps, B x 1 x H x W each, stitched from the tiles' maps.
+
+        A C x H x W image (anomalib's quantile pass hands images one by one) gives 1 x 1 x H x W, as
+        anomalib's own ``get_maps`` does.
+        """
+        untiled = super().get_maps
+
+        def both(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            map_st, map_ae = untiled(tiles, normalize)
+            return map_st.new_zeros(map_st.shape[0]), torch.cat([map_st, map_ae], dim=1)
+
+        images = batch if batch.dim() == 4 else batch.unsqueeze(0)
+        maps = torch.stack([self.run_tiles(image, both).anomaly_map for image in images])  # type: ignore[union-attr]
+        return maps[:, :1], maps[:, 1:]
+
+
 class OfflineEfficientAd(EfficientAd):
     """anomalib's EfficientAd whose two download steps read local files instead."""
 
     def __init__(self, config: EfficientAdConfig) -> None:
+        size = (config.image_size, config.image_size)
         super().__init__(
             imagenet_dir=get_settings().cache_dir / "penalty",  # filled by prepare_imagenette_data
             model_size=config.model_size,
             lr=config.lr,
             weight_decay=config.weight_decay,
-            pre_processor=EfficientAd.configure_pre_processor((config.image_size, config.image_size)),
+            # tiled: the full-resolution image is left as it is; each tile is resized on its own
+            pre_processor=EfficientAd.configure_pre_processor(size) if config.tile is None else PreProcessor(transform=None),
             evaluator=False,  # core.evaluation.evaluate computes the metrics itself, on the test set only
             visualizer=False,
         )
         self.inspect_config = config
         self.teacher_sha256: str | None = None
+        if config.tile is not None:
+            make_tiled(self.model, TiledEfficientAdModel, config.tile, config.stride, config.image_size)
+
+    @property
+    def tiled(self) -> bool:
+        return self.inspect_config.tile is not None
+
+    def training_tile(self, batch: Any) -> SimpleNamespace:
+        """A tiled model's training sample: one tile, drawn at random, of the step's full-resolution image.
+
+        Resized to ``image_size`` as at inference. Named by its image and position, so the teacher
+        cache keeps each tile's output apart.
+        """
+        tile, stride, size = self.model.tiling
+        image = batch.image[0]
+        boxes = grid(image.shape[-2], image.shape[-1], tile, stride)
+        box = boxes[int(torch.randint(len(boxes), (1,)))]
+        return SimpleNamespace(image=crop_tiles(image, [box], size), image_path=[f"{batch.image_path[0]}@{box.top},{box.left}"])
+
+    def _tile_batches(self, dataloader: Any) -> Iterator[SimpleNamespace]:
+        """Every tile of every image of ``dataloader``, a few at a time, as batches with an ``image``."""
+        tile, stride, size = self.model.tiling
+        for batch in dataloader:
+            for image in batch.image:
+                image = image.to(self.device)
+                for boxes in micro_batches(grid(image.shape[-2], image.shape[-1], tile, stride)):
+                    yield SimpleNamespace(image=crop_tiles(image, boxes, size))
+
+    def teacher_channel_mean_std(self, dataloader: Any) -> dict[str, torch.Tensor]:
+        # tiled: anomalib's statistics, over the tiles the teacher sees in training and inference
+        return super().teacher_channel_mean_std(self._tile_batches(dataloader) if self.tiled else dataloader)
 
     def __getstate__(self) -> dict:
         # as anomalib drops its penalty iterator: a thread and a cache of tensors are not model state
@@ -178,6 +259,8 @@ class OfflineEfficientAd(EfficientAd):
         from core.models.efficientad.penalty_images import ensure_penalty_dir
 
         self.imagenet_dir = ensure_penalty_dir()
+        if self.tiled:  # anomalib passes the first training image's size: a tiled model's is the full frame's
+            image_size = (self.inspect_config.image_size, self.inspect_config.image_size)
         super().prepare_imagenette_data(image_size)
         self._penalties = Prefetcher(lambda: self.imagenet_loader) if self.inspect_config.fast_step else None
 
@@ -195,6 +278,8 @@ class OfflineEfficientAd(EfficientAd):
         ``training_step`` calls ``self.model(batch, batch_imagenet)``, which cannot take a cached
         teacher output or a fused student pass. With ``fast_step=False`` and fp32, anomalib's runs.
         """
+        if self.tiled:
+            batch = self.training_tile(batch)
         precision = getattr(self, "step_precision", "fp32")
         if not self.inspect_config.fast_step and precision == "fp32":
             return super().training_step(batch, *args, **kwargs)

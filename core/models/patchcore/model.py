@@ -20,7 +20,7 @@ from core.models.backbones import DEFAULT_BACKBONE, load_pretrained_weights, res
 from core.models.common import check_image_size, make_pre_processor
 from core.models.patchcore.blur import SeparableGaussianBlur2d
 from core.models.patchcore.search import FastPatchcoreModel
-from core.models.tiling import check_tiling, run_tiled
+from core.models.tiling import TiledForward, check_tiling, make_tiled
 
 MIN_PATCHCORE_SIZE = 64  # 4x4 positions at stride 16
 
@@ -89,44 +89,27 @@ class OfflinePatchcore(Patchcore):
         subsample_memory_bank(self.model, self.coreset_sampling_ratio)
 
 
-class TiledPatchcoreModel(FastPatchcoreModel):
+class TiledPatchcoreModel(TiledForward, FastPatchcoreModel):
     """anomalib's PatchCore torch model run tile by tile over full-resolution images.
 
     Training: every tile's embedding joins the embedding store, so the coreset and the memory bank
     are anomalib's, over every tile's patches. Inference: each tile is scored by anomalib's own
     forward, the image score is the highest tile score and the map is stitched at full resolution
-    (:func:`core.models.tiling.run_tiled`). No state of its own: the state dict is anomalib's.
+    (:meth:`~core.models.tiling.TiledForward.tiled_inference`). No state of its own: the state
+    dict is anomalib's.
     """
 
-    #: (tile, stride, image_size), set by :func:`build_patchcore`
-    tiling: tuple[int, int, int]
-    #: the highest-scoring tile of each image of the last inference call (similarity descriptors)
-    last_best: list
-    #: told (tiles done, tiles) of the image being judged; set for one call by the detector
-    progress: Any = None
-
     def forward(self, input_tensor: torch.Tensor):  # type: ignore[override]
-        from anomalib.data import InferenceBatch
-
-        tile, stride, image_size = self.tiling
         untiled = super().forward
+        if not self.training:
+            return self.tiled_inference(input_tensor, untiled)
 
-        def forward_tiles(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-            out = untiled(tiles)  # training: the tiles' embeddings join the embedding store
-            return None if self.training else (out.pred_score, out.anomaly_map)
+        def embed(tiles: torch.Tensor) -> None:
+            untiled(tiles)  # the tiles' embeddings join the embedding store
 
-        scores, maps, best = [], [], []
         for image in input_tensor:
-            out = run_tiled(image, forward_tiles, tile=tile, stride=stride, image_size=image_size, progress=self.progress)
-            if out is None:
-                continue
-            scores.append(out.score.reshape(1))
-            maps.append(out.anomaly_map)
-            best.append(out.best)
-        if self.training:
-            return self.embedding_store[-1] if self.embedding_store else None
-        self.last_best = best
-        return InferenceBatch(pred_score=torch.cat(scores), anomaly_map=torch.stack(maps))
+            self.run_tiles(image, embed)
+        return self.embedding_store[-1] if self.embedding_store else None
 
 
 def build_patchcore(config: PatchcoreConfig, *, load_weights: bool = True) -> OfflinePatchcore:
@@ -146,9 +129,7 @@ def build_patchcore(config: PatchcoreConfig, *, load_weights: bool = True) -> Of
     )
     _check_layers(model, layers, spec.timm_name)
     if config.tile is not None:
-        model.model.__class__ = TiledPatchcoreModel
-        model.model.tiling = (config.tile, int(config.stride or config.tile), config.image_size)
-        model.model.last_best = []
+        make_tiled(model.model, TiledPatchcoreModel, config.tile, config.stride, config.image_size)
     if load_weights:
         load_pretrained_weights(model.model.feature_extractor.feature_extractor, config.backbone, config.backbone_weights)
     return model
