@@ -13,7 +13,7 @@ The export is written into a hidden folder inside the version folder, checked
 (:mod:`core.export.parity`) on the category's test images, and only then renamed to
 ``vNNNN/export/<format>/``: a failed check keeps nothing and names the difference.
 
-A tiled model (``--tile``) exports the same per-tile graph: anomalib's untiled PatchCore over one
+A tiled model (``--tile``) exports the same per-tile graph: anomalib's untiled model over one
 tile at ``image_size`` (:func:`core.export.graph.export_class` traces anomalib's forward, not the
 tiled one). Tiling stays in Python around the runtime (the Detector cuts, scores and stitches as
 the torch tiled path does), so the parity check compares full-resolution scores and maps.

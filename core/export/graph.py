@@ -22,7 +22,7 @@ than rewriting the export (anomalib's ``ExportMixin`` still does all of it):
   of a 256 px PatchCore comes out with a fixed batch of 2 for this reason). The search exported is
   anomalib's un-chunked branch (one distance matrix, then ``min``/``topk``: same answers) for every
   size; the runtime bounds its memory by running large batches in slices
-  (:data:`core.inference.runtime.MAX_BATCH`). The minimum is taken before the square root, as in
+  (:data:`core.inference.runtime.MICRO_BATCH`). The minimum is taken before the square root, as in
   Inspect's fast search (:class:`WholeSearchPatchcore`).
 """
 

@@ -79,9 +79,15 @@ class Prediction:
 
 
 def to_tensor(image_rgb: np.ndarray) -> torch.Tensor:
-    """uint8 HxWx3 → float 1x3xHxW in [0, 1], the form anomalib's pre-processor takes."""
-    tensor = torch.from_numpy(np.array(image_rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
-    return tensor.unsqueeze(0)
+    """uint8 HxWx3 → float 1x3xHxW in [0, 1], the form anomalib's pre-processor takes.
+
+    Computed by NumPy (the same float32 division, bit for bit), not by a torch kernel: a torch
+    kernel wakes torch's OpenMP threads, which then spin for a while after it and take the cores
+    from OpenVINO's own threads. On two cores that cost an exported model's single image a
+    third of its time (``benchmarks/bench_inference.py``).
+    """
+    chw = np.asarray(image_rgb, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    return torch.from_numpy(chw).unsqueeze(0)
 
 
 class Detector:

@@ -217,7 +217,7 @@ def _score_tiled(inner, emb: Embedded) -> tuple[list[float], list]:
                 stitcher.add(box, tile_map)
                 best = tile_score if best is None or tile_score > best else best
         scores.append(float(best))
-        maps.append(stitcher.result().unsqueeze(0).float().cpu())
+        maps.append(stitcher.result().float().cpu())
     return scores, maps
 
 
