@@ -354,28 +354,40 @@ def test_a_trained_version_runs_with_its_export(
     assert load_detector("patchcore", TINY_CATEGORY, runtime=None).runtime == "openvino"
 
 
-def test_a_failed_export_leaves_the_trained_version_on_torch(
-    tiny_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_failed_export_leaves_the_trained_version_on_torch(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An export the rule refuses (or that cannot run) costs the new version its speed, never the version."""
     from core import registry
+    from core.auth import COMMAND_LINE
     from core.export import exporter
     from core.inference.detector import load_detector
+    from core.inference.runtime import runtime_choice
 
     def refuse(*_args, **_kwargs):
         raise exporter.ExportParityError("the export does not match the torch model: 3 of 10 verdicts differ")
 
-    monkeypatch.setenv("INSPECT_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("INSPECT_EXPORT_AFTER_TRAINING", "1")
     monkeypatch.setattr(exporter, "export_model", refuse)
-    assert _train_cli(tiny_data_root) == 0
-    assert "v0001 runs with torch: not exported: the export does not match" in capsys.readouterr().out
+    version = registry.current_files("patchcore", TINY_CATEGORY).version
+    choice = exporter.export_new_version("patchcore", TINY_CATEGORY, version, actor=COMMAND_LINE)
+    assert choice.runtime == "torch" and choice.reason.startswith("not exported: the export does not match")
+    assert runtime_choice(registry.current_files("patchcore", TINY_CATEGORY).folder) == choice  # recorded
     assert load_detector("patchcore", TINY_CATEGORY, runtime=None).runtime == "torch"
-    # --no-export: nothing tried, no choice recorded
-    monkeypatch.setattr(exporter, "export_model", lambda *a, **k: pytest.fail("--no-export must not export"))
-    assert _train_cli(tiny_data_root, "--no-export") == 0
-    assert "v0002 runs with torch\n" in capsys.readouterr().out
-    assert not (registry.current_files("patchcore", TINY_CATEGORY).folder / "export").exists()
+
+
+def test_train_no_export_skips_the_export(tiny_patchcore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --no-export` reaches training as export=False; without it, the setting decides (None)."""
+    import core.training
+    from core.cli import main
+
+    asked: list[object] = []
+
+    def fake_train(*_args, export=None, **_kwargs):
+        asked.append(export)
+        return tiny_patchcore
+
+    monkeypatch.setattr(core.training, "train", fake_train)
+    assert main(["train", "--category", TINY_CATEGORY, "--no-export"]) == 0
+    assert main(["train", "--category", TINY_CATEGORY]) == 0
+    assert asked == [False, None]
 
 
 def test_choosing_a_runtime_gives_the_cached_detector_a_new_key(models: Path) -> None:

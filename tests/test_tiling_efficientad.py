@@ -193,25 +193,19 @@ def test_tiled_prediction_is_full_size_and_scored_by_its_highest_tile(trained) -
 
 
 def test_a_tiled_efficientad_exports_and_answers_as_torch(trained) -> None:
-    """The per-tile graph exported, tiled in Python around OpenVINO: parity on the full frames, and
-    the same full-size maps and highest-tile scores as the torch tiled path."""
+    """The per-tile graph exported, tiled in Python around OpenVINO: the parity check compares it with
+    the torch tiled path on the full frames (scores, raw scores and full-size maps within 1e-3)."""
     pytest.importorskip("openvino")
     pytest.importorskip("onnxscript")
-    from core.data.image_io import load_image
     from core.export.exporter import export_model
     from core.inference.detector import load_detector
 
     with inspect_home_at(trained.home):
-        result = export_model("efficientad", CATEGORY, precision="fp32")
+        result = export_model("efficientad", CATEGORY, precision="fp32", max_images=3)
         fast = load_detector("efficientad", CATEGORY, device="cpu", runtime="openvino")
-        slow = load_detector("efficientad", CATEGORY, device="cpu", runtime="torch")
-        images = [load_image(p) for p in sorted((trained.root / CATEGORY / "test").glob("*/*.png"))]
-        pairs = [(fast.predict(image), slow.predict(image)) for image in images]
-    assert result.parity.passed and fast.tiled and fast.runtime == "openvino"
-    for got, want in pairs:
-        assert got.anomaly_map.shape == want.anomaly_map.shape == (FRAME, FRAME)
-        assert got.raw_score == pytest.approx(want.raw_score, rel=1e-3, abs=1e-4)
-        assert np.abs(got.anomaly_map - want.anomaly_map).max() <= 1e-3
+    report = result.parity
+    assert report.passed and report.rule.n_images == 3 and fast.tiled and fast.runtime == "openvino"
+    assert report.max_score_diff <= 1e-3 and report.max_raw_score_diff <= 1e-3 and report.max_map_diff <= 1e-3
 
 
 def test_tiled_penalty_images_are_at_the_tile_input_size(trained) -> None:

@@ -27,9 +27,10 @@ from core.inference.outputs import ModelOutputs
 MANIFEST = "export.json"
 #: Precisions an OpenVINO export may run at on a CPU (``bf16`` only where the CPU has it natively).
 #: Images per OpenVINO request: a batch runs as requests of this many images, each compiled with
-#: a static shape. Measured on 2 cores (tile export, fp32, ms an image for 8 images): 9.2 in
-#: requests of 2, 9.5 one by one, 11.0 as one static request of 8, 11.5 through the dynamic batch
-#: axis. It also bounds PatchCore's distance matrix ((images x 1,024) x bank size: 70 MB an image
+#: a static shape, which OpenVINO runs faster than the dynamic batch axis
+#: (``benchmarks/bench_request_sizes.py``, 2 cores, ms an image for 8 images: tile fp32 8.4-8.7 in
+#: static requests of 1, 2 or 4 against 10.1 through the dynamic axis; bottle bf16 9.5-9.7 against
+#: 10.1). It also bounds PatchCore's distance matrix ((images x 1,024) x bank size: 70 MB an image
 #: on bottle) whatever the batch.
 MICRO_BATCH = 2
 #: Inspect's precision names -> OpenVINO's inference precision (an int8 model's quantised layers
