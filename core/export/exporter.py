@@ -276,7 +276,9 @@ def use_export(result: ExportResult, models_dir: Path | None = None, *, actor: A
     require_engineer(actor, "choosing the runtime a model version runs with")
     if result.format != "openvino":
         raise InspectError("only an OpenVINO export can be used by Inspect: export with --format openvino")
-    reason = f"{result.precision} export, parity: {result.parity.summary()}"
+    reason = f"{result.precision} export, parity: {result.parity.summary()}" + "".join(
+        f"; {refused.precision} refused: {refused.problem()}" for refused in result.declined
+    )
     choose_runtime(registry.version_files(result.model, result.category, result.version, models_dir).folder, "openvino", reason)
 
 
