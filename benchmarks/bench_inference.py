@@ -32,10 +32,11 @@ scores, and a check that all paths ran the same model.
 
 ``--paths inspect-openvino anomalib-openvino`` times the two OpenVINO paths alone. Interleaved
 with the torch paths, every OpenVINO call pays for the torch call before it: torch's OpenMP
-threads keep spinning after a torch model has run (longer than 50 ms here, measured on 2 cores)
-and take the cores from OpenVINO's threads, about 4 ms of a 9 ms call. A process serving one
-runtime never pays it (Inspect's OpenVINO path runs no torch kernel at a model's input size), so
-the two-path run is the deployment comparison and the five-path run shows every path side by side.
+threads keep spinning after a torch model has run and take the cores from OpenVINO's threads
+(tile, 2 cores: Inspect's export 10.1 ms alone, 14.6 ms after a torch call; docs/benchmarks.md).
+A process serving one runtime never pays it (Inspect's OpenVINO path runs no torch kernel at a
+model's input size), so the two-path run is the deployment comparison and the five-path run shows
+every path side by side.
 """
 
 from __future__ import annotations

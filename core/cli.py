@@ -102,11 +102,10 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from core import registry
     from core.training import train
 
     config = get_spec(args.model).config_from_args(args)
-    from core import registry
-
     meta = train(
         args.model,
         args.category,
