@@ -17,6 +17,9 @@ What it does, in one workspace (``INSPECT_HOME``):
 4. measures the peak resident memory of a fresh process that loads the tiled model and judges one
    20 MP frame (5472 x 3648), against the same process with the model and the frame loaded.
 
+``--runtime openvino`` (both versions given, the tiled one exported first) times the tiled version
+on its OpenVINO export against itself on torch instead, and measures the 20 MP peak on the export.
+
 Both models are versions of ``patchcore/hires_metal``; the tiled one is trained last, so it is the
 newest version (the one the app uses) when the bench ends. Results go to
 ``INSPECT_HOME/bench_tiling.json`` and are printed.
@@ -100,11 +103,12 @@ def accuracy(version: str) -> dict:
     }
 
 
-def time_both(versions: dict[str, str], repeats: int) -> dict[str, dict[str, float]]:
+def time_both(runs: dict[str, tuple[str, str]], repeats: int) -> dict[str, dict[str, float]]:
+    """Median and p95 ms of each (version, runtime) on one 5 MP frame, the two interleaved."""
     from core.inference.detector import load_detector
 
     image = frame(*FIVE_MP)
-    detectors = {name: load_detector("patchcore", CATEGORY, version=v) for name, v in versions.items()}
+    detectors = {name: load_detector("patchcore", CATEGORY, version=v, runtime=rt) for name, (v, rt) in runs.items()}
     for detector in detectors.values():
         detector.predict(image)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in detectors}
@@ -120,12 +124,12 @@ def time_both(versions: dict[str, str], repeats: int) -> dict[str, dict[str, flo
     }
 
 
-def peak_memory_child(version: str) -> None:
+def peak_memory_child(version: str, runtime: str = "torch") -> None:
     """In a fresh process: resident memory with the model and the decoded frame loaded, and the peak
     while judging one 20 MP frame (the peak is reset first: Linux ``clear_refs``), printed as JSON."""
     from core.inference.detector import load_detector
 
-    detector = load_detector("patchcore", CATEGORY, version=version)
+    detector = load_detector("patchcore", CATEGORY, version=version, runtime=runtime)
     image = frame(*TWENTY_MP)
     before = _rss_mb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS, so the peak below is the call's
@@ -156,10 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiled-version", help="use this trained tiled version (vNNNN) instead of training one")
     parser.add_argument("--out", default=None, help="results JSON (default: INSPECT_HOME/bench_tiling.json)")
     parser.add_argument("--no-accuracy", action="store_true", help="only the latency and the memory (both versions given)")
+    parser.add_argument(
+        "--runtime",
+        choices=("torch", "openvino"),
+        default="torch",
+        help="openvino: time the tiled version on its export against itself on torch, and measure the 20 MP "
+        "peak on the export (python -m core export --model patchcore --category hires_metal --version V first)",
+    )
     parser.add_argument("--peak-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peak_child:
-        peak_memory_child(args.peak_child)
+        peak_memory_child(args.peak_child, args.runtime)
         return 0
 
     from core.data.demo import generate_hires_dataset
@@ -175,9 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     results: dict = {} if args.no_accuracy else {name: accuracy(version) for name, version in versions.items()}
     print(json.dumps(results, indent=2), flush=True)
-    results["latency_5mp"] = time_both(versions, args.repeats)
+    results["runtime"] = args.runtime
+    if args.runtime == "torch":
+        runs = {name: (version, "torch") for name, version in versions.items()}
+    else:
+        runs = {"tiled": (versions["tiled"], "torch"), "tiled_openvino": (versions["tiled"], "openvino")}
+    results["latency_5mp"] = time_both(runs, args.repeats)
     child = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--peak-child", versions["tiled"]],
+        [sys.executable, str(Path(__file__).resolve()), "--peak-child", versions["tiled"], "--runtime", args.runtime],
         capture_output=True,
         text=True,
         check=True,
