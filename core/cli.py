@@ -128,8 +128,7 @@ def _runtime_line(model: str, category: str, version: str) -> str:
     from core import registry
     from core.inference.runtime import runtime_choice
 
-    choice = runtime_choice(registry.version_files(model, category, version).folder)
-    return f"{version} runs with {choice.runtime}" + (f": {choice.reason}" if choice.reason else "")
+    return runtime_choice(registry.version_files(model, category, version).folder).describe(version)
 
 
 def cmd_autotrain(args: argparse.Namespace) -> None:

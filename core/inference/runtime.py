@@ -194,6 +194,10 @@ class RuntimeChoice:
     runtime: str
     reason: str = ""
 
+    def describe(self, version: str) -> str:
+        """``v0003 runs with openvino: bf16 export, parity: ...`` (what ``train`` prints)."""
+        return f"{version} runs with {self.runtime}" + (f": {self.reason}" if self.reason else "")
+
 
 def runtime_choice(version_folder: Path) -> RuntimeChoice:
     """The runtime chosen for this model version: 'openvino' once an export was chosen for it.
