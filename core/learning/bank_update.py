@@ -201,24 +201,28 @@ def _score_rows(inner, flat: torch.Tensor, b: int, hw: tuple[int, int], output_s
 
 
 def _score_tiled(inner, emb: Embedded) -> tuple[list[float], list]:
-    from core.models.tiling import Stitcher, micro_batches
+    from core.models.tiling import combine_tiles
+
+    scores, maps, start = [], [], 0
+    for j, ((height, width), count) in enumerate(zip(emb.frames or [], emb.counts(), strict=True)):
+        out = combine_tiles(height, width, _scored_tiles(inner, emb, j, start))
+        assert out is not None  # every image has at least one tile
+        scores.append(float(out.score))
+        maps.append(out.anomaly_map.float().cpu())
+        start += count
+    return scores, maps
+
+
+def _scored_tiles(inner, emb: Embedded, j: int, start: int):
+    """Image ``j``'s tiles scored from their stored patch rows (from row ``start``), a micro-batch at a time."""
+    from core.models.tiling import micro_batches
 
     patches = emb.hw[0] * emb.hw[1]
     flat = emb.flat()
-    scores, maps, start = [], [], 0
-    for j, (height, width) in enumerate(emb.frames or []):
-        stitcher = Stitcher(height, width, device=flat.device)
-        best = None
-        for boxes in micro_batches(emb.boxes(j)):
-            rows = flat[start : start + len(boxes) * patches]
-            start += len(boxes) * patches
-            pred, amap = _score_rows(inner, rows, len(boxes), emb.hw, emb.output_size)
-            for box, tile_score, tile_map in zip(boxes, pred.reshape(-1), amap, strict=True):
-                stitcher.add(box, tile_map)
-                best = tile_score if best is None or tile_score > best else best
-        scores.append(float(best))
-        maps.append(stitcher.result().float().cpu())
-    return scores, maps
+    for boxes in micro_batches(emb.boxes(j)):
+        rows = flat[start : start + len(boxes) * patches]
+        start += len(boxes) * patches
+        yield boxes, *_score_rows(inner, rows, len(boxes), emb.hw, emb.output_size)
 
 
 @dataclass

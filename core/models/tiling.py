@@ -31,7 +31,7 @@ stitched map against ``Tiler.untile`` on a grid both accept):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,25 +172,38 @@ def run_tiled(
     """
     height, width = image.shape[-2:]
     boxes = grid(height, width, tile, stride)
+
+    def scored() -> Iterator[tuple[list[Box], torch.Tensor, torch.Tensor]]:
+        done = 0
+        for batch in micro_batches(boxes, micro_batch):
+            out = forward(crop_tiles(image, batch, image_size))
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(boxes))
+            if out is not None:
+                yield batch, *out
+
+    return combine_tiles(height, width, scored())
+
+
+def combine_tiles(height: int, width: int, scored: Iterable[tuple[list[Box], torch.Tensor, torch.Tensor]]) -> TiledOutput | None:
+    """The tiled rule over one image's scored tiles: the highest tile score, the maps stitched.
+
+    ``scored`` yields (boxes, their scores N, their maps N x C x h x w), a micro-batch at a time,
+    however they were computed (the network on cropped tiles, or a memory bank on tiles' stored
+    patches); None when it yields nothing.
+    """
     stitcher: Stitcher | None = None
     best_score: torch.Tensor | None = None
-    best = boxes[0]
-    done = 0
-    for batch in micro_batches(boxes, micro_batch):
-        out = forward(crop_tiles(image, batch, image_size))
-        done += len(batch)
-        if progress is not None:
-            progress(done, len(boxes))
-        if out is None:
-            continue
-        scores, maps = out
+    best: Box | None = None
+    for batch, scores, maps in scored:
         if stitcher is None:
             stitcher = Stitcher(height, width, device=maps.device)
         for box, score, tile_map in zip(batch, scores.reshape(-1), maps, strict=True):
             stitcher.add(box, tile_map)
             if best_score is None or score > best_score:
                 best_score, best = score, box
-    if stitcher is None or best_score is None:
+    if stitcher is None or best_score is None or best is None:
         return None
     return TiledOutput(best_score, stitcher.result(), best)
 
