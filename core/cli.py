@@ -102,7 +102,6 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from core import registry
     from core.training import train
 
     config = get_spec(args.model).config_from_args(args)
@@ -120,15 +119,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         f"({meta.n_train_images} train images); calibrated image threshold {meta.calibration.image_threshold:.4g} "
         f"(raw score) from: {meta.calibration.source}"
     )
-    print(_runtime_line(meta.model, meta.category, registry.current_files(meta.model, meta.category).version))
+    print(_runtime_line(meta.model, meta.category))
 
 
-def _runtime_line(model: str, category: str, version: str) -> str:
-    """Which runtime a new version runs with, and why (its export's precision and parity, or why not)."""
-    from core import registry
-    from core.inference.runtime import runtime_choice
+def _runtime_line(model: str, category: str, version: str | None = None) -> str:
+    """Which runtime a version (default: the newest) runs with, and why."""
+    from core.export.exporter import version_runtime
 
-    return runtime_choice(registry.version_files(model, category, version).folder).describe(version)
+    name, choice = version_runtime(model, category, version)
+    return choice.describe(name)
 
 
 def cmd_autotrain(args: argparse.Namespace) -> None:

@@ -27,17 +27,10 @@ def _needs_training(category: str, root: str) -> bool:
     return meta.data_hash != file_list_hash(root, category) or meta.data_root != root
 
 
-def _runtime_of(model: str, category: str) -> str:
-    """Which runtime the newest version got after its training (the export, when the parity rule accepts it)."""
-    from core.inference.runtime import runtime_choice
-
-    files = registry.current_files(model, category)
-    return runtime_choice(files.folder).describe(files.version)
-
-
 def prepare_default(*, skip_index: bool = False) -> None:
     from core.data.demo import generate_demo_dataset
     from core.evaluation.evaluate import evaluate, format_table
+    from core.export.exporter import version_runtime
     from core.training import train
 
     settings = get_settings()
@@ -48,7 +41,8 @@ def prepare_default(*, skip_index: bool = False) -> None:
         if _needs_training(category, str(root)):
             log.info(f"[setup] training PatchCore on demo '{category}'")
             meta = train("patchcore", category, data_root=root)
-            log.info(f"[setup]   done in {meta.train_time_s:.0f} s; {_runtime_of('patchcore', category)}")
+            version, runtime = version_runtime("patchcore", category)
+            log.info(f"[setup]   done in {meta.train_time_s:.0f} s; {runtime.describe(version)}")
             trained.append(category)
         else:
             log.info(f"[setup] PatchCore for '{category}' is up to date")

@@ -313,6 +313,18 @@ def export_new_version(
     return runtime_choice(folder)
 
 
+def version_runtime(
+    model: str, category: str, version: str | None = None, models_dir: Path | None = None
+) -> tuple[str, RuntimeChoice]:
+    """A stored version's name (default: the newest) and the runtime it runs with, and why."""
+    files = (
+        registry.version_files(model, category, version, models_dir)
+        if version
+        else registry.current_files(model, category, models_dir)
+    )
+    return files.version, runtime_choice(files.folder)
+
+
 def carry_runtime(
     model: str, category: str, parent: str, version: str, *, actor: Actor, models_dir: Path | None = None
 ) -> RuntimeChoice:
@@ -322,7 +334,7 @@ def carry_runtime(
     OpenVINO gets its new version exported and parity-checked again (:func:`export_new_version`);
     a parent on torch leaves the new version on torch.
     """
-    if runtime_choice(registry.version_files(model, category, parent, models_dir).folder).runtime != "openvino":
+    if version_runtime(model, category, parent, models_dir)[1].runtime != "openvino":
         return RuntimeChoice("torch")
     return export_new_version(model, category, version, actor=actor, models_dir=models_dir)
 

@@ -70,10 +70,9 @@ def restore_version(model: str, category: str, version: str, *, actor: Actor) ->
 
 def runtime_of(model: str, category: str, version: str) -> str:
     """'torch' or 'openvino': what a version runs with (a page's confirmation says it)."""
-    from core import registry
-    from core.inference.runtime import chosen_runtime
+    from core.export.exporter import version_runtime
 
-    return chosen_runtime(registry.version_files(model, category, version).folder)
+    return version_runtime(model, category, version)[1].runtime
 
 
 def _keep_runtime(model: str, category: str, parent: str, version: str, actor: Actor) -> str:
